@@ -1,0 +1,34 @@
+# clinicbot: `make run` starts the demo clinic, `make test` runs the whole suite.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PYTHON ?= python3
+
+.PHONY: install run test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/clinicbot init --demo
+	$(VENV)/bin/clinicbot train
+	@echo "Demo patients you can text as: clinicbot chat --as +16175550101 (Maria, Spanish),"
+	@echo "  +16175550142 (Jim), +16175550177 (Aisha). Starting the chat as an unknown visitor."
+	$(VENV)/bin/clinicbot chat
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/run.py
+
+lint: install
+	$(VENV)/bin/ruff check bot actions scheduler tests bench
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,114 @@
+"""Hand-offs to staff, emergencies and complaints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rasa_sdk import Action, Tracker
+from rasa_sdk.events import ActiveLoop, EventType, SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+
+from actions.common import conversation_id, due_phrase, language, response_text
+from bot.conversations import flows
+from bot.conversations.models import HandoffReason
+from bot.db import session_scope
+
+REASON_BY_INTENT = {
+    "medical_question": HandoffReason.MEDICAL,
+    "complaint": HandoffReason.COMPLAINT,
+    "speak_to_human": HandoffReason.HUMAN,
+}
+TEAM_RESPONSE = {"nurse": "utter_team_nurse", "manager": "utter_team_manager", "front_desk": "utter_team_front_desk"}
+
+
+def dispatch_handoff(
+    *, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any], reason: HandoffReason
+) -> list[EventType]:
+    """Hand the conversation to staff and tell the patient who replies and by when."""
+    with session_scope() as session:
+        result = flows.do_handoff(session=session, conversation_id=conversation_id(tracker), reason=reason)
+        clinic = flows.clinic_for(session=session)
+    lang = language(tracker)
+    dispatcher.utter_message(
+        response=f"utter_handoff_{reason}",
+        team=response_text(domain, TEAM_RESPONSE[result.team]),
+        due=due_phrase(clinic=clinic, due=result.due_at, lang=lang),
+    )
+    return [SlotSet("handoff_reason", str(reason)), ActiveLoop(None), SlotSet("requested_slot", None)]
+
+
+class ActionHandoff(Action):
+    """Pass the chat to staff: medical questions, complaints, a request for a person."""
+
+    def name(self) -> str:
+        return "action_handoff"
+
+    def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]) -> list[EventType]:
+        intent = (tracker.latest_message.get("intent") or {}).get("name")
+        reason = HandoffReason(tracker.get_slot("handoff_reason") or REASON_BY_INTENT.get(intent, "unclear"))
+        return dispatch_handoff(dispatcher=dispatcher, tracker=tracker, domain=domain, reason=reason)
+
+
+class ActionLogComplaint(Action):
+    """Record a complaint so the hand-off that follows goes to a manager."""
+
+    def name(self) -> str:
+        return "action_log_complaint"
+
+    def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]) -> list[EventType]:
+        with session_scope() as session:
+            flows.do_log_complaint(session=session, conversation_id=conversation_id(tracker))
+        tracker.slots["handoff_reason"] = str(HandoffReason.COMPLAINT)
+        return [SlotSet("handoff_reason", str(HandoffReason.COMPLAINT))]
+
+
+class ActionEmergency(Action):
+    """Give emergency instructions at once and alert staff."""
+
+    def name(self) -> str:
+        return "action_emergency"
+
+    def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]) -> list[EventType]:
+        kind = (tracker.latest_message.get("metadata") or {}).get("emergency_kind")
+        # Instructions first: they must not wait on the database.
+        dispatcher.utter_message(response="utter_emergency_self_harm" if kind == "self_harm" else "utter_emergency")
+        with session_scope() as session:
+            flows.do_emergency(session=session, conversation_id=conversation_id(tracker), kind=kind)
+        return [ActiveLoop(None), SlotSet("requested_slot", None)]
+
+
+# Topics offered when the bot is unsure, in order of how often patients ask.
+DEFAULT_TOPICS = ("hours", "book_appointment", "prescription_refill", "lab_results")
+NOT_TOPICS = {"greeting", "thanks", "out_of_scope", "emergency", "complaint", "medical_question"}
+
+
+class ActionClarify(Action):
+    """Ask what the patient meant, offering likely topics; a second miss goes to staff."""
+
+    def name(self) -> str:
+        return "action_clarify"
+
+    def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]) -> list[EventType]:
+        with session_scope() as session:
+            streak = flows.do_clarify(session=session, conversation_id=conversation_id(tracker))
+        if streak >= 2:
+            return dispatch_handoff(dispatcher=dispatcher, tracker=tracker, domain=domain, reason=HandoffReason.UNCLEAR)
+        text = (tracker.latest_message.get("text") or "").strip()
+        if not any(ch.isalnum() for ch in text):
+            dispatcher.utter_message(response="utter_clarify_empty")
+            return []
+        ranked = [r.get("name") for r in tracker.latest_message.get("intent_ranking") or []]
+        topics = [i for i in ranked if i not in NOT_TOPICS and f"utter_topic_{i}" in domain.get("responses", {})][:2]
+        for fallback in DEFAULT_TOPICS:
+            if len(topics) >= 3:
+                break
+            if fallback not in topics:
+                topics.append(fallback)
+        labels = [response_text(domain, f"utter_topic_{t}") for t in topics]
+        joiner = " o " if language(tracker) == "es" else " or "
+        dispatcher.utter_message(
+            response="utter_clarify",
+            topics=", ".join(labels[:-1]) + joiner + labels[-1],
+            buttons=[{"title": label, "payload": f"/{t}"} for t, label in zip(topics, labels, strict=True)],
+        )
+        return []

@@ -1,0 +1,208 @@
+"""The `clinicbot` command: parse, call a flow, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+
+from bot.clinic import ClinicConfigError
+from bot.clinic_settings import ClinicMissingError
+from bot.config import SettingsError, get_settings
+from bot.conversations.domain import DomainError
+from bot.nlu.data import DialoguesError
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """A command-line mistake; printed as one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Migrate the database to head, and seed the demo clinic if asked."""
+    from bot.db import get_engine, session_scope
+    from bot.db.migrate import upgrade_to_head
+    from bot.demo import DEMO_ADMIN_EMAIL, do_seed_demo
+
+    settings = get_settings()
+    engine = get_engine()
+    upgrade_to_head(engine)
+    print(f"database ready: {engine.url.render_as_string(hide_password=True)}")
+    if args.demo:
+        with session_scope() as session:
+            report = do_seed_demo(session=session)
+        if any((report.clinic, report.staff, report.patients, report.lab_orders)):
+            print(
+                f"demo clinic seeded: {report.clinic} clinic, {report.staff} staff, "
+                f"{report.patients} patients, {report.lab_orders} lab orders (admin: {DEMO_ADMIN_EMAIL})"
+            )
+        else:
+            print("demo clinic already present; nothing changed")
+    del settings
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fit the classifier from dialogues/ and cache it."""
+    from bot.nlu.classifier import train
+    from bot.nlu.data import load_training
+
+    settings = get_settings()
+    examples = load_training(root=settings.dialogues_dir)
+    started = time.perf_counter()
+    from bot.runtime import load_nlu
+
+    nlu = load_nlu(settings)
+    elapsed = time.perf_counter() - started
+    if args.force:
+        started = time.perf_counter()
+        train(root=settings.dialogues_dir)
+        elapsed = time.perf_counter() - started
+    print(
+        f"classifier ready: {len(examples)} examples, {len(nlu.model.intents)} intents, "
+        f"{elapsed:.2f} s, cache {settings.model_cache_dir}"
+    )
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Classify stdin lines, one JSON object out per line."""
+    from bot.runtime import load_nlu
+
+    nlu = load_nlu()
+    out = sys.stdout
+    for raw in sys.stdin.buffer:
+        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        analysis = nlu.analyse(text)
+        record = {
+            "text": text,
+            "lang": analysis.lang,
+            "intent": analysis.intent,
+            "confidence": analysis.confidence,
+            "route": str(analysis.route),
+        }
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.flush()
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Chat with the bot in the terminal as a patient."""
+    from bot.db import session_scope
+    from bot.patients.models import Channel
+    from bot.patients.service import InvalidPhoneError, normalize_phone
+    from bot.runtime import get_runtime
+
+    if args.as_phone:
+        try:
+            address = normalize_phone(args.as_phone)
+        except InvalidPhoneError as error:
+            raise UsageError(f"--as {args.as_phone!r}: {error}") from None
+    else:
+        address = f"guest-{uuid.uuid4().hex[:12]}"
+    runtime = get_runtime()
+    console = Console(highlight=False)
+    who = f"as {address}" if args.as_phone else "as an unknown visitor"
+    console.print(f"[bold]{runtime.clinic.name}[/bold] chat {who}. Type a message; Ctrl-D or /quit ends.")
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            text = input("you> " if interactive else "")
+        except EOFError:
+            break
+        if text.strip() == "/quit":
+            break
+        if not interactive:
+            console.print(f"you> {text}")
+        with session_scope() as session:
+            outcome = runtime.engine.receive(
+                session=session,
+                channel=Channel.TERMINAL,
+                address=address,
+                text=text,
+                provider_message_id=uuid.uuid4().hex,
+            )
+        for reply in outcome.replies:
+            console.print(f"bot> {reply.text}", markup=False)
+            if reply.buttons:
+                console.print("     [" + "] [".join(b["title"] for b in reply.buttons) + "]", style="cyan", markup=False)
+        confidence = "" if outcome.confidence is None else f" {outcome.confidence:.2f}"
+        console.print(f"     · route {outcome.route} · intent {outcome.intent}{confidence}", style="dim", markup=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the commands and their options."""
+    parser = _Parser(prog="clinicbot", description="Messaging assistant for medical clinics.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    init = commands.add_parser("init", help="migrate the database; --demo seeds the demo clinic")
+    init.add_argument("--demo", action="store_true", help="seed Riverside Family Clinic (safe to repeat)")
+    init.set_defaults(func=cmd_init)
+    chat = commands.add_parser("chat", help="chat with the bot in the terminal")
+    chat.add_argument("--as", dest="as_phone", metavar="PHONE", help="text as this phone number")
+    chat.set_defaults(func=cmd_chat)
+    classify = commands.add_parser("classify", help="classify stdin lines to JSON lines")
+    classify.set_defaults(func=cmd_classify)
+    train = commands.add_parser("train", help="fit the classifier from dialogues/ and cache it")
+    train.add_argument("--force", action="store_true", help="retrain even when the cache is fresh")
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+# Errors a person can cause and fix; each is printed as one line, never as a traceback.
+KNOWN_ERRORS: tuple[type[Exception], ...] = (
+    UsageError,
+    SettingsError,
+    ClinicConfigError,
+    ClinicMissingError,
+    DomainError,
+    DialoguesError,
+)
+
+
+def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from bot.runtime import NotReadyError
+
+    try:
+        return func(args)
+    except KNOWN_ERRORS + (NotReadyError,) as error:
+        prefix = "clinic setting " if isinstance(error, ClinicConfigError) else ""
+        print(f"clinicbot: error: {prefix}{error}", file=sys.stderr)
+        return 2
+    except OperationalError as error:
+        print(f"clinicbot: error: database unavailable ({error.orig.__class__.__name__})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit status."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        get_settings()
+    except KNOWN_ERRORS as error:
+        print(f"clinicbot: error: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    return _guarded(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

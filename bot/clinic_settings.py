@@ -1,0 +1,114 @@
+"""The clinic's stored settings and the context built from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time
+from typing import Any
+
+from sqlalchemy import String, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from bot.clinic import ClinicCalendar, ClinicConfigError
+from bot.db import Base
+
+
+class ClinicProfile(Base):
+    """One clinic's identity, hours and policies (one row per deployment)."""
+
+    __tablename__ = "clinic"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    phone: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(400))
+    portal_url: Mapped[str] = mapped_column(String(400), default="")
+    timezone: Mapped[str] = mapped_column(String(64))
+    weekly_hours: Mapped[dict[str, Any]]
+    holiday_country: Mapped[str | None] = mapped_column(String(8))
+    holiday_subdivision: Mapped[str | None] = mapped_column(String(16))
+    closures: Mapped[list[Any]]
+    daily_update_time: Mapped[str] = mapped_column(String(5), default="16:00")
+    quiet_start: Mapped[str] = mapped_column(String(5), default="08:00")
+    quiet_end: Mapped[str] = mapped_column(String(5), default="20:00")
+    emergency_number: Mapped[str] = mapped_column(String(16), default="911")
+    crisis_line: Mapped[str] = mapped_column(String(16), default="988")
+
+
+def _parse_clock(setting: str, value: str) -> time:
+    try:
+        hour, minute = value.split(":")
+        return time(int(hour), int(minute))
+    except (ValueError, AttributeError):
+        raise ClinicConfigError(setting, f"expected HH:MM, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class ClinicContext:
+    """A validated clinic: its profile values, calendar and policy times."""
+
+    id: int
+    name: str
+    phone: str
+    address: str
+    portal_url: str
+    emergency_number: str
+    crisis_line: str
+    calendar: ClinicCalendar
+    daily_update_time: time
+    quiet_start: time
+    quiet_end: time
+
+    def next_update_at(self, now: datetime) -> datetime:
+        """Return the next daily status-update time on a working day, after now."""
+        day = self.calendar.local_date(now)
+        if not self.calendar.is_working_day(day):
+            day = self.calendar.next_working_day(day)
+        at = self.calendar.at_local(day, self.daily_update_time)
+        while at <= now:
+            day = self.calendar.next_working_day(day)
+            at = self.calendar.at_local(day, self.daily_update_time)
+        return at
+
+    @classmethod
+    def from_profile(cls, profile: ClinicProfile) -> ClinicContext:
+        """Validate a stored profile; errors name the bad setting."""
+        for setting in ("name", "phone", "timezone", "emergency_number"):
+            if not str(getattr(profile, setting) or "").strip():
+                raise ClinicConfigError(setting, "must not be empty")
+        calendar = ClinicCalendar.build(
+            timezone=profile.timezone,
+            hours=profile.weekly_hours or {},
+            holiday_country=profile.holiday_country,
+            holiday_subdivision=profile.holiday_subdivision,
+            closures=profile.closures or [],
+        )
+        quiet_start = _parse_clock("quiet_start", profile.quiet_start)
+        quiet_end = _parse_clock("quiet_end", profile.quiet_end)
+        if quiet_end <= quiet_start:
+            raise ClinicConfigError("quiet_end", "must be later than quiet_start")
+        return cls(
+            id=profile.id,
+            name=profile.name,
+            phone=profile.phone,
+            address=profile.address,
+            portal_url=profile.portal_url,
+            emergency_number=profile.emergency_number,
+            crisis_line=profile.crisis_line,
+            calendar=calendar,
+            daily_update_time=_parse_clock("daily_update_time", profile.daily_update_time),
+            quiet_start=quiet_start,
+            quiet_end=quiet_end,
+        )
+
+
+class ClinicMissingError(LookupError):
+    """No clinic has been set up in this database."""
+
+
+def load_clinic(*, session: Session) -> ClinicContext:
+    """Load and validate the clinic; raise ClinicMissingError when none is set up."""
+    profile = session.scalars(select(ClinicProfile).order_by(ClinicProfile.id).limit(1)).first()
+    if profile is None:
+        raise ClinicMissingError("no clinic in the database; run `clinicbot init --demo` or `clinicbot init`")
+    return ClinicContext.from_profile(profile)

@@ -1,0 +1,89 @@
+"""Process settings, read from the environment (and an optional .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Everything the process is configured with; secrets are SecretStr."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLINICBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Field(default=Path("var"), description="Where the SQLite file and model cache live.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite under data_dir.")
+    dialogues_dir: Path = Field(default=REPO_ROOT / "dialogues", description="The clinic's words (Rasa format).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    public_url: str = Field(default="http://127.0.0.1:8000", description="URL patients and providers reach.")
+
+    # Routing thresholds: below clarify_threshold the bot asks instead of guessing.
+    clarify_threshold: float = Field(default=0.45, ge=0.0, le=1.0)
+    # Working minutes promised for each kind of follow-up; counted inside clinic opening hours.
+    sla_medical_minutes: int = Field(default=120, gt=0)
+    sla_complaint_minutes: int = Field(default=480, gt=0)
+    sla_human_minutes: int = Field(default=60, gt=0)
+    sla_unclear_minutes: int = Field(default=60, gt=0)
+    sla_emergency_minutes: int = Field(default=5, gt=0)
+    sla_refill_minutes: int = Field(default=600, gt=0)
+    sla_appointment_minutes: int = Field(default=240, gt=0)
+
+    twilio_account_sid: str = Field(default="", validation_alias=AliasChoices("TWILIO_ACCOUNT_SID"))
+    twilio_auth_token: SecretStr = Field(default=SecretStr(""), validation_alias=AliasChoices("TWILIO_AUTH_TOKEN"))
+    twilio_from_number: str = Field(default="", validation_alias=AliasChoices("TWILIO_FROM_NUMBER"))
+    twilio_messaging_service_sid: str = Field(
+        default="", validation_alias=AliasChoices("TWILIO_MESSAGING_SERVICE_SID")
+    )
+    telegram_bot_token: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN")
+    )
+    telegram_webhook_secret: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("TELEGRAM_WEBHOOK_SECRET")
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        """Return the configured URL, or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'clinicbot.db').resolve()}"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Return where trained classifier files are cached."""
+        return self.data_dir / "models"
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "settings"
+    env = f"CLINICBOT_{where.upper()}" if where.islower() else where
+    return f"setting {env}: {first.get('msg', 'invalid')}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process settings, validated once."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None

@@ -1,0 +1,348 @@
+"""Route one inbound message: safety layer, then state, forms, rules and actions."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from rasa_sdk.executor import ActionExecutor
+from sqlalchemy.orm import Session
+
+from bot.clinic_settings import ClinicContext, load_clinic
+from bot.conversations.domain import Domain
+from bot.conversations.models import (
+    Author,
+    Conversation,
+    ConversationState,
+    Direction,
+    Message,
+    Route,
+)
+from bot.conversations.service import open_conversation, store_inbound
+from bot.db import utcnow
+from bot.nlu.pipeline import HANDOFF_INTENTS, Analysis, Nlu
+from bot.patients.models import ChannelIdentity, Patient
+from bot.patients.service import get_or_create_identity
+
+log = logging.getLogger(__name__)
+
+# Words that abandon a half-filled form, in either language.
+CANCEL_WORDS = frozenset(
+    {"cancel", "stop", "never mind", "nevermind", "forget it", "quit", "exit", "nvm",
+     "cancelar", "cancela", "olvidalo", "olvídalo", "no importa", "dejalo", "déjalo", "salir"}
+)  # fmt: skip
+# A form is interrupted only by a confident wish to talk to a person, a complaint or a medical question.
+FORM_INTERRUPT_CONFIDENCE = 0.8
+FORM_SLOTS = ("medication", "pharmacy", "appointment_which", "preferred_times")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One text for the patient, with optional quick-reply suggestions."""
+
+    text: str
+    response_key: str | None
+    buttons: tuple[dict[str, str], ...] = ()
+    message_id: int | None = None
+
+
+@dataclass
+class Outcome:
+    """What happened to one inbound message."""
+
+    message_id: int | None
+    conversation_id: int | None
+    route: Route
+    intent: str | None
+    confidence: float | None
+    lang: str
+    replies: list[Reply] = field(default_factory=list)
+    duplicate: bool = False
+
+
+def run_coroutine(coroutine: Any) -> Any:
+    """Run a coroutine to completion from synchronous code, even under a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def build_executor(package: str = "actions") -> ActionExecutor:
+    """Load the rasa-sdk actions from a package, the way the action server does."""
+    executor = ActionExecutor()
+    executor.register_package(package)
+    return executor
+
+
+class Engine:
+    """Decide and produce the bot's replies; every effect goes through actions and flows."""
+
+    def __init__(self, *, nlu: Nlu, domain: Domain, executor: ActionExecutor) -> None:
+        self.nlu = nlu
+        self.domain = domain
+        self.executor = executor
+
+    def receive(
+        self, *, session: Session, channel: str, address: str, text: str, provider_message_id: str
+    ) -> Outcome:
+        """Store an inbound message once, then process it."""
+        identity = get_or_create_identity(session=session, channel=channel, address=address)
+        conversation = open_conversation(session=session, identity=identity)
+        message = store_inbound(
+            session=session, conversation=conversation, text=text, provider_message_id=provider_message_id
+        )
+        if message is None:
+            return Outcome(None, conversation.id, Route.SILENT, None, None, conversation.language, duplicate=True)
+        session.flush()
+        return self.process(session=session, message=message)
+
+    def process(self, *, session: Session, message: Message) -> Outcome:
+        """Route a stored inbound message and store the replies."""
+        conversation = session.get(Conversation, message.conversation_id)
+        assert conversation is not None
+        identity = session.get(ChannelIdentity, conversation.identity_id)
+        assert identity is not None
+        patient = session.get(Patient, identity.patient_id) if identity.is_verified else None
+        clinic = load_clinic(session=session)
+        text = message.body or ""
+        analysis = self.nlu.analyse(text)
+        lang = self._language(analysis=analysis, text=text, conversation=conversation)
+        conversation.language = lang
+        turn = _Turn(engine=self, session=session, conversation=conversation, identity=identity,
+                     patient=patient, clinic=clinic, analysis=analysis, text=text, lang=lang)  # fmt: skip
+        route, intent, confidence = turn.run()
+        message.lang, message.intent, message.confidence, message.route = lang, intent, confidence, route
+        message.processed_at = utcnow()
+        replies = []
+        for reply in turn.replies:
+            out = Message(
+                conversation_id=conversation.id,
+                channel=conversation.channel,
+                direction=Direction.OUT,
+                author_kind=Author.BOT,
+                body=reply.text,
+                lang=lang,
+                response_key=reply.response_key,
+                route=route,
+            )
+            session.add(out)
+            session.flush()
+            replies.append(Reply(reply.text, reply.response_key, reply.buttons, out.id))
+        log.info("message %s in conversation %s routed %s (%s)", message.id, conversation.id, route, intent)
+        return Outcome(message.id, conversation.id, route, intent, confidence, lang, replies)
+
+    @staticmethod
+    def _language(*, analysis: Analysis, text: str, conversation: Conversation) -> str:
+        # "ok" or an emoji says nothing about language: keep the conversation's.
+        words = [w for w in text.split() if any(ch.isalpha() for ch in w)]
+        if len(words) >= 2 and analysis.lang_confidence >= 0.7 or len(words) == 1 and analysis.lang_confidence >= 0.9:
+            return analysis.lang
+        return conversation.language or "en"
+
+
+@dataclass
+class _Turn:
+    """One message's routing, with the replies it produced."""
+
+    engine: Engine
+    session: Session
+    conversation: Conversation
+    identity: ChannelIdentity
+    patient: Patient | None
+    clinic: ClinicContext
+    analysis: Analysis
+    text: str
+    lang: str
+    replies: list[Reply] = field(default_factory=list)
+
+    def run(self) -> tuple[Route, str | None, float | None]:
+        analysis, conversation = self.analysis, self.conversation
+        if analysis.route is Route.EMERGENCY:
+            # The safety layer acts in every state: staff-owned, closed hours, opted out.
+            self.clear_form()
+            self.run_steps(["action_emergency"])
+            return Route.EMERGENCY, "emergency", analysis.confidence
+        if conversation.state in (ConversationState.WAITING, ConversationState.STAFF) or self.identity.opted_out_at:
+            return Route.SILENT, analysis.intent, analysis.confidence
+        if conversation.active_form:
+            handled = self.continue_form()
+            if handled is not None:
+                return handled
+        if analysis.route is Route.CLARIFY:
+            self.run_steps(["action_clarify"])
+            route = Route.HANDOFF if conversation.state != ConversationState.BOT else Route.CLARIFY
+            return route, analysis.intent, analysis.confidence
+        conversation.clarify_streak = 0
+        self.run_steps(self.engine.domain.language(self.lang).intent_steps[analysis.intent])
+        return analysis.route, analysis.intent, analysis.confidence
+
+    # -- forms ---------------------------------------------------------------------------------
+
+    def continue_form(self) -> tuple[Route, str | None, float | None] | None:
+        form = self.conversation.active_form or ""
+        normalized = " ".join(self.text.lower().strip(" .!?¡¿").split())
+        if normalized in CANCEL_WORDS:
+            self.clear_form()
+            self.say("utter_form_cancelled")
+            return Route.ANSWER, f"{form}.cancelled", None
+        if self.analysis.intent in HANDOFF_INTENTS and self.analysis.confidence >= FORM_INTERRUPT_CONFIDENCE:
+            self.clear_form()
+            return None
+        slot = self.conversation.slots.get("requested_slot")
+        events = self.run_action(
+            f"validate_{form}", extra_events=[{"event": "slot", "name": slot, "value": self.text}]
+        )
+        value = next((e.get("value") for e in events if e.get("event") == "slot" and e.get("name") == slot), None)
+        if value is None:
+            self.say("utter_form_invalid_slot")
+            self.ask(form, slot)
+            return Route.ANSWER, f"{form}.{slot}", None
+        self.set_slot(slot, value)
+        self.advance_form(form)
+        return Route.ANSWER, f"{form}.{slot}", None
+
+    def activate_form(self, form: str) -> None:
+        self.clear_form()
+        self.conversation.active_form = form
+        self.advance_form(form)
+
+    def advance_form(self, form: str) -> None:
+        required = self.engine.domain.language(self.lang).forms[form]
+        missing = [s for s in required if not self.conversation.slots.get(s)]
+        if missing:
+            self.set_slot("requested_slot", missing[0])
+            self.ask(form, missing[0])
+            return
+        self.set_slot("requested_slot", None)
+        submit = self.engine.domain.language(self.lang).form_submit[form]
+        self.run_steps([submit], active_loop=form)
+        self.clear_form()
+
+    def ask(self, form: str, slot: str) -> None:
+        specific = f"utter_ask_{form}_{slot}"
+        self.say(specific if self.engine.domain.has_response(specific) else f"utter_ask_{slot}")
+
+    def clear_form(self) -> None:
+        self.conversation.active_form = None
+        slots = dict(self.conversation.slots)
+        for slot in (*FORM_SLOTS, "requested_slot"):
+            slots.pop(slot, None)
+        self.conversation.slots = slots
+
+    def set_slot(self, name: str, value: Any) -> None:
+        # Reassign so SQLAlchemy notices the JSON column changed.
+        self.conversation.slots = {**self.conversation.slots, name: value}
+
+    # -- steps, actions, responses ---------------------------------------------------------------
+
+    def run_steps(self, steps: list[str], *, active_loop: str | None = None) -> None:
+        domain = self.engine.domain.language(self.lang)
+        for step in steps:
+            if step in domain.forms:
+                self.activate_form(step)
+            elif step in domain.responses:
+                self.say(step)
+            else:
+                self.run_action(step, active_loop=active_loop)
+
+    def run_action(
+        self, name: str, *, extra_events: list[dict[str, Any]] | None = None, active_loop: str | None = None
+    ) -> list[dict[str, Any]]:
+        domain = self.engine.domain.language(self.lang)
+        call = {
+            "next_action": name,
+            "sender_id": str(self.conversation.id),
+            "tracker": self.tracker(extra_events=extra_events or [], active_loop=active_loop),
+            "domain": domain.raw,
+            "version": "3.1",
+        }
+        result = run_coroutine(self.engine.executor.run(call))
+        for response in result.responses:
+            self.emit(response)
+        for event in result.events:
+            if event.get("event") == "slot" and event.get("name") == "handoff_reason":
+                self.set_slot("handoff_reason", event.get("value"))
+            elif event.get("event") == "active_loop" and event.get("name") is None:
+                self.conversation.active_form = None
+        return result.events
+
+    def tracker(self, *, extra_events: list[dict[str, Any]], active_loop: str | None) -> dict[str, Any]:
+        analysis = self.analysis
+        form = active_loop or self.conversation.active_form
+        slots = {
+            **self.conversation.slots,
+            "language": self.lang,
+            "known": self.patient is not None,
+            "verified": self.patient is not None,
+            "name": self.patient.display_name if self.patient is not None else None,
+            "conversation_id": self.conversation.id,
+        }
+        latest = {
+            "text": self.text,
+            "intent": {"name": analysis.intent, "confidence": analysis.confidence},
+            "intent_ranking": [{"name": n, "confidence": c} for n, c in analysis.ranking],
+            "metadata": {"emergency_kind": analysis.safety.kind.value if analysis.safety.kind else None},
+        }
+        events = [{"event": "user", "text": self.text, "parse_data": latest}, *extra_events]
+        return {
+            "sender_id": str(self.conversation.id),
+            "slots": slots,
+            "latest_message": latest,
+            "events": events,
+            "paused": False,
+            "followup_action": None,
+            "active_loop": {"name": form} if form else {},
+            "latest_action_name": None,
+        }
+
+    def emit(self, response: dict[str, Any]) -> None:
+        key = response.get("response")
+        buttons = tuple({"title": b["title"], "payload": b["payload"]} for b in response.get("buttons") or [])
+        if key:
+            extra = {k: v for k, v in response.items() if k not in _DISPATCH_KEYS}
+            self.say(key, values=extra, buttons=buttons)
+        elif response.get("text"):
+            self.replies.append(Reply(str(response["text"]), None, buttons))
+
+    def say(self, key: str, *, values: dict[str, Any] | None = None, buttons: tuple[dict[str, str], ...] = ()) -> None:
+        slots = {"known": self.patient is not None, "verified": self.patient is not None, "language": self.lang}
+        filled = {**self.placeholders(), **(values or {})}
+        text = self.engine.domain.render(key, lang=self.lang, slots=slots, values=_Placeholders(filled, key))
+        self.replies.append(Reply(text, key, buttons))
+
+    def placeholders(self) -> dict[str, Any]:
+        clinic, now = self.clinic, utcnow()
+        today = clinic.calendar.local_date(now)
+        return {
+            "clinic_name": clinic.name,
+            "phone": clinic.phone,
+            "address": clinic.address,
+            "portal_url": clinic.portal_url,
+            "emergency_number": clinic.emergency_number,
+            "crisis_line": clinic.crisis_line,
+            "hours_today": clinic.calendar.hours_text(today, lang=self.lang),
+            "hours_week": clinic.calendar.week_text(lang=self.lang),
+            "name": self.patient.display_name if self.patient is not None else "",
+        }
+
+
+_DISPATCH_KEYS = frozenset({"text", "buttons", "elements", "custom", "template", "response", "image", "attachment"})
+
+
+class _Placeholders(dict[str, Any]):
+    """Placeholder values; a missing one renders empty and is logged rather than failing the reply."""
+
+    def __init__(self, values: dict[str, Any], key: str) -> None:
+        super().__init__(values)
+        self.key = key
+
+    def __missing__(self, name: str) -> str:
+        log.error("response %s uses unknown placeholder %s", self.key, name)
+        return ""
+

@@ -1,0 +1,284 @@
+"""Side effects of a conversation: hand-offs, emergencies, requests, complaints."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.clinic_settings import ClinicContext, load_clinic
+from bot.config import get_settings
+from bot.conversations.models import (
+    Conversation,
+    ConversationState,
+    Handoff,
+    HandoffReason,
+    PatientRequest,
+    Priority,
+    RequestKind,
+)
+from bot.db import utcnow
+from bot.labs.service import orders_to_report
+from bot.patients.models import ChannelIdentity, Patient
+from bot.promises.models import Promise, PromiseKind, PromiseStatus
+from bot.staff import audit
+
+log = logging.getLogger(__name__)
+
+PRIORITY = {
+    HandoffReason.EMERGENCY: Priority.EMERGENCY,
+    HandoffReason.COMPLAINT: Priority.COMPLAINT,
+    HandoffReason.MEDICAL: Priority.MEDICAL,
+    HandoffReason.HUMAN: Priority.NORMAL,
+    HandoffReason.UNCLEAR: Priority.NORMAL,
+}
+TEAM = {
+    HandoffReason.EMERGENCY: "nurse",
+    HandoffReason.COMPLAINT: "manager",
+    HandoffReason.MEDICAL: "nurse",
+    HandoffReason.HUMAN: "front_desk",
+    HandoffReason.UNCLEAR: "front_desk",
+}
+
+
+def _sla_minutes(reason: HandoffReason) -> int:
+    settings = get_settings()
+    return {
+        HandoffReason.EMERGENCY: settings.sla_emergency_minutes,
+        HandoffReason.COMPLAINT: settings.sla_complaint_minutes,
+        HandoffReason.MEDICAL: settings.sla_medical_minutes,
+        HandoffReason.HUMAN: settings.sla_human_minutes,
+        HandoffReason.UNCLEAR: settings.sla_unclear_minutes,
+    }[reason]
+
+
+@dataclass(frozen=True)
+class HandoffResult:
+    """What the patient is told after a hand-off: which team, by when."""
+
+    handoff_id: int
+    team: str
+    due_at: datetime
+    already_open: bool
+
+
+def _conversation(session: Session, conversation_id: int) -> Conversation:
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is None:
+        raise LookupError(f"conversation {conversation_id} not found")
+    return conversation
+
+
+def _promise(
+    *,
+    session: Session,
+    conversation: Conversation,
+    kind: PromiseKind,
+    subject_type: str,
+    subject_id: int,
+    reason_key: str,
+    due_at: datetime,
+) -> Promise:
+    promise = Promise(
+        patient_id=conversation.patient_id,
+        identity_id=conversation.identity_id,
+        conversation_id=conversation.id,
+        kind=kind,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        reason_key=reason_key,
+        due_at=due_at,
+        status=PromiseStatus.OPEN,
+    )
+    session.add(promise)
+    return promise
+
+
+def do_handoff(*, session: Session, conversation_id: int, reason: HandoffReason) -> HandoffResult:
+    """Pass a conversation to staff and record the reply time promised to the patient."""
+    conversation = _conversation(session, conversation_id)
+    clinic = load_clinic(session=session)
+    now = utcnow()
+    open_handoff = session.scalars(
+        select(Handoff).where(Handoff.conversation_id == conversation.id, Handoff.resolved_at.is_(None))
+    ).first()
+    priority = PRIORITY[reason]
+    if open_handoff is not None and open_handoff.priority >= priority:
+        return HandoffResult(open_handoff.id, open_handoff.team, open_handoff.due_at, already_open=True)
+    if reason is HandoffReason.EMERGENCY:
+        # Emergencies are alerted around the clock, not in working time.
+        due_at = now + timedelta(minutes=_sla_minutes(reason))
+    else:
+        due_at = clinic.calendar.add_working_minutes(now, _sla_minutes(reason))
+    if open_handoff is not None:
+        # Escalate the existing hand-off rather than queueing the chat twice.
+        open_handoff.priority, open_handoff.reason, open_handoff.team = priority, reason, TEAM[reason]
+        open_handoff.due_at = min(open_handoff.due_at, due_at)
+        handoff = open_handoff
+    else:
+        handoff = Handoff(
+            conversation_id=conversation.id, reason=reason, priority=priority, team=TEAM[reason], due_at=due_at
+        )
+        session.add(handoff)
+        session.flush()
+    if conversation.state == ConversationState.BOT:
+        conversation.state = ConversationState.WAITING
+    conversation.priority = max(conversation.priority, priority)
+    conversation.reason = reason
+    conversation.active_form = None
+    conversation.clarify_streak = 0
+    if reason is not HandoffReason.EMERGENCY and open_handoff is None:
+        kind = PromiseKind.COMPLAINT_FOLLOWUP if reason is HandoffReason.COMPLAINT else PromiseKind.HANDOFF_REPLY
+        _promise(
+            session=session,
+            conversation=conversation,
+            kind=kind,
+            subject_type="handoff",
+            subject_id=handoff.id,
+            reason_key=f"handoff_{reason}",
+            due_at=due_at,
+        )
+    audit.record(
+        session=session,
+        actor_kind="bot",
+        action="handoff.opened" if open_handoff is None else "handoff.escalated",
+        subject_type="conversation",
+        subject_id=conversation.id,
+        details={"handoff_id": handoff.id, "reason": str(reason), "priority": int(priority)},
+    )
+    log.info("conversation %s handed off (%s, handoff %s)", conversation.id, reason, handoff.id)
+    return HandoffResult(handoff.id, handoff.team, handoff.due_at, already_open=False)
+
+
+def do_emergency(*, session: Session, conversation_id: int, kind: str | None) -> HandoffResult:
+    """Raise an urgent alert for staff; the caller sends the emergency instructions."""
+    result = do_handoff(session=session, conversation_id=conversation_id, reason=HandoffReason.EMERGENCY)
+    audit.record(
+        session=session,
+        actor_kind="bot",
+        action="emergency.detected",
+        subject_type="conversation",
+        subject_id=conversation_id,
+        details={"kind": kind, "handoff_id": result.handoff_id},
+    )
+    # An alert staff tooling can page on; ids only.
+    log.warning("EMERGENCY in conversation %s (kind %s, handoff %s)", conversation_id, kind, result.handoff_id)
+    return result
+
+
+def do_log_complaint(*, session: Session, conversation_id: int) -> None:
+    """Record that the patient complained; the hand-off that follows carries it to a manager."""
+    conversation = _conversation(session, conversation_id)
+    audit.record(
+        session=session,
+        actor_kind="bot",
+        action="complaint.received",
+        subject_type="conversation",
+        subject_id=conversation.id,
+    )
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """A recorded request and when the patient will hear back."""
+
+    request_id: int
+    due_at: datetime
+
+
+def do_record_request(
+    *, session: Session, conversation_id: int, kind: RequestKind, action: str | None, details: dict[str, Any]
+) -> RequestResult:
+    """Record a refill or appointment request for staff, with a promised answer time."""
+    conversation = _conversation(session, conversation_id)
+    clinic = load_clinic(session=session)
+    settings = get_settings()
+    minutes = settings.sla_refill_minutes if kind is RequestKind.REFILL else settings.sla_appointment_minutes
+    due_at = clinic.calendar.add_working_minutes(utcnow(), minutes)
+    request = PatientRequest(
+        kind=kind,
+        action=action,
+        details={k: str(v)[:500] for k, v in details.items() if v is not None},
+        due_at=due_at,
+        conversation_id=conversation.id,
+        identity_id=conversation.identity_id,
+        patient_id=conversation.patient_id,
+    )
+    session.add(request)
+    session.flush()
+    _promise(
+        session=session,
+        conversation=conversation,
+        kind=PromiseKind.REQUEST_ANSWER,
+        subject_type="request",
+        subject_id=request.id,
+        reason_key=f"request_{kind}",
+        due_at=due_at,
+    )
+    audit.record(
+        session=session,
+        actor_kind="bot",
+        action="request.created",
+        subject_type="request",
+        subject_id=request.id,
+        details={"kind": str(kind), "action": action, "conversation_id": conversation.id},
+    )
+    return RequestResult(request.id, due_at)
+
+
+def do_clarify(*, session: Session, conversation_id: int) -> int:
+    """Count a clarification; return how many in a row this conversation has had."""
+    conversation = _conversation(session, conversation_id)
+    conversation.clarify_streak += 1
+    return conversation.clarify_streak
+
+
+@dataclass(frozen=True)
+class LabStatusLine:
+    """One order's status as a patient may see it: no test name, no value."""
+
+    order_id: int
+    status: str  # pending | late | resulted
+    ordered_at: datetime
+    expected_by: datetime
+
+
+def lab_status(*, session: Session, conversation_id: int) -> list[LabStatusLine] | None:
+    """Return the verified patient's order statuses, or None when the sender is not verified."""
+    conversation = _conversation(session, conversation_id)
+    identity = session.get(ChannelIdentity, conversation.identity_id)
+    if identity is None or not identity.is_verified:
+        return None
+    now = utcnow()
+    lines = []
+    for order in orders_to_report(session=session, patient_id=identity.patient_id, now=now):
+        status = "resulted" if order.status == "resulted" else ("late" if order.expected_by <= now else "pending")
+        lines.append(LabStatusLine(order.id, status, order.ordered_at, order.expected_by))
+    audit.record(
+        session=session,
+        actor_kind="bot",
+        action="lab_status.disclosed",
+        subject_type="patient",
+        subject_id=identity.patient_id,
+        details={"conversation_id": conversation.id, "orders": [line.order_id for line in lines]},
+    )
+    return lines
+
+
+def clinic_for(*, session: Session) -> ClinicContext:
+    """Return the validated clinic."""
+    return load_clinic(session=session)
+
+
+def patient_for(*, session: Session, conversation_id: int) -> Patient | None:
+    """Return the verified patient behind a conversation, if any."""
+    conversation = _conversation(session, conversation_id)
+    identity = session.get(ChannelIdentity, conversation.identity_id)
+    if identity is None or not identity.is_verified:
+        return None
+    return session.get(Patient, identity.patient_id)
+

@@ -1,0 +1,168 @@
+"""Conversations, their messages, and what they hand to staff."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from bot.db import Base, utcnow
+
+
+class ConversationState(StrEnum):
+    """Who is answering: the bot, nobody yet (waiting for staff), staff, or nobody (closed)."""
+
+    BOT = "bot"
+    WAITING = "waiting"
+    STAFF = "staff"
+    CLOSED = "closed"
+
+
+class Priority(IntEnum):
+    """Queue order for staff; higher is more urgent."""
+
+    NORMAL = 10
+    MEDICAL = 20
+    COMPLAINT = 30
+    EMERGENCY = 40
+
+
+class Route(StrEnum):
+    """What the engine decided to do with a message."""
+
+    ANSWER = "answer"
+    HANDOFF = "handoff"
+    CLARIFY = "clarify"
+    EMERGENCY = "emergency"
+    SILENT = "silent"  # staff own the chat; stored, not answered
+
+
+class Direction(StrEnum):
+    """Inbound from the patient or outbound to them."""
+
+    IN = "in"
+    OUT = "out"
+
+
+class Author(StrEnum):
+    """Who wrote a message."""
+
+    PATIENT = "patient"
+    BOT = "bot"
+    STAFF = "staff"
+    SYSTEM = "system"
+
+
+class Conversation(Base):
+    """One thread with one identity; at most one open at a time."""
+
+    __tablename__ = "conversation"
+    __table_args__ = (Index("ix_conversation_identity_state", "identity_id", "state"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id", ondelete="SET NULL"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default=ConversationState.BOT)
+    priority: Mapped[int] = mapped_column(default=Priority.NORMAL)
+    reason: Mapped[str | None] = mapped_column(String(32))
+    language: Mapped[str] = mapped_column(String(2), default="en")
+    clarify_streak: Mapped[int] = mapped_column(default=0)
+    # The form being filled (Rasa's active_loop) and the slots collected so far.
+    active_form: Mapped[str | None] = mapped_column(String(64))
+    slots: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    last_message_at: Mapped[datetime | None]
+
+    messages: Mapped[list[Message]] = relationship(back_populates="conversation", order_by="Message.id")
+
+
+class Message(Base):
+    """One text in or out; inbound texts are unique per channel and provider id."""
+
+    __tablename__ = "message"
+    __table_args__ = (UniqueConstraint("channel", "provider_message_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    direction: Mapped[str] = mapped_column(String(3))
+    author_kind: Mapped[str] = mapped_column(String(8))
+    author_id: Mapped[int | None]
+    # Nullable so retention can purge bodies while keeping the metadata.
+    body: Mapped[str | None] = mapped_column(Text)
+    lang: Mapped[str | None] = mapped_column(String(2))
+    intent: Mapped[str | None] = mapped_column(String(48))
+    confidence: Mapped[float | None]
+    route: Mapped[str | None] = mapped_column(String(16))
+    response_key: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    processed_at: Mapped[datetime | None]
+
+    conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class HandoffReason(StrEnum):
+    """Why a conversation went to staff."""
+
+    EMERGENCY = "emergency"
+    COMPLAINT = "complaint"
+    MEDICAL = "medical"
+    HUMAN = "human"
+    UNCLEAR = "unclear"
+
+
+class Handoff(Base):
+    """A conversation passed to staff, with the time we promised a reply by."""
+
+    __tablename__ = "handoff"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"), index=True)
+    reason: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int]
+    team: Mapped[str] = mapped_column(String(16))
+    due_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[datetime | None]
+    claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+    resolved_at: Mapped[datetime | None]
+
+
+class RequestKind(StrEnum):
+    """What a patient asked staff to do."""
+
+    REFILL = "refill"
+    APPOINTMENT = "appointment"
+
+
+class RequestStatus(StrEnum):
+    """Where a request stands."""
+
+    OPEN = "open"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class PatientRequest(Base):
+    """A refill or appointment request collected by the bot for staff."""
+
+    __tablename__ = "request"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    # Appointment requests say which: book, reschedule or cancel.
+    action: Mapped[str | None] = mapped_column(String(16))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=RequestStatus.OPEN)
+    due_at: Mapped[datetime]
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"), index=True)
+    identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id", ondelete="SET NULL"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]

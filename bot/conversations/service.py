@@ -1,0 +1,89 @@
+"""Read and write conversations and messages."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bot.conversations.models import Conversation, ConversationState, Direction, Message
+from bot.db import utcnow
+from bot.patients.models import ChannelIdentity
+
+MAX_BODY_CHARS = 20_000
+
+
+def clean_text(raw: str | bytes) -> str:
+    """Return text safe to store and process: valid UTF-8, no control characters, bounded."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    # Lone surrogates cannot be encoded for the database; NUL is rejected by PostgreSQL.
+    text = text.encode("utf-8", errors="replace").decode("utf-8")
+    text = "".join(
+        ch for ch in text if ch in "\n\t" or not unicodedata.category(ch).startswith("C") or ch == "\u200d"
+    )
+    return text[:MAX_BODY_CHARS]
+
+
+def open_conversation(*, session: Session, identity: ChannelIdentity) -> Conversation:
+    """Return the identity's open conversation, starting one if there is none."""
+    conversation = session.scalars(
+        select(Conversation)
+        .where(Conversation.identity_id == identity.id, Conversation.state != ConversationState.CLOSED)
+        .order_by(Conversation.id.desc())
+        .limit(1)
+    ).first()
+    if conversation is None:
+        language = identity.patient.language if identity.patient is not None else "en"
+        conversation = Conversation(
+            channel=identity.channel,
+            identity_id=identity.id,
+            patient_id=identity.patient_id,
+            language=language,
+            slots={},
+        )
+        session.add(conversation)
+        session.flush()
+    return conversation
+
+
+def store_inbound(
+    *, session: Session, conversation: Conversation, text: str, provider_message_id: str
+) -> Message | None:
+    """Store an inbound message once; return None when this provider id was already stored."""
+    existing = session.scalars(
+        select(Message.id).where(
+            Message.channel == conversation.channel, Message.provider_message_id == provider_message_id
+        )
+    ).first()
+    if existing is not None:
+        return None
+    message = Message(
+        conversation_id=conversation.id,
+        channel=conversation.channel,
+        provider_message_id=provider_message_id,
+        direction=Direction.IN,
+        author_kind="patient",
+        body=clean_text(text),
+    )
+    try:
+        with session.begin_nested():
+            session.add(message)
+    except IntegrityError:
+        # A concurrent duplicate won the race; theirs is the stored one.
+        return None
+    conversation.last_message_at = utcnow()
+    return message
+
+
+def unprocessed_inbound(*, session: Session, limit: int = 100) -> list[Message]:
+    """Return stored inbound messages that were never processed, oldest first."""
+    return list(
+        session.scalars(
+            select(Message)
+            .where(Message.direction == Direction.IN, Message.processed_at.is_(None))
+            .order_by(Message.id)
+            .limit(limit)
+        )
+    )

@@ -1,0 +1,120 @@
+"""Seed the demo clinic: Riverside Family Clinic, its admin, three patients and their lab orders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.clinic_settings import ClinicProfile
+from bot.db import utcnow
+from bot.labs.models import LabOrder, LabStatus
+from bot.patients.models import Patient
+from bot.staff import audit
+from bot.staff.models import Role, StaffUser
+from bot.staff.passwords import hash_password
+
+DEMO_ADMIN_EMAIL = "admin@riverside.example"
+# A demo-only credential, printed by `make run`; real clinics create staff with `clinicbot staff add`.
+DEMO_ADMIN_PASSWORD = "riverside-demo"  # noqa: S105
+
+DEMO_PATIENTS = (
+    # external id, name, preferred name, date of birth, phone, language
+    ("RFC-1001", "Maria Garcia", "Maria", date(1984, 3, 14), "+16175550101", "es"),
+    ("RFC-1002", "James Wilson", "Jim", date(1957, 11, 2), "+16175550142", "en"),
+    ("RFC-1003", "Aisha Khan", None, date(1996, 7, 30), "+16175550177", "en"),
+)
+
+
+@dataclass(frozen=True)
+class SeedReport:
+    """What seeding created this time (zeros on a second run)."""
+
+    clinic: int
+    staff: int
+    patients: int
+    lab_orders: int
+
+
+def demo_profile() -> ClinicProfile:
+    """Return the demo clinic's settings."""
+    weekday = "08:00-18:00"
+    return ClinicProfile(
+        name="Riverside Family Clinic",
+        phone="+1 (617) 555-0100",
+        address="120 Riverside Ave, Cambridge, MA 02139",
+        portal_url="https://portal.riverside-clinic.example",
+        timezone="America/New_York",
+        weekly_hours={"mon": weekday, "tue": weekday, "wed": weekday, "thu": weekday, "fri": weekday},
+        holiday_country="US",
+        holiday_subdivision=None,
+        closures=[],
+        daily_update_time="16:00",
+        quiet_start="08:00",
+        quiet_end="20:00",
+        emergency_number="911",
+        crisis_line="988",
+    )
+
+
+def do_seed_demo(*, session: Session) -> SeedReport:
+    """Create whatever part of the demo clinic is missing; safe to run again."""
+    created = {"clinic": 0, "staff": 0, "patients": 0, "lab_orders": 0}
+    if session.scalars(select(ClinicProfile).limit(1)).first() is None:
+        session.add(demo_profile())
+        created["clinic"] = 1
+    if session.scalars(select(StaffUser).where(StaffUser.email == DEMO_ADMIN_EMAIL)).first() is None:
+        session.add(
+            StaffUser(
+                email=DEMO_ADMIN_EMAIL,
+                name="Dana Reyes",
+                role=Role.ADMIN,
+                password_hash=hash_password(DEMO_ADMIN_PASSWORD),
+            )
+        )
+        created["staff"] = 1
+    patients: dict[str, Patient] = {}
+    for external_id, name, preferred, dob, phone, lang in DEMO_PATIENTS:
+        patient = session.scalars(select(Patient).where(Patient.external_id == external_id)).first()
+        if patient is None:
+            patient = Patient(
+                external_id=external_id,
+                name=name,
+                preferred_name=preferred,
+                date_of_birth=dob,
+                phone=phone,
+                language=lang,
+            )
+            session.add(patient)
+            created["patients"] += 1
+        patients[external_id] = patient
+    session.flush()
+    now = utcnow()
+    orders = (
+        # order id, patient, test (staff-only), ordered days ago, expected in days, status
+        ("DEMO-LAB-1", "RFC-1001", "Hemoglobin A1c", 2, 2, LabStatus.IN_LAB),
+        ("DEMO-LAB-2", "RFC-1002", "Lipid panel", 6, -1, LabStatus.IN_LAB),
+        ("DEMO-LAB-3", "RFC-1002", "Basic metabolic panel", 5, -2, LabStatus.RESULTED),
+        ("DEMO-LAB-4", "RFC-1003", "Complete blood count", 1, 3, LabStatus.COLLECTED),
+    )
+    for order_id, external_id, test, ago, expected_in, status in orders:
+        if session.scalars(select(LabOrder).where(LabOrder.order_id == order_id)).first() is not None:
+            continue
+        ordered_at = now - timedelta(days=ago)
+        session.add(
+            LabOrder(
+                order_id=order_id,
+                patient_id=patients[external_id].id,
+                test_name=test,
+                ordered_at=ordered_at,
+                expected_by=now + timedelta(days=expected_in),
+                status=status,
+                resulted_at=now - timedelta(days=1) if status == LabStatus.RESULTED else None,
+            )
+        )
+        created["lab_orders"] += 1
+    if any(created.values()):
+        audit.record(session=session, actor_kind="cli", action="demo.seeded", details=dict(created))
+    return SeedReport(**created)

@@ -1,0 +1,24 @@
+"""Import every model so the metadata is complete (Alembic, tests)."""
+
+from bot.clinic_settings import ClinicProfile
+from bot.conversations.models import Conversation, Handoff, Message, PatientRequest
+from bot.db import Base
+from bot.labs.models import LabOrder
+from bot.patients.models import ChannelIdentity, Patient
+from bot.promises.models import Promise
+from bot.staff.models import AuditEvent, StaffUser
+
+__all__ = [
+    "AuditEvent",
+    "Base",
+    "ChannelIdentity",
+    "ClinicProfile",
+    "Conversation",
+    "Handoff",
+    "LabOrder",
+    "Message",
+    "Patient",
+    "PatientRequest",
+    "Promise",
+    "StaffUser",
+]

@@ -1,0 +1,83 @@
+"""The safety layer and the classifier together, and the stateless route they imply."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.conversations.models import Route
+from bot.nlu.classifier import IntentModel, load_or_train
+from bot.nlu.safety import SafetyResult, check
+
+HANDOFF_INTENTS = frozenset({"speak_to_human", "complaint", "medical_question"})
+# The classifier is a second net under the rules: an emergency it is fairly sure of is treated as one.
+CLASSIFIER_EMERGENCY_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """What one message means, before conversation state is considered."""
+
+    lang: str
+    lang_confidence: float
+    intent: str
+    confidence: float
+    ranking: tuple[tuple[str, float], ...]
+    safety: SafetyResult
+    route: Route
+
+
+def has_words(text: str) -> bool:
+    """Return whether a message has any letters or digits at all."""
+    return any(ch.isalnum() for ch in text)
+
+
+class Nlu:
+    """Analyse messages with the safety rules first, then the intent model."""
+
+    def __init__(self, *, model: IntentModel, clarify_threshold: float) -> None:
+        self.model = model
+        self.clarify_threshold = clarify_threshold
+
+    def analyse(self, text: str) -> Analysis:
+        """Return language, intent, confidence and the route for one message."""
+        safety = check(text)
+        prediction = self.model.predict(text)
+        lang, lang_confidence = self.model.predict_language(text)
+        intent, confidence = prediction.intent, prediction.confidence
+        if safety.is_emergency:
+            route, intent, confidence = Route.EMERGENCY, "emergency", 1.0
+        elif intent == "emergency" and confidence >= CLASSIFIER_EMERGENCY_THRESHOLD:
+            route = Route.EMERGENCY
+        elif not has_words(text):
+            route, intent, confidence = Route.CLARIFY, "out_of_scope", 0.0
+        elif intent == "out_of_scope" or confidence < self.clarify_threshold:
+            route = Route.CLARIFY
+        elif intent in HANDOFF_INTENTS:
+            route = Route.HANDOFF
+        else:
+            route = Route.ANSWER
+        return Analysis(
+            lang=lang,
+            lang_confidence=lang_confidence,
+            intent=intent,
+            confidence=round(float(confidence), 4),
+            ranking=prediction.ranking,
+            safety=safety,
+            route=route,
+        )
+
+
+_lock = threading.Lock()
+_cache: dict[tuple[str, str, float], Nlu] = {}
+
+
+def get_nlu(*, dialogues_dir: Path, cache_dir: Path, clarify_threshold: float) -> Nlu:
+    """Return the process's analyser, training the model if dialogues/ changed."""
+    key = (str(dialogues_dir.resolve()), str(cache_dir.resolve()), clarify_threshold)
+    with _lock:
+        if key not in _cache:
+            model = load_or_train(root=dialogues_dir, cache_dir=cache_dir)
+            _cache[key] = Nlu(model=model, clarify_threshold=clarify_threshold)
+        return _cache[key]

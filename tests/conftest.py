@@ -1,0 +1,133 @@
+"""Shared fixtures: real SQLite and real PostgreSQL databases, migrated with Alembic."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
+
+POSTGRES_URL = os.environ.get("CLINICBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def reset_caches() -> None:
+    """Forget cached settings, engines and runtimes so a test's environment takes effect."""
+    from bot.config import get_settings
+    from bot.db import _factory, get_engine
+    from bot.runtime import get_runtime
+
+    for cached in (get_settings, get_engine, _factory, get_runtime):
+        cached.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir shared by the whole run, so the classifier is trained once."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file that each test copies."""
+    from bot.db import make_engine
+    from bot.db.migrate import upgrade_to_head
+
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade_to_head(engine)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return path
+
+
+def _postgres_engine() -> Engine:
+    from bot.db import make_engine
+
+    engine = make_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as error:
+        engine.dispose()
+        reason = f"PostgreSQL not reachable at {POSTGRES_URL}: {error.orig.__class__.__name__}"
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run)")
+        pytest.skip(reason)
+    return engine
+
+
+@pytest.fixture(scope="session")
+def postgres_migrated() -> str:
+    """Recreate the test schema once and migrate it to head."""
+    from bot.db.migrate import upgrade_to_head
+
+    engine = _postgres_engine()
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    upgrade_to_head(engine)
+    engine.dispose()
+    return POSTGRES_URL
+
+
+def _truncate_postgres(url: str) -> None:
+    from bot.db import make_engine
+    from bot.models import Base
+
+    engine = make_engine(url)
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with engine.begin() as connection:
+        # TRUNCATE does not fire the audit trail's row-level append-only triggers.
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sqlite_template: Path,
+    model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[str]:
+    """A clean, migrated database on each backend, configured as the process database."""
+    if request.param == "sqlite":
+        path = tmp_path / "clinicbot.db"
+        shutil.copy(sqlite_template, path)
+        url = f"sqlite:///{path}"
+    else:
+        url = request.getfixturevalue("postgres_migrated")
+        _truncate_postgres(url)
+    monkeypatch.setenv("CLINICBOT_DATABASE_URL", url)
+    monkeypatch.setenv("CLINICBOT_DATA_DIR", str(model_dir))
+    reset_caches()
+    yield url
+    from bot.db import get_engine
+
+    get_engine().dispose()
+    reset_caches()
+
+
+@pytest.fixture
+def demo_db(database_url: str) -> str:
+    """A database holding the demo clinic."""
+    from bot.db import session_scope
+    from bot.demo import do_seed_demo
+
+    with session_scope() as session:
+        do_seed_demo(session=session)
+    return database_url
+
+
+@pytest.fixture
+def runtime(demo_db: str):  # type: ignore[no-untyped-def]
+    """The wired engine on the demo clinic."""
+    from bot.runtime import get_runtime
+
+    return get_runtime()

@@ -1,0 +1,282 @@
+"""The conversation engine end to end on real databases: routes, forms, hand-offs, safety."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import time_machine
+from sqlalchemy import func, select
+
+from bot.conversations.models import (
+    Conversation,
+    ConversationState,
+    Handoff,
+    Message,
+    PatientRequest,
+    Priority,
+    Route,
+)
+from bot.db import session_scope
+from bot.patients.models import ChannelIdentity
+from bot.promises.models import Promise
+from bot.staff.models import AuditEvent
+
+JIM = "+16175550142"  # demo patient with a late and a resulted lab order
+MARIA = "+16175550101"  # demo patient who prefers Spanish
+STRANGER = "+16175550999"
+# A Wednesday afternoon in clinic hours (America/New_York, 14:00 local).
+OPEN_HOURS = datetime(2026, 11, 18, 19, 0, tzinfo=UTC)
+
+
+def send(runtime, text, *, address=STRANGER, channel="sms", provider_id=None):  # type: ignore[no-untyped-def]
+    """Send one inbound message through the engine in its own transaction."""
+    with session_scope() as session:
+        return runtime.engine.receive(
+            session=session,
+            channel=channel,
+            address=address,
+            text=text,
+            provider_message_id=provider_id or uuid.uuid4().hex,
+        )
+
+
+def texts(outcome) -> str:  # type: ignore[no-untyped-def]
+    return " ".join(reply.text for reply in outcome.replies)
+
+
+@pytest.fixture(autouse=True)
+def _clinic_open():  # type: ignore[no-untyped-def]
+    with time_machine.travel(OPEN_HOURS, tick=False):
+        yield
+
+
+def test_common_question_is_answered_in_the_clinics_words(runtime) -> None:
+    outcome = send(runtime, "what time do you open tomorrow?")
+    assert (outcome.route, outcome.intent) == (Route.ANSWER, "hours")
+    assert outcome.replies[0].response_key == "utter_hours"
+    assert "8 am" in texts(outcome)
+
+
+def test_known_patient_is_greeted_by_preferred_name(runtime) -> None:
+    outcome = send(runtime, "hello there", address=JIM)
+    assert outcome.intent == "greeting"
+    assert "Jim" in texts(outcome)
+
+
+def test_unknown_sender_is_not_greeted_by_name(runtime) -> None:
+    outcome = send(runtime, "hello there")
+    assert "Jim" not in texts(outcome) and "Maria" not in texts(outcome)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind_hint"),
+    [
+        ("my dad's face is drooping and he's slurring", "911"),
+        ("i took 20 of my sleeping pills", "911"),
+        ("ya no quiero vivir", "988"),
+        ("i want to kill myself", "988"),
+    ],
+)
+def test_emergency_gets_instructions_at_once_and_alerts_staff(runtime, text: str, kind_hint: str) -> None:
+    outcome = send(runtime, text)
+    assert outcome.route == Route.EMERGENCY
+    first = outcome.replies[0]
+    assert first.response_key in {"utter_emergency", "utter_emergency_self_harm"}
+    assert "911" in first.text and kind_hint in first.text
+    with session_scope() as session:
+        handoff = session.scalars(select(Handoff)).one()
+        conversation = session.get(Conversation, outcome.conversation_id)
+        alerts = session.scalars(select(AuditEvent).where(AuditEvent.action == "emergency.detected")).all()
+    assert (handoff.reason, handoff.priority) == ("emergency", Priority.EMERGENCY)
+    assert conversation.state == ConversationState.WAITING
+    assert len(alerts) == 1
+
+
+def test_emergency_is_answered_while_staff_own_the_chat(runtime) -> None:
+    first = send(runtime, "can i talk to a real person please")
+    assert first.route == Route.HANDOFF
+    with session_scope() as session:
+        session.get(Conversation, first.conversation_id).state = ConversationState.STAFF
+    silent = send(runtime, "what are your hours")
+    assert (silent.route, silent.replies) == (Route.SILENT, [])
+    urgent = send(runtime, "my chest hurts really bad and my left arm is numb")
+    assert urgent.route == Route.EMERGENCY
+    assert "911" in texts(urgent)
+    with session_scope() as session:
+        conversation = session.get(Conversation, first.conversation_id)
+        handoffs = session.scalars(select(Handoff)).all()
+    assert conversation.state == ConversationState.STAFF
+    assert conversation.priority == Priority.EMERGENCY
+    assert [(h.reason, h.priority) for h in handoffs] == [("emergency", Priority.EMERGENCY)]
+
+
+def test_emergency_after_opt_out_still_gets_instructions(runtime) -> None:
+    send(runtime, "hi")
+    with session_scope() as session:
+        identity = session.scalars(select(ChannelIdentity)).one()
+        identity.opted_out_at = OPEN_HOURS
+    assert send(runtime, "what are your hours").replies == []
+    assert "911" in texts(send(runtime, "i cant breathe"))
+
+
+def test_bot_stays_silent_while_waiting_for_staff(runtime) -> None:
+    handoff = send(runtime, "I want to file a complaint about the front desk, they were very rude")
+    assert handoff.route == Route.HANDOFF
+    assert "manager" in texts(handoff).lower()
+    later = send(runtime, "hello??")
+    assert (later.route, later.replies) == (Route.SILENT, [])
+    with session_scope() as session:
+        stored = session.scalar(select(func.count()).select_from(Message).where(Message.direction == "in"))
+    assert stored == 2
+
+
+def test_medical_question_is_handed_to_nurses_without_advice(runtime) -> None:
+    outcome = send(runtime, "is it ok to take ibuprofen with my blood pressure meds?")
+    assert (outcome.route, outcome.intent) == (Route.HANDOFF, "medical_question")
+    reply = texts(outcome).lower()
+    assert "nurs" in reply
+    assert "medical advice" in reply
+    with session_scope() as session:
+        promise = session.scalars(select(Promise)).one()
+        handoff = session.scalars(select(Handoff)).one()
+    assert (promise.kind, promise.subject_id, promise.due_at) == ("handoff_reply", handoff.id, handoff.due_at)
+
+
+def test_handoff_reply_time_skips_thanksgiving(runtime) -> None:
+    # Wednesday 2026-11-25 17:30 local; two working hours run out Friday 9:30 (Thursday is a holiday).
+    with time_machine.travel(datetime(2026, 11, 25, 22, 30, tzinfo=UTC), tick=False):
+        outcome = send(runtime, "i have a rash on my arm since yesterday, should i worry")
+    assert outcome.route == Route.HANDOFF
+    assert "by 9:30 am on Friday" in texts(outcome)
+
+
+def test_two_misses_in_a_row_go_to_staff(runtime) -> None:
+    first = send(runtime, "blorp zzzt qwfp")
+    assert first.route == Route.CLARIFY
+    assert first.replies[0].response_key == "utter_clarify"
+    assert len(first.replies[0].buttons) == 3
+    second = send(runtime, "gribble fnord wub")
+    assert second.route == Route.HANDOFF
+    assert second.replies[0].response_key == "utter_handoff_unclear"
+
+
+def test_a_clear_answer_resets_the_clarify_count(runtime) -> None:
+    assert send(runtime, "blorp zzzt qwfp").route == Route.CLARIFY
+    assert send(runtime, "what are your hours").route == Route.ANSWER
+    assert send(runtime, "gribble fnord wub").route == Route.CLARIFY
+
+
+def test_refill_form_collects_medication_and_pharmacy(runtime) -> None:
+    first = send(runtime, "i need a refill on my rx pls", address=JIM)
+    assert first.intent == "prescription_refill"
+    assert first.replies[-1].response_key == "utter_ask_medication"
+    second = send(runtime, "lisinopril 10 mg", address=JIM)
+    assert second.replies[-1].response_key == "utter_ask_pharmacy"
+    third = send(runtime, "CVS on Main Street", address=JIM)
+    assert third.replies[-1].response_key == "utter_refill_requested"
+    assert "CVS on Main Street" in texts(third)
+    assert "lisinopril" not in texts(third).lower()
+    with session_scope() as session:
+        request = session.scalars(select(PatientRequest)).one()
+        promise = session.scalars(select(Promise)).one()
+        conversation = session.get(Conversation, third.conversation_id)
+    assert request.details == {"medication": "lisinopril 10 mg", "pharmacy": "CVS on Main Street"}
+    assert (request.kind, request.status, request.patient_id is not None) == ("refill", "open", True)
+    assert (promise.kind, promise.subject_type, promise.due_at) == ("request_answer", "request", request.due_at)
+    assert conversation.active_form is None and "medication" not in conversation.slots
+
+
+def test_form_rejects_an_empty_answer_and_asks_again(runtime) -> None:
+    send(runtime, "refill please")
+    outcome = send(runtime, "??")
+    assert [r.response_key for r in outcome.replies] == ["utter_form_invalid_slot", "utter_ask_medication"]
+
+
+def test_form_can_be_cancelled(runtime) -> None:
+    send(runtime, "I need to book an appointment")
+    outcome = send(runtime, "never mind")
+    assert outcome.replies[0].response_key == "utter_form_cancelled"
+    with session_scope() as session:
+        assert session.scalars(select(PatientRequest)).all() == []
+
+
+def test_emergency_interrupts_a_form(runtime) -> None:
+    send(runtime, "refill please")
+    outcome = send(runtime, "wait my husband just collapsed and isnt breathing")
+    assert outcome.route == Route.EMERGENCY
+    with session_scope() as session:
+        assert session.get(Conversation, outcome.conversation_id).active_form is None
+
+
+def test_reschedule_asks_which_appointment_then_times(runtime) -> None:
+    first = send(runtime, "i need to reschedule my appt on friday")
+    assert first.intent == "reschedule_appointment"
+    assert first.replies[-1].response_key == "utter_ask_reschedule_form_appointment_which"
+    second = send(runtime, "friday 3pm with dr lee")
+    assert second.replies[-1].response_key == "utter_ask_reschedule_form_preferred_times"
+    third = send(runtime, "any morning next week")
+    assert third.replies[-1].response_key == "utter_reschedule_requested"
+    with session_scope() as session:
+        request = session.scalars(select(PatientRequest)).one()
+    assert (request.kind, request.action) == ("appointment", "reschedule")
+
+
+def test_lab_status_for_known_patient_names_no_test(runtime) -> None:
+    outcome = send(runtime, "any news on my lab results?", address=JIM)
+    assert outcome.intent == "lab_results"
+    keys = [r.response_key for r in outcome.replies]
+    assert keys == ["utter_lab_status_late", "utter_lab_status_resulted"]
+    body = texts(outcome).lower()
+    for secret in ("lipid", "panel", "metabolic", "hemoglobin", "blood count"):
+        assert secret not in body
+
+
+def test_lab_status_for_unknown_sender_is_general(runtime) -> None:
+    outcome = send(runtime, "are my lab results back yet")
+    assert [r.response_key for r in outcome.replies] == ["utter_lab_results_unverified"]
+
+
+def test_spanish_patient_gets_spanish(runtime) -> None:
+    outcome = send(runtime, "hola, necesito una cita para la proxima semana", address=MARIA)
+    assert (outcome.lang, outcome.intent) == ("es", "book_appointment")
+    assert outcome.replies[-1].response_key == "utter_ask_appointment_which"
+    with session_scope() as session:
+        conversation = session.get(Conversation, outcome.conversation_id)
+    assert conversation.language == "es"
+    # A bare "ok" keeps the conversation in Spanish.
+    assert send(runtime, "gracias", address=MARIA).lang == "es"
+
+
+def test_duplicate_provider_id_is_stored_once(runtime) -> None:
+    first = send(runtime, "what are your hours", provider_id="SM123")
+    again = send(runtime, "what are your hours", provider_id="SM123")
+    assert (first.duplicate, again.duplicate, again.replies) == (False, True, [])
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Message).where(Message.direction == "in")) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   \n\t ",
+        "x" * 10_000,
+        "😀😀😀",
+        "hola I need mi cita tomorrow pls",
+        b"\xff\xfe broken \xc3\x28 bytes".decode("utf-8", errors="surrogateescape"),
+        "'; DROP TABLE message; --",
+        "<script>alert(1)</script><b>hours?</b>",
+        "\x00\x01 nul and control",
+    ],
+)
+def test_bad_input_is_stored_and_answered(runtime, text: str) -> None:
+    outcome = send(runtime, text)
+    assert outcome.route in {Route.ANSWER, Route.CLARIFY}
+    assert outcome.replies
+    with session_scope() as session:
+        stored = session.get(Message, outcome.message_id)
+        assert stored.processed_at is not None
+        assert "\x00" not in (stored.body or "")
+        assert session.scalar(select(func.count()).select_from(Message)) >= 2

@@ -1,0 +1,114 @@
+"""The `clinicbot` command as a person runs it: real processes, real databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from bot.config import REPO_ROOT
+from bot.db import make_engine
+
+
+def clinicbot(*args: str, env: dict[str, str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """Run the console script's entry point in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        input=stdin,
+        capture_output=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path, model_dir: Path) -> dict[str, str]:
+    return {"CLINICBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "CLINICBOT_DATA_DIR": str(model_dir)}
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[bytes], *fragments: str) -> None:
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_init_demo_is_safe_to_run_twice(env: dict[str, str]) -> None:
+    first = clinicbot("init", "--demo", env=env)
+    assert first.returncode == 0, first.stderr.decode()
+    assert "demo clinic seeded: 1 clinic, 1 staff, 3 patients, 4 lab orders" in first.stdout.decode()
+    second = clinicbot("init", "--demo", env=env)
+    assert second.returncode == 0
+    assert "already present" in second.stdout.decode()
+    engine = make_engine(env["CLINICBOT_DATABASE_URL"])
+    with engine.connect() as connection:
+        counts = [connection.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in ("clinic", "patient")]
+        mode = connection.execute(text("PRAGMA journal_mode")).scalar()
+    assert (counts, mode) == ([1, 3], "wal")
+
+
+def test_classify_writes_one_json_object_per_line(env: dict[str, str]) -> None:
+    lines = ["what time do you open", "ya no quiero vivir", "", "necesito una receta", "can i talk to a person"]
+    stdin = ("\n".join(lines) + "\n").encode() + b"\xff\xfe invalid utf-8\n"
+    result = clinicbot("classify", env=env, stdin=stdin)
+    assert result.returncode == 0, result.stderr.decode()
+    records = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [r["text"] for r in records[:5]] == lines
+    assert all(set(r) == {"text", "lang", "intent", "confidence", "route"} for r in records)
+    assert all(0.0 <= r["confidence"] <= 1.0 for r in records)
+    assert [(r["intent"], r["route"]) for r in records[:2]] == [("hours", "answer"), ("emergency", "emergency")]
+    assert (records[2]["route"], records[3]["lang"], records[4]["route"]) == ("clarify", "es", "handoff")
+    assert len(records) == 6
+
+
+def test_chat_shows_replies_with_route_and_intent(env: dict[str, str]) -> None:
+    assert clinicbot("init", "--demo", env=env).returncode == 0
+    result = clinicbot("chat", "--as", "+1 617-555-0142", env=env, stdin=b"hi\nwhat are your hours\n")
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "Jim" in out
+    assert "route answer · intent hours" in out
+
+
+def test_chat_before_init_says_what_to_run(env: dict[str, str]) -> None:
+    assert_one_line_error(clinicbot("chat", env=env), "clinicbot init")
+
+
+def test_bad_option_is_one_line(env: dict[str, str]) -> None:
+    assert_one_line_error(clinicbot("chat", "--bogus", env=env), "unrecognized arguments: --bogus")
+    assert_one_line_error(clinicbot("frobnicate", env=env), "invalid choice")
+
+
+def test_bad_phone_is_one_line(env: dict[str, str]) -> None:
+    clinicbot("init", "--demo", env=env)
+    assert_one_line_error(clinicbot("chat", "--as", "not-a-phone", env=env), "--as 'not-a-phone'")
+
+
+def test_bad_setting_names_the_setting(env: dict[str, str]) -> None:
+    result = clinicbot("classify", env={**env, "CLINICBOT_CLARIFY_THRESHOLD": "2"})
+    assert_one_line_error(result, "CLINICBOT_CLARIFY_THRESHOLD")
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "fragment"),
+    [
+        ("timezone", "Mars/Olympus_Mons", "clinic setting timezone: unknown time zone"),
+        ("weekly_hours", '{"mon": "9-5"}', "clinic setting hours.mon"),
+        ("daily_update_time", "4pm", "clinic setting daily_update_time"),
+    ],
+)
+def test_bad_clinic_setting_is_a_clear_startup_error(env: dict[str, str], column: str, value: str, fragment: str) -> None:
+    clinicbot("init", "--demo", env=env)
+    engine = make_engine(env["CLINICBOT_DATABASE_URL"])
+    with engine.begin() as connection:
+        connection.execute(text(f"UPDATE clinic SET {column} = :v"), {"v": value})
+    assert_one_line_error(clinicbot("chat", env=env, stdin=b"hi\n"), fragment)
