@@ -113,7 +113,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     else:
         address = f"guest-{uuid.uuid4().hex[:12]}"
     runtime = get_runtime()
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     who = f"as {address}" if args.as_phone else "as an unknown visitor"
     console.print(f"[bold]{runtime.clinic.name}[/bold] chat {who}. Type a message; Ctrl-D or /quit ends.")
     interactive = sys.stdin.isatty()

@@ -23,7 +23,7 @@ from bot.conversations.models import (
 )
 from bot.conversations.service import open_conversation, store_inbound
 from bot.db import utcnow
-from bot.nlu.pipeline import HANDOFF_INTENTS, Analysis, Nlu
+from bot.nlu.pipeline import Analysis, Nlu
 from bot.patients.models import ChannelIdentity, Patient
 from bot.patients.service import get_or_create_identity
 
@@ -34,8 +34,11 @@ CANCEL_WORDS = frozenset(
     {"cancel", "stop", "never mind", "nevermind", "forget it", "quit", "exit", "nvm",
      "cancelar", "cancela", "olvidalo", "olvídalo", "no importa", "dejalo", "déjalo", "salir"}
 )  # fmt: skip
-# A form is interrupted only by a confident wish to talk to a person, a complaint or a medical question.
-FORM_INTERRUPT_CONFIDENCE = 0.8
+# A form is interrupted only by a confident wish to talk to a person or a complaint, or by a real
+# medical question; a bare medication name ("metformin 500") is an answer, not a question.
+FORM_INTERRUPT_CONFIDENCE = 0.85
+MEDICAL_INTERRUPT_CONFIDENCE = 0.9
+MEDICAL_INTERRUPT_MIN_WORDS = 6
 FORM_SLOTS = ("medication", "pharmacy", "appointment_which", "preferred_times")
 
 
@@ -191,7 +194,7 @@ class _Turn:
             self.clear_form()
             self.say("utter_form_cancelled")
             return Route.ANSWER, f"{form}.cancelled", None
-        if self.analysis.intent in HANDOFF_INTENTS and self.analysis.confidence >= FORM_INTERRUPT_CONFIDENCE:
+        if self.interrupts_form():
             self.clear_form()
             return None
         slot = self.conversation.slots.get("requested_slot")
@@ -206,6 +209,14 @@ class _Turn:
         self.set_slot(slot, value)
         self.advance_form(form)
         return Route.ANSWER, f"{form}.{slot}", None
+
+    def interrupts_form(self) -> bool:
+        intent, confidence = self.analysis.intent, self.analysis.confidence
+        if intent in {"speak_to_human", "complaint"}:
+            return confidence >= FORM_INTERRUPT_CONFIDENCE
+        if intent == "medical_question" and confidence >= MEDICAL_INTERRUPT_CONFIDENCE:
+            return "?" in self.text or len(self.text.split()) >= MEDICAL_INTERRUPT_MIN_WORDS
+        return False
 
     def activate_form(self, form: str) -> None:
         self.clear_form()

@@ -375,6 +375,7 @@ def _load_cached(*, path: Path, fp: str) -> IntentModel | None:
     if not path.is_file():
         return None
     try:
+        # Pickle: cache_dir must be as trusted as the code (it is written only by this process).
         model = joblib.load(path)
     except Exception as exc:  # corrupt/truncated/incompatible cache: retrain instead
         log.warning("ignoring unreadable model cache %s (%s)", path.name, exc.__class__.__name__)

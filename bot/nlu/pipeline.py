@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bot.conversations.models import Route
 from bot.nlu.classifier import IntentModel, load_or_train
+from bot.nlu.data import fingerprint
 from bot.nlu.safety import SafetyResult, check
+
+log = logging.getLogger(__name__)
 
 HANDOFF_INTENTS = frozenset({"speak_to_human", "complaint", "medical_question"})
 # The classifier is a second net under the rules: an emergency it is fairly sure of is treated as one.
@@ -36,12 +41,50 @@ def has_words(text: str) -> bool:
 class Nlu:
     """Analyse messages with the safety rules first, then the intent model."""
 
-    def __init__(self, *, model: IntentModel, clarify_threshold: float) -> None:
+    def __init__(
+        self,
+        *,
+        model: IntentModel,
+        clarify_threshold: float,
+        dialogues_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        refresh_seconds: float = 30.0,
+    ) -> None:
         self.model = model
         self.clarify_threshold = clarify_threshold
+        self._source = (dialogues_dir, cache_dir) if dialogues_dir and cache_dir else None
+        self._refresh_seconds = refresh_seconds
+        self._checked_at = time.monotonic()
+        self._retraining = threading.Lock()
+
+    def refresh_if_changed(self) -> None:
+        """Retrain in the background when dialogues/ changed; keep answering with the old model meanwhile."""
+        if self._source is None or time.monotonic() - self._checked_at < self._refresh_seconds:
+            return
+        self._checked_at = time.monotonic()
+        dialogues_dir, cache_dir = self._source
+        try:
+            current = fingerprint(root=dialogues_dir)
+        except OSError:
+            return
+        if current == self.model.trained_on or not self._retraining.acquire(blocking=False):
+            return
+
+        def retrain() -> None:
+            try:
+                self.model = load_or_train(root=dialogues_dir, cache_dir=cache_dir)
+                log.info("classifier retrained for dialogues %s", current[:12])
+            except Exception:
+                # A broken edit must not take the bot down: keep the last good model.
+                log.exception("retraining failed; keeping the previous classifier")
+            finally:
+                self._retraining.release()
+
+        threading.Thread(target=retrain, name="nlu-retrain", daemon=True).start()
 
     def analyse(self, text: str) -> Analysis:
         """Return language, intent, confidence and the route for one message."""
+        self.refresh_if_changed()
         safety = check(text)
         prediction = self.model.predict(text)
         lang, lang_confidence = self.model.predict_language(text)
@@ -79,5 +122,7 @@ def get_nlu(*, dialogues_dir: Path, cache_dir: Path, clarify_threshold: float) -
     with _lock:
         if key not in _cache:
             model = load_or_train(root=dialogues_dir, cache_dir=cache_dir)
-            _cache[key] = Nlu(model=model, clarify_threshold=clarify_threshold)
+            _cache[key] = Nlu(
+                model=model, clarify_threshold=clarify_threshold, dialogues_dir=dialogues_dir, cache_dir=cache_dir
+            )
         return _cache[key]

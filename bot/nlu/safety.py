@@ -1,12 +1,10 @@
-"""Rule-based emergency detection that runs before any ML classifier.
+"""Detect emergencies in patient messages with deterministic rules, before any ML."""
 
-The layer is deliberately deterministic: a table of named regex rules finds
-candidate symptoms, and a small set of clause-scoped cues (negation, past,
-general question, hypothetical, administrative use) decides whether each
-candidate really describes a current emergency. Recall matters more than
-precision here, so every cue that suppresses a match is narrow, and an
-explicit present-tense or first-person signal overrides it.
-"""
+# A table of named regex rules finds candidate symptoms; clause-scoped cues
+# (negation, past, general question, hypothetical, administrative use) then
+# decide whether a candidate describes a current emergency. Missing an
+# emergency costs far more than a false alarm, so every suppressing cue is
+# narrow and an explicit present-tense or first-person signal overrides it.
 
 from __future__ import annotations
 
@@ -63,6 +61,7 @@ _K = EmergencyKind
 
 
 def _rx(pattern: str) -> re.Pattern[str]:
+    """Compile a rule pattern (kept short so the rule table stays readable)."""
     return re.compile(pattern)
 
 
@@ -80,17 +79,21 @@ _STRETCHED = re.compile(r"([a-z])\1{2,}")
 
 
 def _normalise(text: str) -> list[str]:
-    """Return the searchable forms of a message (two when letters are stretched)."""
+    """Return the searchable forms of a message (more than one when it is ambiguous)."""
     text = _SURROGATES.sub(" ", text.translate(_APOSTROPHES))
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     text = text.lower().replace("\t", " ").replace("\r", "\n")
     text = _NOISE.sub(" ", text)
-    text = _NEWLINES.sub(" . ", text)
-    text = _SPACES.sub(" ", text).strip()
-    if not _STRETCHED.search(text):
-        return [text]
-    # "cantttt" wants one letter, "bleeeeding" wants two; try both.
-    return [_STRETCHED.sub(r"\1\1", text), _STRETCHED.sub(r"\1", text)]
+    # A line break usually ends a thought, but SMS users also wrap mid-phrase
+    # ("i cant\nbreathe"); read it both ways.
+    forms = [_NEWLINES.sub(" . ", text)]
+    if "\n" in text:
+        forms.append(_NEWLINES.sub(" ", text))
+    forms = [_SPACES.sub(" ", form).strip() for form in forms]
+    if _STRETCHED.search(forms[0]):
+        # "cantttt" wants one letter, "bleeeeding" wants two; try both.
+        forms = [f for form in forms for f in (_STRETCHED.sub(r"\1\1", form), _STRETCHED.sub(r"\1", form))]
+    return forms
 
 
 # ---------------------------------------------------------------------------
@@ -111,6 +114,7 @@ _CLAUSE_BREAK = _rx(
 
 
 def _clauses(text: str) -> list[tuple[int, int]]:
+    """Split a normalised message into (start, end) clause spans."""
     spans: list[tuple[int, int]] = []
     pos = 0
     for m in _CLAUSE_BREAK.finditer(text):
@@ -126,12 +130,13 @@ def _clauses(text: str) -> list[tuple[int, int]]:
 # Shared vocabulary for the rules
 # ---------------------------------------------------------------------------
 
-_CANT = r"(?:cant|cnt|can ?not|unable to|couldnt|could not|cant even|can barely|cant really)"
+_CANT_WORDS = r"cant|cnt|can ?not|unable to|couldnt|could not|cant even|can barely|cant really"
+_CANT = f"(?:{_CANT_WORDS})"
 _BREATHE = r"br(?:e|ea|ee|ae)(?:th|ht|t|f)(?:e|ing|in|en)?\b"
 _CHEST = r"(?:chest|chset|chets|ches|cheast)"
 _CHEST_PAIN = (
     r"(?:pain|pains|pian|pan|payn|hurt\w*|ache|aches|aching|tight\w*|pressure|heavy|heaviness"
-    r"|discomfort|squeez\w*|crush\w*|burning|killing me)"
+    r"|discomfort|squeez\w*|crush\w*|burning|on fire|killing me)"
 )
 _SEIZ = r"(?:s(?:ei|ie|e|ee|ea|i)(?:z|s)(?:ure|ur|er|ire)s?|ceasures?)"
 _QTY = (
@@ -217,7 +222,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("self_harm.es_want_to_die", _K.SELF_HARM,
           _rx(r"\bme quiero (?:morir|matar|suicidar|cortar|lastimar)\b"
               r"|\bquiero (?:morirme|matarme|suicidarme|cortarme|lastimarme|hacerme dano"
-              r"|quitarme la vida|dejar de vivir|morir)\b"
+              r"|quitarme la vida|dejar de vivir|dejar de existir|no existir|desaparecer|morir)\b"
               r"|\b(?:ganas|pensando|pienso|pensamientos|ideas|planeando|voy a|intente|intento)\s+"
               r"(?:de\s+|en\s+)?(?:morirme|matarme|suicidarme|quitarme la vida|cortarme|hacerme dano"
               r"|lastimarme|acabar con (?:todo|mi vida))\b"
@@ -241,7 +246,8 @@ _RULES: tuple[_Rule, ...] = (
               r"(?:\w+\s+){0,2}?(?:" + _DRUG + r"|of (?:them|those|these|it))\b"),
           unless=_rx(r"\b(?:as (?:prescribed|directed|instructed|told|usual|always)|like (?:you|the doctor"
                      r"|dr \w+) said|like normal|like always|antibiotics?|course|on time"
-                     r"|every (?:day|morning|night)|daily)\b")),
+                     r"|every (?:day|morning|night)|daily|this week|per day|a day|each day"
+                     r"|over (?:the|a|several|few) (?:week|weeks|days|month))\b")),
     _Rule("overdose.bottle", _K.OVERDOSE,
           _rx(r"\b(?:took|swallowed|ate|drank|downed|chugged|finished|emptied)\s+"
               r"(?:(?:a|the|an|one|whole|entire|half|all|of|my|his|her)\s+)*(?:\w+\s+)?"
@@ -251,6 +257,14 @@ _RULES: tuple[_Rule, ...] = (
               r"|\b(?:i|he|she|they|we|someone|hes|shes|is|was|are|might have|may have|just|has|have|mom|dad|son"
               r"|daughter|friend|brother|sister|husband|wife|boyfriend|girlfriend|roommate|kid)\s+"
               r"(?:just\s+)?(?:odd|oded|od|ods|oding)\b")),
+    # Poisoning has no kind of its own; it needs the same urgent response.
+    _Rule("overdose.poison", _K.OVERDOSE,
+          _rx(r"\b(?:drank|drunk|swallowed|ate|eaten|ingested|got into|chugged|licked)\s+(?:some |the |a |an "
+              r"|bottle of |a bottle of |some of (?:the|my) )?(?:bleach|antifreeze|drain cleaner|detergent"
+              r"|laundry pods?|tide pods?|rat poison|poison|lighter fluid|windshield fluid|button batter\w*"
+              r"|batter(?:y|ies)|lye|pesticide|weed killer|cleaning (?:product|fluid|solution))\b"
+              r"|\b(?:tomo|bebio|trago|se comio|ingirio|se tomo|se trago|comio)\s+(?:\w+\s+){0,3}?"
+              r"(?:cloro|lejia|veneno|raticida|detergente|anticongelante|pilas?|bateria|destapacanos|insecticida)\b")),
     _Rule("overdose.es_took_many", _K.OVERDOSE,
           _rx(r"(?:\b(?:me|se|te|le)\s+(?:tome|tomo|trague|trago|tomaron|acabe|acabo|bebi|bebio|comi|comio"
               r"|ingirio|ingeri)|\b(?:ya\s+)?(?:tome|trague|ingeri|ingirio))\s+(?:como |unas |unos )?" + _QTY_ES
@@ -291,14 +305,14 @@ _RULES: tuple[_Rule, ...] = (
               r"|\b(?:hinch\w*|inflam\w*)\s+(?:\w+\s+){0,2}(?:labios?|cara|boca|ojos)\b"),
           requires=_ALLERGEN),
     _Rule("anaphylaxis.cant_swallow", _K.ANAPHYLAXIS,
-          _rx(r"\b(?:" + _CANT[3:-1] + r"|hard to|trouble|difficulty)\s+swallow\w*"
+          _rx(r"\b(?:" + _CANT_WORDS + r"|hard to|trouble|difficulty)\s+swallow\w*"
               r"|\bno (?:puedo|puede) tragar\b"),
           requires=_ALLERGEN),
 
     # Cardiac: chest pain in its many spellings, heart attack, arrest.
     _Rule("cardiac.chest_pain", _K.CARDIAC,
           _rx(r"\b" + _CHEST + r"\s*(?:(?:is|feels|feel|feeling|has been|keeps|started|starts|getting"
-              r"|really|so|very|super|kinda|hella|is really|just)\s+)*" + _CHEST_PAIN + r"\b"
+              r"|really|so|very|super|kinda|hella|is really|just|like|its|it is|as if)\s+)*" + _CHEST_PAIN + r"\b"
               r"|\b(?:pain|pressure|tightness|heaviness|squeezing|discomfort|ache)\s+"
               r"(?:in|on|across|around)\s+(?:my |his |her |their |the )?chest\b"
               r"|\b(?:tight|heavy|crushing|squeezing|stabbing)\s+chest\b(?!\s+(?:cold|congestion|cough|infection|x))")),
@@ -330,15 +344,22 @@ _RULES: tuple[_Rule, ...] = (
     # Stroke: face, speech, one-sided weakness, sudden confusion (BE-FAST).
     _Rule("stroke.face", _K.STROKE,
           _rx(r"\b(?:face|mouth|smile|eyelid)\b[^.!?,;]{0,25}?\b(?:droop\w*|dropping|sag\w*|crooked"
-              r"|lopsided|uneven|twisted|paralyz\w*|fallen|slumped)\b"
+              r"|lopsided|uneven|twisted|paralyz\w*|fallen|slumped|numb|tingling)\b"
               r"|\b(?:droop\w*|crooked|lopsided|saggy|sagging)\s+(?:face|smile|mouth)\b"),
-          unless=_rx(r"\b(?:botox|filler|fillers|bells palsy|dental|dentist|novocaine|numbing)\b")),
+          unless=_rx(r"\b(?:botox|filler|fillers|bells palsy|dental|dentist|novocaine|numbing|root canal"
+                     r"|filling|tooth|wisdom|anesthe\w*|cold weather|freezing)\b")),
     _Rule("stroke.speech", _K.STROKE,
           _rx(r"\bslurr?(?:ing|ed|s)?\b"
               r"|\b(?:speech|words|talking)\b[^.!?,;]{0,20}?\b(?:garbled|jumbled|not making sense)\b"
-              r"|\b(?:" + _CANT[3:-1] + r"|having trouble|trouble|struggling to)\s+(?:talk|speak)\s+"
+              r"|\b(?:" + _CANT_WORDS + r"|having trouble|trouble|struggling to)\s+(?:talk|speak)\s+"
               r"(?:right(?!\s+now)|properly|clearly|normally|straight)\b"
-              r"|\b(?:suddenly|all of a sudden)\s+(?:" + _CANT[3:-1] + r")\s+(?:talk|speak)\b")),
+              r"|\b(?:suddenly|all of a sudden)\s+(?:" + _CANT_WORDS + r")\s+(?:talk|speak)\b"
+              r"|\b(?:talking|speaking|saying)\s+(?:\w+\s+)?(?:gibberish|nonsense)\b"
+              r"|\b(?:he|she|hes|shes|they|theyre|dad|mom)\s+(?:isnt|is not|arent|are not|s not|not)\s+"
+              r"making (?:any )?sense\b"
+              r"|\bworst headache (?:of|in) (?:my|his|her|their) life\b"
+              r"|\bpeor dolor de cabeza de (?:mi|su) vida\b"
+              r"|\b(?:habla|dice) (?:incoherencias|cosas sin sentido|puras incoherencias)\b")),
     _Rule("stroke.one_side", _K.STROKE,
           _rx(r"\b(?:one|1|left|right|his left|his right|her left|her right|my left|my right)\s+side\b"
               r"[^.!?,;]{0,30}?\b(?:numb\w*|weak\w*|limp|paralyz\w*|droop\w*|dead|tingl\w*|wont move"
@@ -351,12 +372,15 @@ _RULES: tuple[_Rule, ...] = (
               r"|\b(?:numb\w*|weak\w*|paraly\w*|confus\w*)\b[^.!?,;]{0,30}?\b(?:suddenly|all of a sudden"
               r"|out of nowhere)\b")),
     _Rule("stroke.limb", _K.STROKE,
-          _rx(r"\b(?:" + _CANT[3:-1] + r")\s+(?:move|lift|raise|feel|use)\s+(?:his|her|my|their)\s+"
+          _rx(r"\b(?:" + _CANT_WORDS + r")\s+(?:move|lift|raise|feel|use)\s+(?:his|her|my|their)\s+"
               r"(?:left |right )?(?:arm|leg|hand|side)\b"
-              r"|\b(?:left|right)\s+(?:arm|leg|hand)\s+(?:(?:is|went|feels|feel|gone|got|suddenly|all)\s+)*"
-              r"(?:numb|weak|limp|dead|paralyzed)\b"),
+              r"|\b(?:left|right|his|her|my)\s+(?:arm|leg|hand)\s+(?:(?:is|went|feels|feel|gone|got|has gone"
+              r"|suddenly|all)\s+)*(?:numb|weak|limp|dead|paralyzed)\b"
+              r"|\bno (?:siento|puedo sentir|puede sentir|siente) (?:el|la|mi|su) (?:brazo|pierna|mano|cara"
+              r"|lado)\b"),
           unless=_rx(r"\b(?:surgery|shoulder|injury|injured|fracture|broke|broken|cast|sprain\w*|rotator"
-                     r"|arthritis|workout|gym|slept on)\b")),
+                     r"|arthritis|workout|gym|slept on|sleeping on|fell asleep on|shot|vaccine|injection"
+                     r"|vacuna|inyeccion|dormi sobre)\b")),
     _Rule("stroke.word", _K.STROKE,
           _rx(r"\b(?:having|havin|is this|its|it is|think its|this is|might be|could be|may be|just had"
               r"|looks like|like)\s+(?:a |an )?(?:mini\s+|small\s+|massive\s+)?(?:stroke|strok|storke|stoke)\b"
@@ -417,8 +441,8 @@ _RULES: tuple[_Rule, ...] = (
           _rx(r"\b" + _CANT + r"\s+(?:really\s+|even\s+|hardly\s+)?" + _BREATHE
               + r"|\b(?:barely|hardly|not|isnt|stopped|stop|quit|aint|no longer|wasnt|arent)\s+"
               + _BREATHE
-              + r"|\b(?:" + _CANT[3:-1] + r")\s+(?:catch|get)\s+(?:my|his|her|a|their)\s+breath\b"
-              r"|\b(?:" + _CANT[3:-1] + r")\s+get\s+(?:enough\s+)?air\b"),
+              + r"|\b(?:" + _CANT_WORDS + r")\s+(?:catch|get)\s+(?:my|his|her|a|their)\s+breath\b"
+              r"|\b(?:" + _CANT_WORDS + r")\s+get\s+(?:enough\s+)?air\b"),
           unless=_rx(r"\b(?:through|out of|from)\s+(?:my|his|her|the|one)\s+nose\b|\bnostril|\bapnea\b"
                      r"|\bcpap\b|\bsnor\w*"),
           allergic=True),
@@ -505,7 +529,11 @@ _RULES: tuple[_Rule, ...] = (
               r"|\bcollaps(?:ed|ing|es)\b(?!\s+(?:lung|vein|veins))"
               r"|\bse (?:acaba|acaban) de (?:desmayar|desvanecer|desplomar)\b|\bse desplom\w*"
               r"|\b(?:se desmayo|desmayad[oa]|se desvanecio)\b[^.!?,;]{0,30}?\b(?:no|sigue|todavia|aun)\b"
-              r"|\bperdio (?:el )?(?:conocimiento|sentido)\b|\bperdio la conciencia\b")),
+              r"|\bperdio (?:el )?(?:conocimiento|sentido)\b|\bperdio la conciencia\b"
+              r"|\b(?:fell|fallen|collapsed|went down|hit (?:his|her) head)\b[^.!?;]{0,30}?\b(?:isnt|is not"
+              r"|wont|not|cant|doesnt|hasnt)\s+(?:moving|talking|answering|getting up|get up|responding|move)\b"
+              r"|\b(?:se cayo|se desmayo|se desplomo|cayo al suelo|se golpeo la cabeza)\b[^.!?;]{0,30}?"
+              r"\bno (?:se levanta|habla|se mueve|abre los ojos|contesta)\b")),
 )
 
 
@@ -556,8 +584,8 @@ _PAST = _rx(
 )
 # "had a seizure", "after my stroke": an event word right before the match.
 _HAD_BEFORE = _rx(
-    r"(?<!just )(?<!ive )(?<!have )(?<!has )(?<!hes )(?<!shes )(?<!weve )(?<!theyve )"
-    r"\b(?:had|tuve|tuvo|tuvimos|tuvieron|sufri|sufrio|sufrieron|after|since|despues de|desde"
+    r"\b(?<!just )(?<!ive )(?<!have )(?<!has )(?<!hes )(?<!shes )(?<!weve )(?<!theyve )"
+    r"(?:had|tuve|tuvo|tuvimos|tuvieron|sufri|sufrio|sufrieron|after|since|despues de|desde"
     r"|survived|sobrevivio|sobrevivi|recovering from|recovered from|post|when i had|when he had"
     r"|when she had)\s+(?:(?:a|an|my|his|her|their|un|una|mi|su|sus|mis|el|la|the|that|this|bad"
     r"|big|massive|small|mild|minor|major|some|first|serious|severe|another)\s+){0,3}$"
@@ -597,8 +625,9 @@ _GENERIC_SUBJECT = _rx(
     r"\b(?:someone|somebody|anyone|anybody|a person|people|patients|a patient|kids|children|women|men"
     r"|elderly|teens|alguien|una persona|la gente|personas|pacientes|los ninos)\b"
 )
+# Used with .match(text, clause_start), so no "^" (which ignores pos).
 _QUESTION_START = _rx(
-    r"^\s*(?:is|are|does|do|did|can|could|should|would|will|what|whats|which|how|why|when|where|who"
+    r"\s*(?:is|are|does|do|did|can|could|should|would|will|what|whats|which|how|why|when|where|who"
     r"|es|son|puede|pueden|que|cual|cuales|como|por que|cuando|donde|quien)\b"
 )
 _PERSONAL = _rx(
@@ -610,7 +639,11 @@ _STRONG_PRESENT = _rx(
     r"\b(?:i have|ive got|i got|i feel|im feeling|im having|i am having|having|am i|i think|i cant"
     r"|is (?:this|it|that)(?! normal| safe| possible| common| true| ok| okay| bad| dangerous| likely| serious)"
     r"|feels like|right now|currently|he is|she is|hes|shes|tengo|me duele|me esta|le esta|esta teniendo"
-    r"|estoy teniendo|siento|ahorita|ahora mismo|en este momento)\b"
+    r"|estoy teniendo|siento|ahorita|ahora mismo|en este momento"
+    r"|(?:my|his|her|our) \w+ (?:is|has|cant|keeps)"
+    r"(?! (?:worried|afraid|scared|asking|wondering|concerned|nervous|at risk|curious))"
+    r"|(?:mi|su) \w+ (?:esta|tiene|no puede)(?! (?:preocupad\w*|asustad\w*))"
+    r")\b"
 )
 # How bad it is right now only matters to someone who has it.
 _INTENSITY = _rx(r"\b(?:this much|this bad|so bad|so much|like this|right now|tanto|tan fuerte|ahora mismo)\b")
@@ -690,7 +723,8 @@ def _suppressed(rule: _Rule, text: str, m: re.Match[str], start: int, end: int) 
 
 def _recovered_after(text: str, spans: list[tuple[int, int]], index: int) -> bool:
     """Tell whether the next non-empty clause only reports that things are fine again."""
-    for start, end in spans[index + 1:]:
+    for i in range(index + 1, len(spans)):
+        start, end = spans[i]
         clause = text[start:end].strip()
         if not clause or clause == "now":
             continue
@@ -699,6 +733,7 @@ def _recovered_after(text: str, spans: list[tuple[int, int]], index: int) -> boo
 
 
 def _finalise(rule: _Rule, text: str, suffix: str = "") -> SafetyResult:
+    """Build the result for a fired rule, applying intent and allergen upgrades."""
     kind = rule.kind
     name = rule.name + suffix
     if kind is _K.OVERDOSE and _INTENT.search(text):
@@ -709,6 +744,7 @@ def _finalise(rule: _Rule, text: str, suffix: str = "") -> SafetyResult:
 
 
 def _evaluate(text: str) -> SafetyResult:
+    """Run the rule table over one normalised form of a message."""
     spans = _clauses(text)
     starts = [s for s, _ in spans]
     # Past or resolved mentions, kept in case a later clause says "it's back";

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from bot.config import REPO_ROOT
+from bot.conversations.service import open_conversation
 from bot.db import session_scope
 from bot.patients.models import Channel
 from bot.patients.service import get_or_create_identity
-from bot.conversations.service import open_conversation
 
 
 def _free_port() -> int:
@@ -48,7 +48,7 @@ def action_server(demo_db: str, model_dir) -> Iterator[str]:  # type: ignore[no-
                         break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"action server did not start: {process.stderr.read().decode()[-500:]}")
+                    raise RuntimeError(f"action server did not start: {process.stderr.read().decode()[-500:]}") from None
                 time.sleep(0.2)
         yield url
     finally:

@@ -280,3 +280,17 @@ def test_bad_input_is_stored_and_answered(runtime, text: str) -> None:
         assert stored.processed_at is not None
         assert "\x00" not in (stored.body or "")
         assert session.scalar(select(func.count()).select_from(Message)) >= 2
+
+
+def test_a_medication_name_is_a_form_answer_not_a_question(runtime) -> None:
+    send(runtime, "I need a refill")
+    outcome = send(runtime, "metformin 500")
+    assert outcome.replies[-1].response_key == "utter_ask_pharmacy"
+
+
+def test_asking_for_a_person_leaves_the_form(runtime) -> None:
+    send(runtime, "I need a refill")
+    outcome = send(runtime, "can i just talk to a real person please")
+    assert outcome.route == Route.HANDOFF
+    with session_scope() as session:
+        assert session.get(Conversation, outcome.conversation_id).active_form is None
