@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_classifier  # noqa: E402
 import bench_engine  # noqa: E402
+import bench_safety  # noqa: E402
 
 
 def machine() -> str:
@@ -29,7 +30,11 @@ def machine() -> str:
 
 
 def main() -> int:
-    sections = [("Classifier", bench_classifier.run()), ("Conversation engine", bench_engine.run())]
+    sections = [
+        ("Safety layer", bench_safety.run()),
+        ("Classifier", bench_classifier.run()),
+        ("Conversation engine", bench_engine.run()),
+    ]
     lines = [
         "# Benchmark results",
         "",

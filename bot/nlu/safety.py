@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from bisect import bisect_right
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = ["EmergencyKind", "SafetyResult", "check"]
+
+log = logging.getLogger(__name__)
 
 
 class EmergencyKind(StrEnum):
@@ -780,4 +783,6 @@ def check(text: str) -> SafetyResult:
                 return result
         return _SAFE
     except Exception:  # noqa: BLE001 - the safety gate must never take the bot down
+        # Logged loudly (no text): the classifier is the only emergency net until this is fixed.
+        log.exception("safety layer failed; falling back to the classifier")
         return _ERROR

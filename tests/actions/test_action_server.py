@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +38,8 @@ def action_server(demo_db: str, model_dir) -> Iterator[str]:  # type: ignore[no-
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # Sanic forks worker processes: give the server its own group so teardown ends them all.
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -52,12 +55,12 @@ def action_server(demo_db: str, model_dir) -> Iterator[str]:  # type: ignore[no-
                 time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             # Sanic's graceful shutdown waits on keep-alive connections; nothing is left to save.
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
 
 
