@@ -15,6 +15,7 @@ from bot.db import session_scope
 
 REASON_BY_INTENT = {
     "medical_question": HandoffReason.MEDICAL,
+    "emergency": HandoffReason.MEDICAL,
     "complaint": HandoffReason.COMPLAINT,
     "speak_to_human": HandoffReason.HUMAN,
 }

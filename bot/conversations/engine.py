@@ -182,6 +182,10 @@ class _Turn:
             route = Route.HANDOFF if conversation.state != ConversationState.BOT else Route.CLARIFY
             return route, analysis.intent, analysis.confidence
         conversation.clarify_streak = 0
+        if analysis.intent == "emergency":
+            # Not sure enough to call it an emergency: a nurse looks, and the reply still says call 911.
+            self.run_steps(["action_handoff"])
+            return Route.HANDOFF, analysis.intent, analysis.confidence
         self.run_steps(self.engine.domain.language(self.lang).intent_steps[analysis.intent])
         return analysis.route, analysis.intent, analysis.confidence
 

@@ -338,6 +338,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("cardiac.es_chest_pain", _K.CARDIAC,
           _rx(r"\bdolor\s+(?:\w+\s+){0,3}?(?:de|en el|en mi|del|en)\s+pecho\b"
               r"|\b(?:me|le|te|nos)\s+duele\w*\s+(?:\w+\s+){0,2}?(?:el |mi )?pecho\b"
+              r"|\b(?:me|le|te|nos)\s+(?:esta|estan)\s+doliendo\s+(?:\w+\s+){0,2}?(?:el |mi )?pecho\b"
               r"|\bpecho\s+(?:me |le )?(?:duele|dolia|arde|aprieta|oprime)\b"
               r"|\b(?:presion|opresion|apreton|ardor)\s+(?:fuerte\s+)?(?:en el|en mi|del|de|en)\s+pecho\b")),
     _Rule("cardiac.es_heart_attack", _K.CARDIAC,
@@ -467,7 +468,7 @@ _RULES: tuple[_Rule, ...] = (
               r"|\b(?:inhaler|inhalador|nebulizer)\b[^.!?;]{0,30}?\b(?:not|isnt|is not|wont|doesnt|no)\s+"
               r"(?:working|helping|help|work|funciona|sirve|ayuda)\b")),
     _Rule("breathing.es", _K.BREATHING,
-          _rx(r"\bno (?:puedo|puede|podia|pueden|logro|logra) respirar\b|\bno respira\w*"
+          _rx(r"\bno (?:puedo|puede|podia|pueden|logro|logra) respirar\b|\bno respira\w*|\bno respiro\b"
               r"|\bdej[oa] de respirar\b"
               r"|\b(?:me|le|te) falta (?:el )?aire\b|\bno (?:me|le) entra (?:el )?aire\b"
               r"|\b(?:me|le|te) cuesta (?:mucho |trabajo )?respirar\b"
@@ -483,7 +484,9 @@ _RULES: tuple[_Rule, ...] = (
           _rx(r"\b(?:bleed\w*|blood|nosebleed|hemorrhag\w*)\b[^.!?;]{0,40}?\b(?:wont|will not|doesnt"
               r"|does not|isnt|is not|cant|cannot|not|hasnt|has not|wouldnt)\s+(?:stop\w*|slow\w*|clot\w*)"
               r"|\b(?:wont|will not|doesnt|does not|cant|cannot|not|hasnt|isnt|wouldnt)\s+"
-              r"(?:stop\w*|quit)\s+bleed\w*")),
+              r"(?:stop\w*|quit)\s+bleed\w*"
+              r"|\bbleed\w*\b[^.!?;]{0,40}?\b(?:cant|cannot|can not|unable to)\s+(?:make|get)\s+it\s+"
+              r"(?:to\s+)?stop")),
     _Rule("bleeding.heavy", _K.BLEEDING,
           _rx(r"\bbleed\w*\s+(?:\w+\s+)?(?:a lot|alot|heavily|badly|bad|profusely|so much|like crazy"
               r"|everywhere|nonstop|non stop|through|out|a ton|tons)\b"

@@ -294,3 +294,16 @@ def test_asking_for_a_person_leaves_the_form(runtime) -> None:
     assert outcome.route == Route.HANDOFF
     with session_scope() as session:
         assert session.get(Conversation, outcome.conversation_id).active_form is None
+
+
+def test_an_unsure_emergency_is_handed_to_a_nurse_with_the_911_advice(runtime, monkeypatch) -> None:
+    from bot.nlu.classifier import Prediction
+
+    unsure = Prediction(lang="en", intent="emergency", confidence=0.55, ranking=(("emergency", 0.55),))
+    monkeypatch.setattr(runtime.nlu.model, "predict", lambda text: unsure)
+    outcome = send(runtime, "something feels really off with me")
+    assert (outcome.route, outcome.intent) == (Route.HANDOFF, "emergency")
+    assert outcome.replies[0].response_key == "utter_handoff_medical"
+    assert "911" in texts(outcome)
+    with session_scope() as session:
+        assert session.scalars(select(Handoff)).one().priority == Priority.MEDICAL

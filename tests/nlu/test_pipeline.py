@@ -60,3 +60,12 @@ def test_an_edit_to_dialogues_retrains_in_the_background(tmp_path: Path) -> None
         time.sleep(0.2)
     assert nlu.model.trained_on != before
     assert list((tmp_path / "models").iterdir()) and len(list((tmp_path / "models").glob("*"))) == 1
+
+
+def test_an_unsure_emergency_goes_to_a_nurse_not_to_an_answer(nlu: Nlu, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.nlu.classifier import Prediction
+
+    unsure = Prediction(lang="en", intent="emergency", confidence=0.55, ranking=(("emergency", 0.55),))
+    monkeypatch.setattr(nlu.model, "predict", lambda text: unsure)
+    analysis = nlu.analyse("something feels really off")
+    assert (analysis.route, analysis.intent) == (Route.HANDOFF, "emergency")
