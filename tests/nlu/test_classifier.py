@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -364,10 +363,9 @@ def test_predict_never_raises_on_random_unicode(fixture_model: IntentModel) -> N
         assert 0.0 <= pred.confidence <= 1.0
 
 
-def test_long_input_is_truncated_and_fast(fixture_model: IntentModel) -> None:
-    started = time.perf_counter()
+def test_long_input_is_truncated(fixture_model: IntentModel) -> None:
+    # Latency on long input is measured in bench/, not here.
     pred = fixture_model.predict("refill my prescription " * 2_000)
-    assert time.perf_counter() - started < 0.5
     assert pred.intent == "prescription_refill"
 
 
