@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_classifier  # noqa: E402
 import bench_engine  # noqa: E402
+import bench_pipeline  # noqa: E402
 import bench_safety  # noqa: E402
 
 
@@ -33,6 +34,7 @@ def main() -> int:
     sections = [
         ("Safety layer", bench_safety.run()),
         ("Classifier", bench_classifier.run()),
+        ("Whole analyser: safety layer + classifier (what `clinicbot classify` runs)", bench_pipeline.run()),
         ("Conversation engine", bench_engine.run()),
     ]
     lines = [
