@@ -24,6 +24,16 @@ APPOINTMENT_RESPONSE = {
 }
 
 
+def _record(*, tracker: Tracker, kind: RequestKind, action: str | None, details: dict[str, Any]) -> str:
+    """Record a request for staff and return when the patient will hear back, in their words."""
+    with session_scope() as session:
+        result = flows.do_record_request(
+            session=session, conversation_id=conversation_id(tracker), kind=kind, action=action, details=details
+        )
+        clinic = flows.clinic_for(session=session)
+    return due_phrase(clinic=clinic, due=result.due_at, lang=language(tracker))
+
+
 def _clear_form() -> list[EventType]:
     return [SlotSet(slot, None) for slot in FORM_SLOTS] + [SlotSet("requested_slot", None), ActiveLoop(None)]
 
@@ -36,21 +46,9 @@ class ActionRefillRequest(Action):
 
     def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]) -> list[EventType]:
         details = {"medication": tracker.get_slot("medication"), "pharmacy": tracker.get_slot("pharmacy")}
-        with session_scope() as session:
-            result = flows.do_record_request(
-                session=session,
-                conversation_id=conversation_id(tracker),
-                kind=RequestKind.REFILL,
-                action=None,
-                details=details,
-            )
-            clinic = flows.clinic_for(session=session)
+        due = _record(tracker=tracker, kind=RequestKind.REFILL, action=None, details=details)
         # The medication is not repeated back: over SMS it could reveal a diagnosis.
-        dispatcher.utter_message(
-            response="utter_refill_requested",
-            pharmacy=details["pharmacy"],
-            due=due_phrase(clinic=clinic, due=result.due_at, lang=language(tracker)),
-        )
+        dispatcher.utter_message(response="utter_refill_requested", pharmacy=details["pharmacy"], due=due)
         return _clear_form()
 
 
@@ -64,19 +62,8 @@ class ActionAppointmentRequest(Action):
         form = (tracker.active_loop or {}).get("name") or tracker.get_slot("submitted_form") or "book_form"
         action = APPOINTMENT_ACTION.get(form, "book")
         details = {"appointment": tracker.get_slot("appointment_which"), "preferred": tracker.get_slot("preferred_times")}
-        with session_scope() as session:
-            result = flows.do_record_request(
-                session=session,
-                conversation_id=conversation_id(tracker),
-                kind=RequestKind.APPOINTMENT,
-                action=action,
-                details=details,
-            )
-            clinic = flows.clinic_for(session=session)
-        dispatcher.utter_message(
-            response=APPOINTMENT_RESPONSE[action],
-            due=due_phrase(clinic=clinic, due=result.due_at, lang=language(tracker)),
-        )
+        due = _record(tracker=tracker, kind=RequestKind.APPOINTMENT, action=action, details=details)
+        dispatcher.utter_message(response=APPOINTMENT_RESPONSE[action], due=due)
         return _clear_form()
 
 
