@@ -307,3 +307,11 @@ def test_an_unsure_emergency_is_handed_to_a_nurse_with_the_911_advice(runtime, m
     assert "911" in texts(outcome)
     with session_scope() as session:
         assert session.scalars(select(Handoff)).one().priority == Priority.MEDICAL
+
+
+def test_spanish_lab_status_reads_naturally(runtime) -> None:
+    outcome = send(runtime, "como van mis resultados de laboratorio?", address=MARIA)
+    assert outcome.replies[0].response_key == "utter_lab_status_pending"
+    text = texts(outcome)
+    assert "solicitada el " in text and "del el" not in text
+    assert "hemoglobin" not in text.lower()
