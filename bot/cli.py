@@ -100,6 +100,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Chat with the bot in the terminal as a patient."""
+    from bot.channels.base import OutgoingText
+    from bot.channels.outbox import OutboxSender
+    from bot.channels.terminal import TerminalChannel
     from bot.db import session_scope
     from bot.patients.models import Channel
     from bot.patients.service import InvalidPhoneError, normalize_phone
@@ -114,6 +117,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         address = f"guest-{uuid.uuid4().hex[:12]}"
     runtime = get_runtime()
     console = Console(highlight=False, soft_wrap=True)
+
+    def show(text: OutgoingText) -> None:
+        console.print(f"bot> {text.text}", markup=False)
+        if text.buttons:
+            console.print("     [" + "] [".join(b["title"] for b in text.buttons) + "]", style="cyan", markup=False)
+
+    # Replies reach the terminal through the outbox, like every other channel.
+    sender = OutboxSender(channels={Channel.TERMINAL: TerminalChannel(show=show)}, pacing=False)
     who = f"as {address}" if args.as_phone else "as an unknown visitor"
     console.print(f"[bold]{runtime.clinic.name}[/bold] chat {who}. Type a message; Ctrl-D or /quit ends.")
     interactive = sys.stdin.isatty()
@@ -125,7 +136,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if text.strip() == "/quit":
             break
         if not interactive:
-            console.print(f"you> {text}")
+            console.print(f"you> {text}", markup=False)
         with session_scope() as session:
             outcome = runtime.engine.receive(
                 session=session,
@@ -134,12 +145,32 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 text=text,
                 provider_message_id=uuid.uuid4().hex,
             )
-        for reply in outcome.replies:
-            console.print(f"bot> {reply.text}", markup=False)
-            if reply.buttons:
-                console.print("     [" + "] [".join(b["title"] for b in reply.buttons) + "]", style="cyan", markup=False)
+        sender.drain()
         confidence = "" if outcome.confidence is None else f" {outcome.confidence:.2f}"
         console.print(f"     · route {outcome.route} · intent {outcome.intent}{confidence}", style="dim", markup=False)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start the web server with the inbound processor and the outbox sender inside."""
+    import uvicorn
+
+    from bot.channels.registry import build_channels
+    from bot.runtime import get_runtime
+    from bot.web.app import create_app
+
+    settings = get_settings()
+    runtime = get_runtime()  # fail fast, with one line, on a missing database or a bad clinic setting
+    base = f"http://{args.host}:{args.port}"
+    channels = sorted(build_channels(settings))
+    print(f"{runtime.clinic.name} is running.")
+    print(f"  web chat:     {base}/chat")
+    print(f"  staff pages:  {base}/staff")
+    print(f"  channels on:  {', '.join(channels)}")
+    off = [name for name, on in (("sms", settings.twilio_enabled), ("telegram", settings.telegram_enabled)) if not on]
+    if off:
+        print(f"  channels off: {', '.join(off)} (no credentials; see README)")
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 
 
@@ -158,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fit the classifier from dialogues/ and cache it")
     train.add_argument("--force", action="store_true", help="retrain even when the cache is fresh")
     train.set_defaults(func=cmd_train)
+    serve = commands.add_parser("serve", help="start the web server: webhooks, web chat, outbox sender")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

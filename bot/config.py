@@ -40,11 +40,21 @@ class Settings(BaseSettings):
     sla_refill_minutes: int = Field(default=600, gt=0)
     sla_appointment_minutes: int = Field(default=240, gt=0)
 
+    # Delivery: pacing and retries of the outbox sender.
+    sms_rate_per_second: float = Field(default=1.0, gt=0, description="Texts per second per sending number.")
+    outbox_pacing: bool = Field(default=True, description="Off only for benchmarks against a fake provider.")
+    outbox_max_attempts: int = Field(default=8, ge=1)
+    outbox_send_timeout: float = Field(default=10.0, gt=0, description="Seconds before a send counts as unknown.")
+    webchat_rate_per_minute: int = Field(default=20, ge=1, description="Web chat messages per client per minute.")
+
     twilio_account_sid: str = Field(default="", validation_alias=AliasChoices("TWILIO_ACCOUNT_SID"))
     twilio_auth_token: SecretStr = Field(default=SecretStr(""), validation_alias=AliasChoices("TWILIO_AUTH_TOKEN"))
     twilio_from_number: str = Field(default="", validation_alias=AliasChoices("TWILIO_FROM_NUMBER"))
     twilio_messaging_service_sid: str = Field(
         default="", validation_alias=AliasChoices("TWILIO_MESSAGING_SERVICE_SID")
+    )
+    twilio_api_base_url: str = Field(
+        default="https://api.twilio.com", validation_alias=AliasChoices("TWILIO_API_BASE_URL")
     )
     telegram_bot_token: SecretStr = Field(
         default=SecretStr(""), validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN")
@@ -52,6 +62,24 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr = Field(
         default=SecretStr(""), validation_alias=AliasChoices("TELEGRAM_WEBHOOK_SECRET")
     )
+
+    telegram_api_base_url: str = Field(
+        default="https://api.telegram.org/bot", validation_alias=AliasChoices("TELEGRAM_API_BASE_URL")
+    )
+
+    @property
+    def twilio_enabled(self) -> bool:
+        """Return whether SMS is configured (a channel without credentials is off)."""
+        return bool(
+            self.twilio_account_sid
+            and self.twilio_auth_token.get_secret_value()
+            and (self.twilio_from_number or self.twilio_messaging_service_sid)
+        )
+
+    @property
+    def telegram_enabled(self) -> bool:
+        """Return whether Telegram is configured."""
+        return bool(self.telegram_bot_token.get_secret_value())
 
     @field_validator("database_url")
     @classmethod

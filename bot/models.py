@@ -1,5 +1,6 @@
 """Import every model so the metadata is complete (Alembic, tests)."""
 
+from bot.channels.models import OutboxMessage
 from bot.clinic_settings import ClinicProfile
 from bot.conversations.models import Conversation, Handoff, Message, PatientRequest
 from bot.db import Base
@@ -17,6 +18,7 @@ __all__ = [
     "Handoff",
     "LabOrder",
     "Message",
+    "OutboxMessage",
     "Patient",
     "PatientRequest",
     "Promise",

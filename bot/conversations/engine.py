@@ -11,6 +11,8 @@ from typing import Any
 from rasa_sdk.executor import ActionExecutor
 from sqlalchemy.orm import Session
 
+from bot.channels import outbox
+from bot.channels.optout import Keyword, classify_keyword
 from bot.clinic_settings import ClinicContext, load_clinic
 from bot.conversations.domain import Domain
 from bot.conversations.models import (
@@ -25,7 +27,8 @@ from bot.conversations.service import open_conversation, store_inbound
 from bot.db import utcnow
 from bot.nlu.pipeline import Analysis, Nlu
 from bot.patients.models import ChannelIdentity, Patient
-from bot.patients.service import get_or_create_identity
+from bot.patients.service import PHONE_CHANNELS, get_or_create_identity
+from bot.staff import audit
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +126,7 @@ class Engine:
         message.lang, message.intent, message.confidence, message.route = lang, intent, confidence, route
         message.processed_at = utcnow()
         replies = []
-        for reply in turn.replies:
+        for index, reply in enumerate(turn.replies):
             out = Message(
                 conversation_id=conversation.id,
                 channel=conversation.channel,
@@ -136,6 +139,18 @@ class Engine:
             )
             session.add(out)
             session.flush()
+            # The key ties each reply to its inbound message: reprocessing can never send it twice.
+            outbox.enqueue(
+                session=session,
+                key=f"reply:{message.id}:{index}",
+                identity=identity,
+                body=reply.text,
+                conversation_id=conversation.id,
+                message_id=out.id,
+                buttons=reply.buttons,
+                priority=100 if route is Route.EMERGENCY else 0,
+                bypass_opt_out=route is Route.EMERGENCY,
+            )
             replies.append(Reply(reply.text, reply.response_key, reply.buttons, out.id))
         log.info("message %s in conversation %s routed %s (%s)", message.id, conversation.id, route, intent)
         return Outcome(message.id, conversation.id, route, intent, confidence, lang, replies)
@@ -171,6 +186,10 @@ class _Turn:
             self.clear_form()
             self.run_steps(["action_emergency"])
             return Route.EMERGENCY, "emergency", analysis.confidence
+        if self.identity.channel in PHONE_CHANNELS:
+            keyword = classify_keyword(self.text, opted_out=self.identity.opted_out_at is not None)
+            if keyword is not None:
+                return self.sms_keyword(keyword)
         if conversation.state in (ConversationState.WAITING, ConversationState.STAFF) or self.identity.opted_out_at:
             return Route.SILENT, analysis.intent, analysis.confidence
         if conversation.active_form:
@@ -188,6 +207,31 @@ class _Turn:
             return Route.HANDOFF, analysis.intent, analysis.confidence
         self.run_steps(self.engine.domain.language(self.lang).intent_steps[analysis.intent])
         return analysis.route, analysis.intent, analysis.confidence
+
+    def sms_keyword(self, keyword: Keyword) -> tuple[Route, str | None, float | None]:
+        identity = self.identity
+        if keyword is Keyword.STOP:
+            self.clear_form()
+            if identity.opted_out_at is None:
+                identity.opted_out_at = utcnow()
+                cancelled = outbox.cancel_pending(session=self.session, identity_id=identity.id, reason="opted_out")
+                audit.record(session=self.session, actor_kind="patient", action="identity.opted_out",
+                             subject_type="channel_identity", subject_id=identity.id,
+                             details={"cancelled_outbox": cancelled})  # fmt: skip
+            # No reply: the number opted out, and the carrier confirms STOP itself.
+            return Route.SILENT, "opt_out", None
+        if keyword is Keyword.START:
+            if identity.opted_out_at is not None:
+                identity.opted_out_at = None
+                audit.record(session=self.session, actor_kind="patient", action="identity.opted_in",
+                             subject_type="channel_identity", subject_id=identity.id)  # fmt: skip
+            self.say("utter_sms_opted_in")
+            return Route.ANSWER, "opt_in", None
+        if keyword is Keyword.HELP:
+            self.say("utter_sms_help")
+            return Route.ANSWER, "help", None
+        self.say("utter_sms_stop_confirm")
+        return Route.ANSWER, "opt_out_confirm", None
 
     # -- forms ---------------------------------------------------------------------------------
 

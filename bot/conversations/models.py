@@ -103,6 +103,8 @@ class Message(Base):
     response_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     processed_at: Mapped[datetime | None]
+    # Failed processing attempts; after a few the message goes to staff instead of blocking the queue.
+    process_errors: Mapped[int] = mapped_column(default=0)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 

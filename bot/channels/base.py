@@ -1,0 +1,62 @@
+"""What every channel adapter provides to the outbox sender."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+class Delivery(StrEnum):
+    """How one send attempt ended."""
+
+    SENT = "sent"  # the provider accepted it
+    RETRY = "retry"  # a transient failure (5xx, 429, network before the request left)
+    FAILED = "failed"  # permanent: invalid number, opted out, bot blocked
+    UNKNOWN = "unknown"  # the request may have left (timeout): reconcile, never blindly resend
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The outcome of one attempt, as the provider told it."""
+
+    outcome: Delivery
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    retry_after: float | None = None
+    # Set on permanent failures that say something about the recipient ("opted_out", "blocked").
+    recipient_state: str | None = None
+
+
+@dataclass(frozen=True)
+class OutgoingText:
+    """One outbox row, as a channel sees it."""
+
+    outbox_id: int
+    key: str
+    channel: str
+    address: str
+    text: str
+    buttons: tuple[dict[str, str], ...] = field(default_factory=tuple)
+    attempt: int = 1
+    first_attempt_at: datetime | None = None
+    # An earlier attempt's outcome is unknown: ask the provider before sending again.
+    reconcile: bool = False
+
+
+class Channel(Protocol):
+    """A way to reach patients; domain code is handed one and never imports a provider SDK."""
+
+    name: str
+    # Pacing: seconds between texts to one address, and texts per second overall (None = unlimited).
+    min_interval_per_address: float
+    max_per_second: float | None
+
+    def send(self, text: OutgoingText) -> SendResult:
+        """Send one text; never raise for provider errors, report them."""
+        ...
+
+    def reconcile(self, text: OutgoingText) -> SendResult | None:
+        """Find out whether an earlier attempt with an unknown outcome was delivered; None if still unknown."""
+        ...

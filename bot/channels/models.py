@@ -1,0 +1,69 @@
+"""The outbox: every text to a patient, with a unique key, so nothing is lost or sent twice."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from bot.db import Base, utcnow
+
+
+class OutboxStatus(StrEnum):
+    """A text's life: pending → sending → sent → delivered, or failed/cancelled/unknown."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    UNKNOWN = "unknown"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# Provider status callbacks only move a text forward along this order.
+STATUS_RANK = {
+    OutboxStatus.PENDING: 0,
+    OutboxStatus.SENDING: 1,
+    OutboxStatus.UNKNOWN: 1,
+    OutboxStatus.SENT: 2,
+    OutboxStatus.DELIVERED: 3,
+    OutboxStatus.UNDELIVERED: 3,
+    OutboxStatus.FAILED: 3,
+    OutboxStatus.READ: 4,
+    OutboxStatus.CANCELLED: 5,
+}
+
+
+class OutboxMessage(Base):
+    """One text to deliver; `key` makes every effect on a patient exactly-once."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), unique=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"), index=True)
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("message.id"))
+    body: Mapped[str | None] = mapped_column(Text)
+    buttons: Mapped[list[Any]] = mapped_column(default=list)
+    # Emergency instructions jump the queue.
+    priority: Mapped[int] = mapped_column(default=0)
+    # Sent even to an opted-out number: the patient texted an emergency and asked for help.
+    bypass_opt_out: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    first_attempt_at: Mapped[datetime | None]
+    provider_message_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,0 +1,305 @@
+"""Queue texts for patients and deliver them exactly once, with retries, pacing and reconciliation."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bot.channels.base import Channel, Delivery, OutgoingText, SendResult
+from bot.channels.models import STATUS_RANK, OutboxMessage, OutboxStatus
+from bot.db import session_scope, utcnow
+from bot.patients.models import ChannelIdentity
+from bot.staff import audit
+
+log = logging.getLogger(__name__)
+
+BASE_BACKOFF_SECONDS = 2.0
+MAX_BACKOFF_SECONDS = 15 * 60
+# A row left in SENDING this long was claimed by a process that died mid-send: its outcome is unknown.
+STALE_SENDING = timedelta(minutes=2)
+
+
+def enqueue(
+    *,
+    session: Session,
+    key: str,
+    identity: ChannelIdentity,
+    body: str,
+    conversation_id: int | None = None,
+    message_id: int | None = None,
+    buttons: tuple[dict[str, str], ...] | list[dict[str, str]] = (),
+    priority: int = 0,
+    bypass_opt_out: bool = False,
+) -> OutboxMessage | None:
+    """Queue one text under a unique key; return None when that key was queued before."""
+    if session.scalars(select(OutboxMessage.id).where(OutboxMessage.key == key)).first() is not None:
+        return None
+    row = OutboxMessage(
+        key=key,
+        channel=identity.channel,
+        identity_id=identity.id,
+        conversation_id=conversation_id,
+        message_id=message_id,
+        body=body,
+        buttons=list(buttons),
+        priority=priority,
+        bypass_opt_out=bypass_opt_out,
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        return None
+    return row
+
+
+def cancel_pending(*, session: Session, identity_id: int, reason: str) -> int:
+    """Cancel every undelivered text to an identity (it opted out); return how many."""
+    result = session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.identity_id == identity_id,
+            OutboxMessage.status == OutboxStatus.PENDING,
+            OutboxMessage.bypass_opt_out.is_(False),
+        )
+        .values(status=OutboxStatus.CANCELLED, error_code=reason, updated_at=utcnow())
+    )
+    return result.rowcount or 0
+
+
+def record_status(*, session: Session, provider_message_id: str, status: str, error_code: str | None) -> bool:
+    """Apply a provider's status callback; a status only ever moves forward. Return whether it applied."""
+    try:
+        new = OutboxStatus(status)
+    except ValueError:
+        new = {"queued": OutboxStatus.SENT, "accepted": OutboxStatus.SENT, "sending": OutboxStatus.SENT,
+               "canceled": OutboxStatus.FAILED}.get(status)  # fmt: skip
+        if new is None:
+            return False
+    row = session.scalars(
+        select(OutboxMessage).where(OutboxMessage.provider_message_id == provider_message_id).with_for_update()
+    ).first()
+    if row is None:
+        return False
+    if error_code:
+        row.error_code = error_code
+    if STATUS_RANK[new] <= STATUS_RANK[OutboxStatus(row.status)]:
+        return False
+    row.status = new
+    return True
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, never sooner than the provider asked."""
+    ceiling = min(MAX_BACKOFF_SECONDS, BASE_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    delay = random.uniform(ceiling / 2, ceiling)
+    return max(delay, retry_after or 0.0)
+
+
+@dataclass
+class _Pacer:
+    """Keep within a channel's limits: per address and overall, in this process."""
+
+    per_address: float
+    per_second: float | None
+
+    def __post_init__(self) -> None:
+        self.last_by_address: dict[str, float] = defaultdict(float)
+        self.next_slot = 0.0
+
+    def wait_time(self, address: str, now: float) -> float:
+        wait = self.last_by_address[address] + self.per_address - now
+        if self.per_second:
+            wait = max(wait, self.next_slot - now)
+        return max(0.0, wait)
+
+    def mark(self, address: str, now: float) -> None:
+        self.last_by_address[address] = now
+        if self.per_second:
+            self.next_slot = max(self.next_slot, now) + 1.0 / self.per_second
+
+
+class OutboxSender:
+    """Claim due texts and hand them to their channel; safe to run in several processes."""
+
+    def __init__(self, *, channels: Mapping[str, Channel], max_attempts: int = 8, pacing: bool = True) -> None:
+        self.channels = dict(channels)
+        self.max_attempts = max_attempts
+        self.pacing = pacing
+        self.pacers = {
+            name: _Pacer(channel.min_interval_per_address, channel.max_per_second)
+            for name, channel in self.channels.items()
+        }
+        self.wake = threading.Event()
+
+    def claim(self, *, limit: int = 50) -> list[OutgoingText]:
+        """Mark a batch of due texts as being sent by this process and return them."""
+        if not self.channels:
+            return []
+        now = utcnow()
+        claimed: list[OutgoingText] = []
+        with session_scope() as session:
+            stale = utcnow() - STALE_SENDING
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.updated_at < stale)
+                .values(status=OutboxStatus.UNKNOWN, updated_at=now)
+            )
+            query = (
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.UNKNOWN)),
+                    OutboxMessage.next_attempt_at <= now,
+                    OutboxMessage.channel.in_(self.channels),
+                )
+                .order_by(OutboxMessage.priority.desc(), OutboxMessage.id)
+                .limit(limit)
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            for row in session.scalars(query):
+                identity = session.get(ChannelIdentity, row.identity_id)
+                if identity is None or (identity.opted_out_at is not None and not row.bypass_opt_out):
+                    row.status, row.error_code = OutboxStatus.CANCELLED, "opted_out"
+                    continue
+                was_unknown = row.status == OutboxStatus.UNKNOWN
+                row.status = OutboxStatus.SENDING
+                if not was_unknown:
+                    row.attempts += 1
+                    row.first_attempt_at = row.first_attempt_at or now
+                claimed.append(
+                    OutgoingText(
+                        outbox_id=row.id,
+                        key=row.key,
+                        channel=row.channel,
+                        address=identity.address,
+                        text=row.body or "",
+                        buttons=tuple(row.buttons or ()),
+                        attempt=row.attempts,
+                        first_attempt_at=row.first_attempt_at,
+                        reconcile=was_unknown,
+                    )
+                )
+        return claimed
+
+    def deliver(self, text: OutgoingText) -> SendResult:
+        """Send or reconcile one claimed text and record the outcome."""
+        channel_name = text.channel
+        channel = self.channels[channel_name]
+        if text.reconcile:
+            # An earlier attempt may have reached the provider: ask before sending again.
+            result = channel.reconcile(text)
+            if result is None:
+                result = SendResult(Delivery.UNKNOWN)
+            elif result.outcome is Delivery.RETRY:
+                # The provider has no trace of it: it never left, so sending again doubles nothing.
+                result = self._send(channel, channel_name, text)
+        else:
+            result = self._send(channel, channel_name, text)
+        self._record(text, result)
+        return result
+
+    def _send(self, channel: Channel, channel_name: str, text: OutgoingText) -> SendResult:
+        if self.pacing:
+            pacer = self.pacers[channel_name]
+            wait = pacer.wait_time(text.address, time.monotonic())
+            if wait > 0:
+                time.sleep(wait)
+            pacer.mark(text.address, time.monotonic())
+        try:
+            return channel.send(text)
+        except Exception:
+            # An adapter bug must not lose the text: treat it as unknown and reconcile.
+            log.exception("channel %s raised sending outbox %s", channel_name, text.outbox_id)
+            return SendResult(Delivery.UNKNOWN)
+
+    def _record(self, text: OutgoingText, result: SendResult) -> None:
+        now = utcnow()
+        with session_scope() as session:
+            row = session.get(OutboxMessage, text.outbox_id)
+            if row is None:
+                return
+            row.error_code = result.error_code or row.error_code
+            if result.outcome is Delivery.SENT:
+                row.status, row.sent_at = OutboxStatus.SENT, now
+                row.provider_message_id = result.provider_message_id or row.provider_message_id
+            elif result.outcome is Delivery.FAILED:
+                row.status = OutboxStatus.FAILED
+                if result.recipient_state in {"opted_out", "blocked"}:
+                    self._opt_out(session, row, result.recipient_state)
+            elif row.attempts >= self.max_attempts:
+                row.status = OutboxStatus.FAILED
+                row.error_code = row.error_code or ("unknown_outcome" if result.outcome is Delivery.UNKNOWN else "retries_exhausted")
+            else:
+                row.status = OutboxStatus.UNKNOWN if result.outcome is Delivery.UNKNOWN else OutboxStatus.PENDING
+                if result.outcome is Delivery.UNKNOWN:
+                    row.attempts += 1
+                row.next_attempt_at = now + timedelta(seconds=_backoff(row.attempts, result.retry_after))
+            log.info("outbox %s %s via %s (attempt %s)", row.id, row.status, row.channel, row.attempts)
+
+    @staticmethod
+    def _opt_out(session: Session, row: OutboxMessage, state: str) -> None:
+        identity = session.get(ChannelIdentity, row.identity_id)
+        if identity is not None and identity.opted_out_at is None:
+            identity.opted_out_at = utcnow()
+            audit.record(
+                session=session,
+                actor_kind="system",
+                action=f"identity.{state}",
+                subject_type="channel_identity",
+                subject_id=identity.id,
+                details={"outbox_id": row.id, "error_code": row.error_code},
+            )
+        cancel_pending(session=session, identity_id=row.identity_id, reason=state)
+
+    def run_once(self, *, limit: int = 50) -> int:
+        """Deliver one batch of due texts; return how many were attempted."""
+        texts = self.claim(limit=limit)
+        for text in texts:
+            self.deliver(text)
+        return len(texts)
+
+    def drain(self, *, max_rounds: int = 100) -> int:
+        """Deliver until nothing is due now; return how many were attempted."""
+        total = 0
+        for _ in range(max_rounds):
+            done = self.run_once()
+            total += done
+            if done == 0:
+                break
+        return total
+
+    def run_forever(self, stop: threading.Event, *, poll_seconds: float = 1.0) -> None:
+        """Deliver until stopped, waking early when new texts are queued."""
+        while not stop.is_set():
+            try:
+                if self.run_once() == 0:
+                    self.wake.wait(poll_seconds)
+                    self.wake.clear()
+            except Exception:
+                log.exception("outbox sender round failed; retrying")
+                stop.wait(poll_seconds)
+
+
+def due_count(*, session: Session, now: datetime | None = None) -> int:
+    """Return how many texts are waiting to go out."""
+    from sqlalchemy import func
+
+    return session.scalar(
+        select(func.count())
+        .select_from(OutboxMessage)
+        .where(
+            OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.UNKNOWN)),
+            OutboxMessage.next_attempt_at <= (now or utcnow()),
+        )
+    ) or 0

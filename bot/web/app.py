@@ -1,0 +1,45 @@
+"""The web application: webhooks, the patient web chat, and (later) the staff inbox and lab API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+
+from bot.channels.registry import build_channels
+from bot.channels.workers import Workers
+from bot.config import get_settings
+from bot.runtime import get_runtime
+
+
+def create_app(*, start_workers: bool = True) -> FastAPI:
+    """Build the app; workers start with it unless a test drives them by hand."""
+    settings = get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = get_runtime()
+        workers = Workers(engine=runtime.engine, channels=build_channels(settings), settings=settings)
+        app.state.runtime, app.state.workers = runtime, workers
+        if start_workers:
+            workers.start()
+        try:
+            yield
+        finally:
+            workers.stop()
+
+    app = FastAPI(title="clinicbot", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    from bot.web.routers import telegram, twilio, webchat
+
+    app.include_router(twilio.router)
+    app.include_router(telegram.router)
+    app.include_router(webchat.router)
+
+    @app.get("/healthz", response_class=PlainTextResponse, include_in_schema=False)
+    def healthz() -> str:
+        return "ok"
+
+    return app

@@ -1,0 +1,5 @@
+"""telegram routes (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""twilio routes (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

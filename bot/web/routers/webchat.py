@@ -1,0 +1,5 @@
+"""webchat routes (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
