@@ -1,0 +1,71 @@
+"""The inbound pipeline: stored first, processed once, recovered after a crash, never blocked by one bad message."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from bot.channels.inbound import InboundProcessor, InboundText, do_accept_inbound
+from bot.channels.models import OutboxMessage
+from bot.conversations.models import Handoff, Message
+from bot.db import session_scope
+
+
+def accept(text: str, provider_id: str, *, address: str = "+16175550123") -> int | None:
+    with session_scope() as session:
+        result = do_accept_inbound(
+            session=session,
+            inbound=InboundText(channel="sms", address=address, text=text, provider_message_id=provider_id),
+        )
+        return result.message_id
+
+
+def test_a_stored_message_is_processed_once_after_a_restart(runtime) -> None:  # type: ignore[no-untyped-def]
+    message_id = accept("what are your hours", "SM1")
+    # The process that stored it died before processing; a fresh processor picks it up.
+    fresh = InboundProcessor(engine=runtime.engine)
+    assert fresh.drain() == 1
+    assert InboundProcessor(engine=runtime.engine).drain() == 0
+    with session_scope() as session:
+        keys = session.scalars(select(OutboxMessage.key)).all()
+        processed = session.get(Message, message_id).processed_at
+    assert keys == [f"reply:{message_id}:0"] and processed is not None
+
+
+def test_a_duplicate_is_acknowledged_and_ignored(runtime) -> None:  # type: ignore[no-untyped-def]
+    assert accept("hi", "SM-dup") is not None
+    assert accept("hi", "SM-dup") is None
+    InboundProcessor(engine=runtime.engine).drain()
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 1
+
+
+def test_messages_are_answered_in_order(runtime) -> None:  # type: ignore[no-untyped-def]
+    first = accept("I need a refill", "SM-a")
+    second = accept("metformin 500", "SM-b")
+    InboundProcessor(engine=runtime.engine).drain()
+    with session_scope() as session:
+        rows = session.execute(select(OutboxMessage.key, Message.response_key).join(
+            Message, Message.id == OutboxMessage.message_id).order_by(OutboxMessage.id)).all()
+    assert rows == [(f"reply:{first}:0", "utter_ask_medication"), (f"reply:{second}:0", "utter_ask_pharmacy")]
+
+
+def test_a_message_that_keeps_failing_goes_to_staff(runtime, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    message_id = accept("what are your hours", "SM-poison")
+    later = accept("hello", "SM-after", address="+16175550124")
+    processor = InboundProcessor(engine=runtime.engine)
+
+    def broken(*, session, message):  # type: ignore[no-untyped-def]
+        if message.id == message_id:
+            raise RuntimeError("bug")
+        return original(session=session, message=message)
+
+    original = runtime.engine.process
+    monkeypatch.setattr(runtime.engine, "process", broken)
+    processor.drain()
+    with session_scope() as session:
+        poison = session.get(Message, message_id)
+        handoff = session.scalars(select(Handoff)).one()
+        after = session.get(Message, later)
+    assert (poison.process_errors, poison.route, poison.processed_at is not None) == (3, "error", True)
+    assert (handoff.conversation_id, handoff.reason) == (poison.conversation_id, "unclear")
+    assert after.processed_at is not None
