@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     outbox_pacing: bool = Field(default=True, description="Off only for benchmarks against a fake provider.")
     outbox_max_attempts: int = Field(default=8, ge=1)
     outbox_send_timeout: float = Field(default=10.0, gt=0, description="Seconds before a send counts as unknown.")
+    # Must exceed the send timeout: a row still SENDING after this was claimed by a process that died.
+    outbox_stale_seconds: float = Field(default=120.0, gt=0)
     webchat_rate_per_minute: int = Field(default=20, ge=1, description="Web chat messages per client per minute.")
 
     twilio_account_sid: str = Field(default="", validation_alias=AliasChoices("TWILIO_ACCOUNT_SID"))

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 BASE_BACKOFF_SECONDS = 2.0
 MAX_BACKOFF_SECONDS = 15 * 60
 # A row left in SENDING this long was claimed by a process that died mid-send: its outcome is unknown.
-STALE_SENDING = timedelta(minutes=2)
+DEFAULT_STALE_SENDING = timedelta(minutes=2)
 
 
 def enqueue(
@@ -132,8 +132,16 @@ class _Pacer:
 class OutboxSender:
     """Claim due texts and hand them to their channel; safe to run in several processes."""
 
-    def __init__(self, *, channels: Mapping[str, Channel], max_attempts: int = 8, pacing: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        channels: Mapping[str, Channel],
+        max_attempts: int = 8,
+        pacing: bool = True,
+        stale_after: timedelta = DEFAULT_STALE_SENDING,
+    ) -> None:
         self.channels = dict(channels)
+        self.stale_after = stale_after
         self.max_attempts = max_attempts
         self.pacing = pacing
         self.pacers = {
@@ -149,7 +157,7 @@ class OutboxSender:
         now = utcnow()
         claimed: list[OutgoingText] = []
         with session_scope() as session:
-            stale = utcnow() - STALE_SENDING
+            stale = now - self.stale_after
             session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.updated_at < stale)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from datetime import timedelta
 
 from bot.channels.base import Channel
 from bot.channels.inbound import InboundProcessor
@@ -20,7 +21,10 @@ class Workers:
 
     def __init__(self, *, engine: Engine, channels: Mapping[str, Channel], settings: Settings) -> None:
         self.sender = OutboxSender(
-            channels=channels, max_attempts=settings.outbox_max_attempts, pacing=settings.outbox_pacing
+            channels=channels,
+            max_attempts=settings.outbox_max_attempts,
+            pacing=settings.outbox_pacing,
+            stale_after=timedelta(seconds=settings.outbox_stale_seconds),
         )
         self.processor = InboundProcessor(engine=engine, on_replies=self.sender.wake)
         self.channels = dict(channels)
