@@ -43,6 +43,8 @@ class OutgoingText:
     first_attempt_at: datetime | None = None
     # An earlier attempt's outcome is unknown: ask the provider before sending again.
     reconcile: bool = False
+    identity_id: int | None = None
+    bypass_opt_out: bool = False
 
 
 class Channel(Protocol):

@@ -196,6 +196,8 @@ class OutboxSender:
                         attempt=row.attempts,
                         first_attempt_at=row.first_attempt_at,
                         reconcile=was_unknown,
+                        identity_id=row.identity_id,
+                        bypass_opt_out=row.bypass_opt_out,
                     )
                 )
         return claimed
@@ -204,6 +206,9 @@ class OutboxSender:
         """Send or reconcile one claimed text and record the outcome."""
         channel_name = text.channel
         channel = self.channels[channel_name]
+        if not text.reconcile and self._opted_out_since_claim(text):
+            self._cancel(text)
+            return SendResult(Delivery.FAILED, error_code="opted_out", recipient_state="opted_out")
         if text.reconcile:
             # An earlier attempt may have reached the provider: ask before sending again.
             result = channel.reconcile(text)
@@ -216,6 +221,24 @@ class OutboxSender:
             result = self._send(channel, channel_name, text)
         self._record(text, result)
         return result
+
+    @staticmethod
+    def _opted_out_since_claim(text: OutgoingText) -> bool:
+        """Check again just before sending: a STOP or a 21610 may have arrived after the batch was claimed."""
+        if text.bypass_opt_out or text.identity_id is None:
+            return False
+        with session_scope() as session:
+            opted_out = session.scalar(
+                select(ChannelIdentity.opted_out_at).where(ChannelIdentity.id == text.identity_id)
+            )
+        return opted_out is not None
+
+    @staticmethod
+    def _cancel(text: OutgoingText) -> None:
+        with session_scope() as session:
+            row = session.get(OutboxMessage, text.outbox_id)
+            if row is not None:
+                row.status, row.error_code = OutboxStatus.CANCELLED, "opted_out"
 
     def _send(self, channel: Channel, channel_name: str, text: OutgoingText) -> SendResult:
         if self.pacing:

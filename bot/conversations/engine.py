@@ -192,6 +192,12 @@ class _Turn:
                 return self.sms_keyword(keyword)
         if conversation.state in (ConversationState.WAITING, ConversationState.STAFF) or self.identity.opted_out_at:
             return Route.SILENT, analysis.intent, analysis.confidence
+        if any(line.startswith("[media] ") for line in self.text.splitlines()):
+            # The bot cannot read a photo or a file: a person looks at the links stored with the message.
+            self.clear_form()
+            self.set_slot("handoff_reason", "human")
+            self.run_steps(["action_handoff"])
+            return Route.HANDOFF, "media", None
         if conversation.active_form:
             handled = self.continue_form()
             if handled is not None:

@@ -200,3 +200,14 @@ def test_concurrent_senders_never_send_a_text_twice(database_url: str) -> None:
     keys = [t.key for t in channel.sent]
     assert (len(keys), len(set(keys))) == (60, 60)
     assert all(row(i).status == "sent" for i in ids)
+
+
+def test_an_opt_out_mid_batch_stops_the_rest_of_the_batch(database_url: str) -> None:
+    first = queue("a")
+    second = queue("b")
+    channel = ScriptedChannel(SendResult(Delivery.FAILED, error_code="21610", recipient_state="opted_out"))
+    sender = OutboxSender(channels={"sms": channel}, pacing=False)
+    # Both texts are claimed in one batch before the provider reports the opt-out.
+    assert sender.run_once(limit=10) == 2
+    assert [row(i).status for i in (first, second)] == ["failed", "cancelled"]
+    assert [t.key for t in channel.sent] == ["a"]

@@ -1,5 +1,135 @@
-"""twilio routes (being built)."""
+"""Twilio webhooks: inbound texts and delivery status callbacks, both signed by Twilio."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+import logging
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from twilio.request_validator import RequestValidator
+
+from bot.channels.inbound import Accepted, InboundText, do_accept_inbound
+from bot.channels.models import OutboxMessage
+from bot.channels.outbox import record_status
+from bot.channels.twilio_sms import INBOUND_PATH, STATUS_CALLBACK_PATH
+from bot.db import session_scope
+from bot.patients.models import Channel
+from bot.patients.service import InvalidPhoneError, normalize_phone
+from bot.web.deps import SettingsDep, WorkersDep
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["twilio"])
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+# Twilio attaches at most ten media files to one message.
+MAX_MEDIA = 10
+
+
+class FormParams(dict[str, list[str]]):
+    """Form fields with every value of a repeated key; twilio's validator reads them through getlist."""
+
+    def getlist(self, name: str) -> list[str]:
+        """Return every value sent for a field."""
+        return self[name]
+
+    def first(self, name: str) -> str | None:
+        """Return a field's first value, or None when it was not sent."""
+        values = self.get(name)
+        return values[0] if values else None
+
+    def required(self, name: str) -> str:
+        """Return a field's value, or answer 400 naming the missing field."""
+        value = self.first(name)
+        if value is None:
+            raise HTTPException(status_code=400, detail=f"missing form field {name}")
+        return value
+
+
+async def _signed_form(request: Request, settings: SettingsDep) -> FormParams:
+    """Return the form fields of a request Twilio signed; 404 when SMS is off, 403 when unsigned."""
+    token = settings.twilio_auth_token.get_secret_value()
+    if not token:
+        # Without a token nothing can be verified: the endpoint is off, never open.
+        raise HTTPException(status_code=404)
+    form = await request.form()
+    params = FormParams()
+    for name, value in form.multi_items():
+        if not isinstance(value, str):
+            raise HTTPException(status_code=400, detail=f"form field {name} must be text, not a file")
+        params.setdefault(name, []).append(value)
+    # Twilio signs the URL it called: the public one, which a TLS-terminating proxy rewrites on the way in.
+    url = settings.public_url.rstrip("/") + request.url.path
+    if request.url.query:
+        url += "?" + request.url.query
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if not signature or not RequestValidator(token).validate(url, params, signature):
+        log.warning("twilio webhook %s refused: %s signature", request.url.path, "bad" if signature else "no")
+        raise HTTPException(status_code=403, detail="invalid Twilio signature")
+    return params
+
+
+def _inbound_from(params: FormParams) -> InboundText:
+    """Read an inbound text from Twilio's fields; answer 400 naming the field that is wrong."""
+    sid = params.required("MessageSid")
+    raw_from = params.required("From")
+    body = params.required("Body")
+    try:
+        address = normalize_phone(raw_from)
+    except InvalidPhoneError as error:
+        raise HTTPException(status_code=400, detail=f"form field From: {error}") from None
+    raw_count = params.first("NumMedia") or "0"
+    try:
+        count = int(raw_count)
+    except ValueError:
+        raise HTTPException(status_code=400, detail="form field NumMedia: not a number") from None
+    if not 0 <= count <= MAX_MEDIA:
+        raise HTTPException(status_code=400, detail=f"form field NumMedia: must be 0 to {MAX_MEDIA}")
+    media = tuple(params.required(f"MediaUrl{index}") for index in range(count))
+    return InboundText(channel=Channel.SMS, address=address, text=body, provider_message_id=sid, media_urls=media)
+
+
+def _store(inbound: InboundText) -> Accepted:
+    with session_scope() as session:
+        return do_accept_inbound(session=session, inbound=inbound)
+
+
+@router.post(INBOUND_PATH)
+async def twilio_sms(request: Request, settings: SettingsDep, workers: WorkersDep) -> Response:
+    """Store an inbound text once, wake the processor, and answer empty TwiML (replies go out via the API)."""
+    params = await _signed_form(request, settings)
+    inbound = _inbound_from(params)
+    accepted = await run_in_threadpool(_store, inbound)
+    if accepted.stored:
+        workers.notify_inbound()
+    else:
+        log.info("twilio inbound %s is a duplicate; acknowledged", inbound.provider_message_id)
+    return Response(content=EMPTY_TWIML, media_type="text/xml")
+
+
+def _apply_status(*, sid: str, status: str, error_code: str | None) -> tuple[bool, bool]:
+    """Record a status callback; return whether the text is known and whether the status moved it."""
+    with session_scope() as session:
+        known = session.scalars(select(OutboxMessage.id).where(OutboxMessage.provider_message_id == sid)).first()
+        if known is None:
+            return False, False
+        return True, record_status(session=session, provider_message_id=sid, status=status, error_code=error_code)
+
+
+@router.post(STATUS_CALLBACK_PATH, status_code=204)
+async def twilio_status(request: Request, settings: SettingsDep) -> Response:
+    """Apply a delivery status callback; a status only moves forward, error codes are kept."""
+    params = await _signed_form(request, settings)
+    sid = params.required("MessageSid")
+    status = params.first("MessageStatus") or params.first("SmsStatus")
+    if not status:
+        raise HTTPException(status_code=400, detail="missing form field MessageStatus")
+    error_code = params.first("ErrorCode") or None
+    known, applied = await run_in_threadpool(_apply_status, sid=sid, status=status, error_code=error_code)
+    if not known:
+        # Later parts of a split text, or texts sent by another system on this number.
+        log.info("twilio status for unknown message %s ignored", sid)
+    else:
+        log.info("twilio status %s for %s (%s)", status, sid, "applied" if applied else "not newer")
+    return Response(status_code=204)

@@ -1,0 +1,272 @@
+"""The Twilio SMS channel: send through the real twilio client, map outcomes, reconcile unknown ones."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from sqlalchemy import select
+from twilio.base import values
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ProxyError, SSLError
+
+from bot.channels.base import Delivery, OutgoingText, SendResult
+from bot.channels.models import OutboxMessage
+from bot.channels.sms_text import gsm7_normalise, split_text
+from bot.config import Settings
+from bot.db import session_scope, utcnow
+
+log = logging.getLogger(__name__)
+# twilio's HTTP client logs every request's query at INFO, and a reconcile's query holds the phone number.
+_http_log = logging.getLogger(f"{__name__}.http")
+_http_log.setLevel(logging.WARNING)
+
+INBOUND_PATH = "/webhooks/twilio/sms"
+STATUS_CALLBACK_PATH = "/webhooks/twilio/status"
+DEFAULT_API_BASE_URL = "https://api.twilio.com"
+
+# Twilio error codes that say something permanent about the recipient.
+OPTED_OUT_CODES = frozenset({21610})
+INVALID_NUMBER_CODES = frozenset({21211, 21614})
+# Clocks differ and Twilio stamps its own time: look a little before our first attempt.
+RECONCILE_SKEW = timedelta(minutes=1)
+# A reconcile reads at most this many recent texts to one number; the search is bounded.
+RECONCILE_LIMIT = 200
+# A provider asking for a longer pause than this is capped: the retry sweep would stall on it.
+MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
+# Errors raised before a single byte of the request left this machine.
+_NOT_SENT_REASONS = (NewConnectionError, ConnectTimeoutError, SSLError, ProxyError)
+
+
+class _RecordingHttpClient(TwilioHttpClient):
+    """Keep each thread's last response: twilio's exceptions drop the headers, and a 429 says when to retry."""
+
+    def __init__(self, *, timeout: float) -> None:
+        super().__init__(timeout=timeout, logger=_http_log)
+        self._last = threading.local()
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
+        """Send a request and remember its response for this thread."""
+        self._last.response = None
+        response = super().request(method, url, *args, **kwargs)
+        self._last.response = response
+        return response
+
+    def last_headers(self) -> Mapping[str, str]:
+        """Return the headers of this thread's last response (empty if there was none)."""
+        response = getattr(self._last, "response", None)
+        return (response.headers or {}) if response is not None else {}
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Return the seconds a Retry-After header asks for (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _claimed_elsewhere(*, sids: list[str], outbox_id: int) -> set[str]:
+    """Return which provider ids another outbox row already owns (an identical text sent earlier)."""
+    if not sids:
+        return set()
+    with session_scope() as session:
+        return set(
+            session.scalars(
+                select(OutboxMessage.provider_message_id).where(
+                    OutboxMessage.provider_message_id.in_(sids), OutboxMessage.id != outbox_id
+                )
+            )
+        )
+
+
+class TwilioSmsChannel:
+    """Deliver texts with Twilio's Programmable Messaging API."""
+
+    name = "sms"
+    # Carriers care about the rate per sending number, not per recipient.
+    min_interval_per_address = 0.0
+
+    def __init__(
+        self,
+        *,
+        account_sid: str,
+        auth_token: str,
+        from_number: str = "",
+        messaging_service_sid: str = "",
+        api_base_url: str = DEFAULT_API_BASE_URL,
+        status_callback: str | None = None,
+        timeout: float = 10.0,
+        max_per_second: float | None = None,
+        part_interval: float = 0.0,
+    ) -> None:
+        if not (from_number or messaging_service_sid):
+            raise ValueError("Twilio needs TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
+        self.from_number = from_number
+        self.messaging_service_sid = messaging_service_sid
+        self.status_callback = status_callback
+        self.max_per_second = max_per_second
+        self.part_interval = part_interval
+        self.http = _RecordingHttpClient(timeout=timeout)
+        self.client = Client(account_sid, auth_token, http_client=self.http)
+        # Only the host changes (a fake or a regional proxy); the API paths stay Twilio's.
+        self.client.api.base_url = api_base_url.rstrip("/")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TwilioSmsChannel:
+        """Build the channel from the process settings."""
+        rate = settings.sms_rate_per_second
+        return cls(
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token.get_secret_value(),
+            from_number=settings.twilio_from_number,
+            messaging_service_sid=settings.twilio_messaging_service_sid,
+            api_base_url=settings.twilio_api_base_url,
+            status_callback=settings.public_url.rstrip("/") + STATUS_CALLBACK_PATH,
+            timeout=settings.outbox_send_timeout,
+            max_per_second=rate,
+            part_interval=1.0 / rate if settings.outbox_pacing else 0.0,
+        )
+
+    @staticmethod
+    def parts(text: OutgoingText) -> list[str]:
+        """Return the provider messages one outbox text becomes: GSM-7 where possible, at most 3 segments each."""
+        return split_text(gsm7_normalise(text.text))
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def send(self, text: OutgoingText) -> SendResult:
+        """Send a text (one or more Twilio messages, in order); never raise for provider errors."""
+        return self._send_parts(text, self.parts(text), first_sid=None)
+
+    def _send_parts(self, text: OutgoingText, parts: list[str], *, first_sid: str | None) -> SendResult:
+        for index, part in enumerate(parts):
+            if index and self.part_interval:
+                time.sleep(self.part_interval)
+            result = self._create(text, body=part)
+            if result.outcome is not Delivery.SENT:
+                if first_sid is not None and result.outcome in (Delivery.RETRY, Delivery.UNKNOWN):
+                    # Part of the text went out: sending it all again would repeat that part.
+                    # Unknown makes the sender reconcile, which sends only what Twilio lacks.
+                    return SendResult(Delivery.UNKNOWN, error_code=result.error_code, retry_after=result.retry_after)
+                return result
+            first_sid = first_sid or result.provider_message_id
+        return SendResult(Delivery.SENT, provider_message_id=first_sid)
+
+    def _create(self, text: OutgoingText, *, body: str) -> SendResult:
+        params: dict[str, Any] = {"to": text.address, "body": body}
+        if self.from_number:
+            params["from_"] = self.from_number
+        if self.messaging_service_sid:
+            params["messaging_service_sid"] = self.messaging_service_sid
+        if self.status_callback:
+            params["status_callback"] = self.status_callback
+        try:
+            message = self.client.messages.create(**params)
+        except (TwilioRestException, TwilioServiceException) as error:
+            return self._provider_error(text, error)
+        except requests.RequestException as error:
+            return self._network_error(text, error)
+        except TwilioException:
+            # An answer we could not read: the request did arrive, so it may have been accepted.
+            log.warning("outbox %s: unreadable answer from twilio", text.outbox_id)
+            return SendResult(Delivery.UNKNOWN)
+        log.info("outbox %s accepted by twilio as %s", text.outbox_id, message.sid)
+        return SendResult(Delivery.SENT, provider_message_id=message.sid)
+
+    def _provider_error(self, text: OutgoingText, error: TwilioRestException | TwilioServiceException) -> SendResult:
+        status, code = int(error.status), error.code
+        error_code = str(code if code is not None else status)
+        # The message text can quote the phone number: log the codes only.
+        log.warning("outbox %s: twilio answered %s (code %s)", text.outbox_id, status, error_code)
+        if status == 429 or status >= 500:
+            # Too many requests, or Twilio in trouble: both may say when to come back.
+            retry_after = parse_retry_after(self.http.last_headers().get("Retry-After"), now=utcnow())
+            return SendResult(Delivery.RETRY, error_code=error_code, retry_after=retry_after)
+        if code in OPTED_OUT_CODES:
+            return SendResult(Delivery.FAILED, error_code=error_code, recipient_state="opted_out")
+        if code in INVALID_NUMBER_CODES:
+            return SendResult(Delivery.FAILED, error_code=error_code, recipient_state="invalid_number")
+        return SendResult(Delivery.FAILED, error_code=error_code)
+
+    @staticmethod
+    def _network_error(text: OutgoingText, error: requests.RequestException) -> SendResult:
+        reason: object = error.args[0] if error.args else None
+        if isinstance(reason, MaxRetryError):
+            reason = reason.reason
+        never_left = isinstance(error, requests.ConnectTimeout) or (
+            isinstance(error, requests.ConnectionError) and isinstance(reason, _NOT_SENT_REASONS)
+        )
+        kind = type(error).__name__
+        if never_left:
+            log.warning("outbox %s: twilio unreachable (%s); will retry", text.outbox_id, kind)
+            return SendResult(Delivery.RETRY, error_code="unreachable")
+        # A read timeout or a dropped connection after the request left: Twilio may have it.
+        log.warning("outbox %s: no answer from twilio (%s); outcome unknown", text.outbox_id, kind)
+        return SendResult(Delivery.UNKNOWN, error_code="timeout" if isinstance(error, requests.Timeout) else None)
+
+    # -- reconciling -----------------------------------------------------------------------------
+
+    def reconcile(self, text: OutgoingText) -> SendResult | None:
+        """Ask Twilio whether an attempt with an unknown outcome arrived; send only what it lacks."""
+        parts = self.parts(text)
+        since = (text.first_attempt_at or utcnow()) - RECONCILE_SKEW
+        try:
+            records = self.client.messages.list(
+                to=text.address,
+                from_=self.from_number or values.unset,
+                date_sent_after=since,
+                limit=RECONCILE_LIMIT,
+            )
+        except (TwilioException, requests.RequestException) as error:
+            log.warning("outbox %s: cannot reconcile, twilio unreachable (%s)", text.outbox_id, type(error).__name__)
+            return None
+        wanted = set(parts)
+        candidates = [
+            r
+            for r in records
+            if r.body in wanted
+            and r.sid
+            and (r.direction or "outbound").startswith("outbound")
+            and (self.from_number or r.messaging_service_sid == self.messaging_service_sid)
+            and (r.date_created is None or r.date_created >= since)
+        ]
+        taken = _claimed_elsewhere(sids=[r.sid for r in candidates], outbox_id=text.outbox_id)
+        # Oldest first, so two rows with identical bodies each settle on a different message.
+        candidates.sort(key=lambda r: (r.date_created or since, r.sid))
+        found: list[str | None] = []
+        for part in parts:
+            match = next((r for r in candidates if r.body == part and r.sid not in taken), None)
+            if match is not None:
+                taken.add(match.sid)
+            found.append(match.sid if match is not None else None)
+        if not any(found):
+            log.info("outbox %s: twilio has no trace of it; sending again", text.outbox_id)
+            return SendResult(Delivery.RETRY)
+        missing = [part for part, sid in zip(parts, found, strict=True) if sid is None]
+        first_sid = found[0] or next(sid for sid in found if sid)
+        log.info("outbox %s: twilio has %s of %s parts (%s)", text.outbox_id, len(parts) - len(missing), len(parts), first_sid)
+        if not missing:
+            return SendResult(Delivery.SENT, provider_message_id=first_sid)
+        return self._send_parts(text, missing, first_sid=first_sid)

@@ -1,0 +1,154 @@
+"""Delivery through the real twilio client: retries, Retry-After, timeouts reconciled, long texts split."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+
+from bot.channels import outbox
+from bot.channels.models import OutboxStatus
+from bot.channels.sms_text import segments
+from bot.db import session_scope, utcnow
+from bot.patients.service import get_or_create_identity
+from tests.channels.twilio.conftest import JIM, SmsApp, make_due, outbox_rows
+from tests.fakes.fake_twilio import Fault
+
+LONG_TEXT = " ".join(
+    f"Step {n}: bring your insurance card, a photo ID and the list of medicines you take every day."
+    for n in range(1, 9)
+)
+
+
+def queue_text(body: str, *, key: str = "test:1", address: str = JIM) -> int:
+    with session_scope() as session:
+        identity = get_or_create_identity(session=session, channel="sms", address=address)
+        row = outbox.enqueue(session=session, key=key, identity=identity, body=body)
+        session.flush()
+        return row.id
+
+
+def test_a_provider_error_is_retried_and_sent_once(sms_app: SmsApp) -> None:
+    sms_app.fake.fail_next(Fault.server_error())
+    sms_app.text_in("what are your hours?")
+    sms_app.settle()
+    (after_error,) = outbox_rows()
+    make_due()
+    sms_app.settle()
+    (after_retry,) = outbox_rows()
+    assert (after_error.status, after_error.attempts, after_error.error_code) == (OutboxStatus.PENDING, 1, "500")
+    assert (after_retry.status, after_retry.attempts) == (OutboxStatus.SENT, 2)
+    assert [m.sid for m in sms_app.fake.messages] == [after_retry.provider_message_id]
+
+
+def test_retry_after_is_honoured(sms_app: SmsApp) -> None:
+    sms_app.fake.fail_next(Fault.rate_limited(retry_after=120))
+    before = utcnow()
+    sms_app.text_in("what are your hours?")
+    sms_app.settle()
+    (row,) = outbox_rows()
+    assert (row.status, row.error_code, sms_app.fake.messages) == (OutboxStatus.PENDING, "20429", [])
+    assert row.next_attempt_at >= before + timedelta(seconds=120)
+
+
+def test_a_timeout_is_reconciled_not_sent_twice(sms_app: SmsApp) -> None:
+    # Twilio took the message but answered after our timeout: the outcome is unknown.
+    sms_app.fake.fail_next(Fault.slow(seconds=2, record=True))
+    sms_app.text_in("what are your hours?")
+    sms_app.settle()
+    (unknown,) = outbox_rows()
+    make_due()
+    sms_app.settle()
+    (reconciled,) = outbox_rows()
+    (accepted,) = sms_app.fake.messages
+    assert (unknown.status, unknown.error_code) == (OutboxStatus.UNKNOWN, "timeout")
+    assert (reconciled.status, reconciled.provider_message_id) == (OutboxStatus.SENT, accepted.sid)
+    assert [method for method, _ in sms_app.fake.requests] == ["POST", "GET"]
+
+
+def test_a_timeout_that_never_reached_twilio_is_sent_once(sms_app: SmsApp) -> None:
+    sms_app.fake.fail_next(Fault.slow(seconds=2, record=False))
+    sms_app.text_in("what are your hours?")
+    sms_app.settle()
+    make_due()
+    sms_app.settle()
+    (row,) = outbox_rows()
+    (accepted,) = sms_app.fake.messages
+    assert (row.status, row.provider_message_id) == (OutboxStatus.SENT, accepted.sid)
+    assert [method for method, _ in sms_app.fake.requests] == ["POST", "GET", "POST"]
+
+
+def test_reconcile_waits_while_twilio_cannot_answer(sms_app: SmsApp) -> None:
+    sms_app.fake.fail_next(Fault.slow(seconds=2, record=True))
+    sms_app.fake.fail_next(Fault.server_error(), on="list")
+    sms_app.text_in("what are your hours?")
+    sms_app.settle()
+    make_due()
+    sms_app.settle()
+    (still_unknown,) = outbox_rows()
+    make_due()
+    sms_app.settle()
+    (row,) = outbox_rows()
+    assert still_unknown.status == OutboxStatus.UNKNOWN
+    assert (row.status, len(sms_app.fake.messages)) == (OutboxStatus.SENT, 1)
+
+
+def test_a_long_text_goes_as_several_messages_in_order(sms_app: SmsApp) -> None:
+    queue_text(LONG_TEXT)
+    sms_app.settle()
+    sent = sms_app.fake.messages
+    (row,) = outbox_rows()
+    assert len(sent) > 1
+    assert all(segments(m.body) <= 3 for m in sent)
+    assert " ".join(m.body for m in sent) == LONG_TEXT
+    assert (row.status, row.provider_message_id) == (OutboxStatus.SENT, sent[0].sid)
+
+
+def test_a_long_text_cut_short_sends_only_the_missing_parts(sms_app: SmsApp) -> None:
+    sms_app.fake.fail_next(Fault.ok())
+    sms_app.fake.fail_next(Fault.server_error())
+    queue_text(LONG_TEXT)
+    sms_app.settle()
+    (partial,) = outbox_rows()
+    make_due()
+    sms_app.settle()
+    (row,) = outbox_rows()
+    sent = sms_app.fake.messages
+    assert partial.status == OutboxStatus.UNKNOWN
+    assert " ".join(m.body for m in sent) == LONG_TEXT
+    assert (row.status, row.provider_message_id) == (OutboxStatus.SENT, sent[0].sid)
+
+
+def test_texts_go_out_in_gsm7_when_they_can(sms_app: SmsApp) -> None:
+    queue_text("We\u2019re open today \u2013 see you soon\u2026")
+    sms_app.settle()
+    assert [m.body for m in sms_app.fake.messages] == ["We're open today - see you soon..."]
+
+
+def test_an_identical_earlier_text_is_not_mistaken_for_a_lost_one(sms_app: SmsApp) -> None:
+    queue_text("Sorry, I didn't catch that.", key="test:1")
+    sms_app.settle()
+    sms_app.fake.fail_next(Fault.slow(seconds=2, record=False))
+    queue_text("Sorry, I didn't catch that.", key="test:2")
+    sms_app.settle()
+    make_due()
+    sms_app.settle()
+    first, second = outbox_rows()
+    sent = sms_app.fake.messages
+    assert len(sent) == 2
+    assert (first.provider_message_id, second.provider_message_id) == (sent[0].sid, sent[1].sid)
+
+
+def test_logs_carry_ids_not_numbers_or_words(sms_app: SmsApp, caplog: pytest.LogCaptureFixture) -> None:
+    # INFO is the configured default; at DEBUG, urllib3 itself logs request URLs.
+    caplog.set_level(logging.INFO)
+    sms_app.fake.fail_next(Fault.slow(seconds=2, record=True))
+    sms_app.text_in("what are your opening hours on weekdays?")
+    sms_app.settle()
+    make_due()
+    sms_app.settle()
+    (message,) = sms_app.fake.messages
+    logged = caplog.text
+    assert message.sid in logged
+    assert [leak for leak in ("5550142", "5550199", "weekdays", message.body[:20]) if leak in logged] == []

@@ -1,0 +1,79 @@
+"""Opt-out over SMS, end to end: STOP, START, HELP, plain phrases, emergencies, and Twilio's 21610."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from bot.channels.models import OutboxMessage, OutboxStatus
+from bot.db import session_scope, utcnow
+from bot.patients.models import ChannelIdentity
+from tests.channels.twilio.conftest import JIM, SmsApp, outbox_rows
+from tests.channels.twilio.test_delivery import queue_text
+
+
+def opted_out(address: str = JIM) -> bool:
+    with session_scope() as session:
+        identity = session.scalars(select(ChannelIdentity).where(ChannelIdentity.address == address)).one()
+        return identity.opted_out_at is not None
+
+
+def test_stop_silences_the_number_and_cancels_pending_texts(sms_app: SmsApp) -> None:
+    pending = queue_text("Your lab test from yesterday is still being processed.", key="lab:1")
+    sms_app.text_in("STOP")
+    sms_app.settle()
+    sms_app.text_in("what are your hours?")
+    sms_app.settle()
+    statuses = {row.id: row.status for row in outbox_rows()}
+    assert (sms_app.fake.messages, opted_out(), statuses) == ([], True, {pending: OutboxStatus.CANCELLED})
+
+
+def test_an_emergency_after_stop_still_gets_instructions(sms_app: SmsApp) -> None:
+    sms_app.text_in("stop")
+    sms_app.settle()
+    sms_app.text_in("my husband has crushing chest pain and can't breathe")
+    sms_app.settle()
+    (reply,) = sms_app.fake.messages
+    assert reply.body.startswith("If this is an emergency, call 911 now")
+    assert opted_out()
+
+
+def test_start_opts_back_in_with_a_confirmation(sms_app: SmsApp) -> None:
+    sms_app.text_in("STOP")
+    sms_app.text_in("START")
+    sms_app.settle()
+    (reply,) = sms_app.fake.messages
+    assert reply.body == "You will get texts from Riverside Family Clinic again. Reply STOP at any time to stop them."
+    assert not opted_out()
+
+
+def test_help_names_the_clinic_and_how_to_stop(sms_app: SmsApp) -> None:
+    sms_app.text_in("HELP")
+    sms_app.settle()
+    (reply,) = sms_app.fake.messages
+    assert reply.body.startswith("Riverside Family Clinic: call +1 (617) 555-0100")
+    assert "Reply STOP to stop texts" in reply.body
+
+
+def test_a_plain_request_to_stop_asks_for_the_keyword(sms_app: SmsApp) -> None:
+    sms_app.text_in("please stop texting me")
+    sms_app.settle()
+    (reply,) = sms_app.fake.messages
+    assert reply.body == (
+        "To stop all texts from Riverside Family Clinic, reply STOP. You can reply START later to get them again."
+    )
+    assert not opted_out()
+
+
+def test_twilio_refusing_an_unsubscribed_number_opts_it_out(sms_app: SmsApp) -> None:
+    # The patient opted out at the carrier (Twilio answers 21610); a later text was already queued.
+    sms_app.fake.opt_out(JIM)
+    due = queue_text("Your lab results are in.", key="lab:1")
+    later = queue_text("Reminder: your lab results are in.", key="lab:2")
+    with session_scope() as session:
+        session.get(OutboxMessage, later).next_attempt_at = utcnow() + timedelta(hours=1)
+    sms_app.settle()
+    rows = {row.id: (row.status, row.error_code) for row in outbox_rows()}
+    assert rows == {due: (OutboxStatus.FAILED, "21610"), later: (OutboxStatus.CANCELLED, "opted_out")}
+    assert (sms_app.fake.messages, opted_out()) == ([], True)

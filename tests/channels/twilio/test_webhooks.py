@@ -1,0 +1,165 @@
+"""Twilio webhooks: signatures (behind a proxy too), malformed requests, duplicates, replies, status callbacks."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from bot.channels.models import OutboxStatus
+from bot.conversations.models import Conversation, Direction, Handoff, Message
+from bot.db import session_scope
+from tests.channels.twilio.conftest import (
+    CLINIC_NUMBER,
+    JIM,
+    PUBLIC_URL,
+    STRANGER,
+    SmsApp,
+    new_sid,
+    outbox_rows,
+    sign,
+    twilio_env,
+)
+from tests.fakes.fake_twilio import FakeTwilio
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+def inbound_count() -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.count()).select_from(Message).where(Message.direction == Direction.IN)) or 0
+
+
+def test_a_text_in_gets_exactly_one_reply(sms_app: SmsApp) -> None:
+    response = sms_app.text_in("what time do you open today?")
+    sms_app.settle()
+    sent = sms_app.fake.messages
+    (row,) = outbox_rows()
+    assert (response.status_code, response.text, response.headers["content-type"].split(";")[0]) == (
+        200, EMPTY_TWIML, "text/xml",
+    )  # fmt: skip
+    assert [(m.to, m.from_, m.status_callback) for m in sent] == [
+        (JIM, CLINIC_NUMBER, PUBLIC_URL + "/webhooks/twilio/status")
+    ]
+    assert "Riverside Family Clinic is open" in sent[0].body
+    assert (row.status, row.provider_message_id, row.body) == (OutboxStatus.SENT, sent[0].sid, sent[0].body)
+
+
+def test_signatures_are_checked_and_refusals_store_nothing(sms_app: SmsApp) -> None:
+    pairs = [("MessageSid", new_sid()), ("From", JIM), ("To", CLINIC_NUMBER), ("Body", "hello")]
+    url = PUBLIC_URL + "/webhooks/twilio/sms"
+    missing = sms_app.post("/webhooks/twilio/sms", pairs, signature="")
+    wrong_token = sms_app.post("/webhooks/twilio/sms", pairs, token="not-the-token")
+    tampered = sms_app.post(
+        "/webhooks/twilio/sms",
+        [*pairs[:3], ("Body", "tampered")],
+        signature=sign(token=sms_app.fake.auth_token, url=url, pairs=pairs),
+    )
+    statuses = [missing.status_code, wrong_token.status_code, tampered.status_code]
+    sms_app.settle()
+    assert (statuses, inbound_count(), sms_app.fake.messages) == ([403, 403, 403], 0, [])
+    valid = sms_app.post("/webhooks/twilio/sms", pairs)
+    assert (valid.status_code, inbound_count()) == (200, 1)
+
+
+def test_the_signature_covers_the_public_url_behind_a_tls_proxy(sms_app: SmsApp) -> None:
+    pairs = [("MessageSid", new_sid()), ("From", JIM), ("To", CLINIC_NUMBER), ("Body", "hello")]
+    # Twilio called https://bot.riverside.example; the app itself is reached over http inside.
+    inside = sms_app.post("/webhooks/twilio/sms", pairs, signed_url="http://testserver/webhooks/twilio/sms")
+    public = sms_app.post("/webhooks/twilio/sms", pairs)
+    with_query = sms_app.post(
+        "/webhooks/twilio/sms", [("MessageSid", new_sid()), *pairs[1:]], query="clinic=riverside&x=1"
+    )
+    query_unsigned = sms_app.post(
+        "/webhooks/twilio/sms",
+        [("MessageSid", new_sid()), *pairs[1:]],
+        query="clinic=riverside",
+        signed_url=PUBLIC_URL + "/webhooks/twilio/sms",
+    )
+    assert [inside.status_code, public.status_code, with_query.status_code, query_unsigned.status_code] == [
+        403, 200, 200, 403,
+    ]  # fmt: skip
+    assert inbound_count() == 2
+
+
+def test_repeated_form_keys_are_all_signed(sms_app: SmsApp) -> None:
+    base = [("MessageSid", new_sid()), ("From", JIM), ("To", CLINIC_NUMBER), ("Body", "hello")]
+    pairs = [*base, ("AddOns", "b-second"), ("AddOns", "a-first")]
+    url = PUBLIC_URL + "/webhooks/twilio/sms"
+    only_one = sms_app.post(
+        "/webhooks/twilio/sms", pairs, signature=sign(token=sms_app.fake.auth_token, url=url, pairs=pairs[:-1])
+    )
+    all_values = sms_app.post("/webhooks/twilio/sms", pairs)
+    assert (only_one.status_code, all_values.status_code, inbound_count()) == (403, 200, 1)
+
+
+def test_without_an_auth_token_the_endpoints_are_off(make_app, fake_twilio: FakeTwilio) -> None:  # type: ignore[no-untyped-def]
+    app = SmsApp(harness=make_app(**twilio_env(fake_twilio, TWILIO_AUTH_TOKEN="")), fake=fake_twilio)
+    # Signed with the token Twilio would use: still refused, because nothing can verify it.
+    inbound = app.text_in("hello")
+    status = app.status(new_sid(), "delivered")
+    assert (inbound.status_code, status.status_code, inbound_count()) == (404, 404, 0)
+    assert "sms" not in app.harness.workers.channels
+
+
+def test_malformed_webhooks_answer_400_naming_the_field(sms_app: SmsApp) -> None:
+    good = {"MessageSid": new_sid(), "From": JIM, "To": CLINIC_NUMBER, "Body": "hello", "NumMedia": "0"}
+    cases = {
+        "MessageSid": {k: v for k, v in good.items() if k != "MessageSid"},
+        "From": {k: v for k, v in good.items() if k != "From"},
+        "Body": {k: v for k, v in good.items() if k != "Body"},
+        "From:": good | {"From": "12"},
+        "NumMedia:": good | {"NumMedia": "lots"},
+        "MediaUrl0": good | {"NumMedia": "1"},
+    }
+    answers = {}
+    for field, form in cases.items():
+        response = sms_app.post("/webhooks/twilio/sms", list(form.items()))
+        answers[field] = (response.status_code, field.rstrip(":") in response.json()["detail"], "Traceback" in response.text)
+    assert answers == {field: (400, True, False) for field in cases}
+    bad_status = sms_app.post("/webhooks/twilio/status", [("MessageSid", new_sid())])
+    assert (bad_status.status_code, bad_status.json()["detail"]) == (400, "missing form field MessageStatus")
+    assert inbound_count() == 0
+
+
+def test_a_duplicate_webhook_is_stored_once_and_answered_once(sms_app: SmsApp) -> None:
+    sid = new_sid()
+    first = sms_app.text_in("where are you located?", sid=sid)
+    again = sms_app.text_in("where are you located?", sid=sid)
+    sms_app.settle()
+    assert (first.status_code, again.status_code, inbound_count(), len(sms_app.fake.messages)) == (200, 200, 1, 1)
+
+
+def test_the_sender_number_is_normalised(sms_app: SmsApp) -> None:
+    sms_app.text_in("hi", sender="(617) 555-0123")
+    sms_app.settle()
+    assert [m.to for m in sms_app.fake.messages] == [STRANGER]
+
+
+def test_status_callbacks_only_move_forward_and_keep_error_codes(sms_app: SmsApp) -> None:
+    sms_app.text_in("what are your hours?")
+    sms_app.text_in("where are you located?")
+    sms_app.settle()
+    first, second = (m.sid for m in sms_app.fake.messages)
+    answers = [
+        sms_app.status(first, "delivered").status_code,
+        sms_app.status(first, "sent").status_code,  # late: must not undo "delivered"
+        sms_app.status(second, "undelivered", error_code="30003").status_code,
+        sms_app.status(second, "sent").status_code,
+        sms_app.status(new_sid(), "delivered").status_code,  # not ours: acknowledged, ignored
+    ]
+    rows = {row.provider_message_id: (row.status, row.error_code) for row in outbox_rows()}
+    assert answers == [204] * 5
+    assert rows == {first: (OutboxStatus.DELIVERED, None), second: (OutboxStatus.UNDELIVERED, "30003")}
+
+
+def test_a_picture_goes_to_staff_with_its_link(sms_app: SmsApp) -> None:
+    url = f"https://api.twilio.com/2010-04-01/Accounts/{sms_app.fake.account_sid}/Messages/MM1/Media/ME1"
+    sms_app.text_in("", extra=(("NumMedia", "1"), ("MediaUrl0", url), ("MediaContentType0", "image/jpeg")))
+    sms_app.settle()
+    with session_scope() as session:
+        stored = session.scalars(select(Message.body).where(Message.direction == Direction.IN)).one()
+        handoff = session.scalars(select(Handoff)).one()
+        conversation = session.get(Conversation, handoff.conversation_id)
+        state = conversation.state
+    (reply,) = sms_app.fake.messages
+    assert (stored, handoff.reason, handoff.team, state) == (f"\n[media] {url}", "human", "front_desk", "waiting")
+    assert reply.body.startswith("OK, I've passed your message to our front desk team.")
