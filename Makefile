@@ -17,9 +17,9 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/clinicbot init --demo
 	$(VENV)/bin/clinicbot train
-	@echo "Demo patients you can text as: clinicbot chat --as +16175550101 (Maria, Spanish),"
-	@echo "  +16175550142 (Jim), +16175550177 (Aisha). Starting the chat as an unknown visitor."
-	$(VENV)/bin/clinicbot chat
+	@echo "Staff admin (demo): admin@riverside.example / riverside-demo"
+	@echo "Terminal chat instead: .venv/bin/clinicbot chat --as +16175550142"
+	$(VENV)/bin/clinicbot serve
 
 test: install
 	$(PY) -m pytest -q

@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_classifier  # noqa: E402
 import bench_engine  # noqa: E402
+import bench_inbound  # noqa: E402
+import bench_outbox  # noqa: E402
 import bench_pipeline  # noqa: E402
 import bench_safety  # noqa: E402
 
@@ -36,6 +38,8 @@ def main() -> int:
         ("Classifier", bench_classifier.run()),
         ("Whole analyser: safety layer + classifier (what `clinicbot classify` runs)", bench_pipeline.run()),
         ("Conversation engine", bench_engine.run()),
+        ("Inbound SMS end to end: signed webhook → stored → classified → reply queued", bench_inbound.run()),
+        ("Outbox delivery rate to a fake Twilio", bench_outbox.run()),
     ]
     lines = [
         "# Benchmark results",

@@ -160,6 +160,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bot.web.app import create_app
 
     settings = get_settings()
+    if args.telegram_polling and not settings.telegram_enabled:
+        raise UsageError("--telegram-polling needs TELEGRAM_BOT_TOKEN")
     runtime = get_runtime()  # fail fast, with one line, on a missing database or a bad clinic setting
     base = f"http://{args.host}:{args.port}"
     channels = sorted(build_channels(settings))
@@ -170,7 +172,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     off = [name for name, on in (("sms", settings.twilio_enabled), ("telegram", settings.telegram_enabled)) if not on]
     if off:
         print(f"  channels off: {', '.join(off)} (no credentials; see README)")
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning", access_log=False)
+    if args.telegram_polling:
+        print("  telegram:     long polling (the webhook is removed while this runs)")
+    app = create_app(telegram_polling=args.telegram_polling)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def cmd_telegram_set_webhook(args: argparse.Namespace) -> int:
+    """Register PUBLIC_URL/webhooks/telegram and the webhook secret with Telegram."""
+    from bot.channels.telegram import TelegramSetupError, set_webhook
+
+    try:
+        url = set_webhook(settings=get_settings())
+    except TelegramSetupError as error:
+        raise UsageError(str(error)) from None
+    print(f"telegram webhook set: {url}")
     return 0
 
 
@@ -192,7 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="start the web server: webhooks, web chat, outbox sender")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--telegram-polling", action="store_true",
+                       help="fetch Telegram updates by long polling (development, no public URL)")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
+    telegram = commands.add_parser("telegram", help="Telegram bot set-up")
+    telegram_commands = telegram.add_subparsers(dest="telegram_command", required=True, parser_class=_Parser)
+    set_webhook = telegram_commands.add_parser("set-webhook", help="register this server's webhook with Telegram")
+    set_webhook.set_defaults(func=cmd_telegram_set_webhook)
     return parser
 
 

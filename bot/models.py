@@ -1,6 +1,8 @@
 """Import every model so the metadata is complete (Alembic, tests)."""
 
+from bot.channels.linking import TelegramLinkToken
 from bot.channels.models import OutboxMessage
+from bot.channels.verification import VerificationCode
 from bot.clinic_settings import ClinicProfile
 from bot.conversations.models import Conversation, Handoff, Message, PatientRequest
 from bot.db import Base
@@ -23,4 +25,6 @@ __all__ = [
     "PatientRequest",
     "Promise",
     "StaffUser",
+    "TelegramLinkToken",
+    "VerificationCode",
 ]

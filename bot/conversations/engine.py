@@ -42,6 +42,9 @@ CANCEL_WORDS = frozenset(
 FORM_INTERRUPT_CONFIDENCE = 0.85
 MEDICAL_INTERRUPT_CONFIDENCE = 0.9
 MEDICAL_INTERRUPT_MIN_WORDS = 6
+QUESTION_INTERRUPTS = frozenset(
+    {"hours", "lab_results", "billing", "portal_help", "records_request", "test_preparation"}
+)
 FORM_SLOTS = ("medication", "pharmacy", "appointment_which", "preferred_times")
 
 
@@ -270,7 +273,9 @@ class _Turn:
             return confidence >= FORM_INTERRUPT_CONFIDENCE
         if intent == "medical_question" and confidence >= MEDICAL_INTERRUPT_CONFIDENCE:
             return "?" in self.text or len(self.text.split()) >= MEDICAL_INTERRUPT_MIN_WORDS
-        return False
+        # A confident question about something else ("is my lab result back?") is not a slot value.
+        # Location is left out: a pharmacy's address reads like a directions question.
+        return intent in QUESTION_INTERRUPTS and confidence >= MEDICAL_INTERRUPT_CONFIDENCE and "?" in self.text
 
     def activate_form(self, form: str) -> None:
         self.clear_form()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 
 from bot.channels.registry import build_channels
 from bot.channels.workers import Workers
@@ -14,7 +16,7 @@ from bot.config import get_settings
 from bot.runtime import get_runtime
 
 
-def create_app(*, start_workers: bool = True) -> FastAPI:
+def create_app(*, start_workers: bool = True, telegram_polling: bool = False) -> FastAPI:
     """Build the app; workers start with it unless a test drives them by hand."""
     settings = get_settings()
 
@@ -25,9 +27,18 @@ def create_app(*, start_workers: bool = True) -> FastAPI:
         app.state.runtime, app.state.workers = runtime, workers
         if start_workers:
             workers.start()
+        poller = None
+        if telegram_polling:
+            # Development without a public URL: fetch Telegram updates instead of receiving them.
+            from bot.channels.telegram import TelegramPoller
+
+            poller = TelegramPoller.from_settings(settings, domain=runtime.domain, workers=workers)
+            poller.start()
         try:
             yield
         finally:
+            if poller is not None:
+                poller.stop()
             workers.stop()
 
     app = FastAPI(title="clinicbot", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -37,6 +48,7 @@ def create_app(*, start_workers: bool = True) -> FastAPI:
     app.include_router(twilio.router)
     app.include_router(telegram.router)
     app.include_router(webchat.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
 
     @app.get("/healthz", response_class=PlainTextResponse, include_in_schema=False)
     def healthz() -> str:

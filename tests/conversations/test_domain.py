@@ -31,6 +31,7 @@ SAMPLE = {
     "ordered_day": "Monday, Nov 23",
     "expected": "by Thursday",
     "next_update": "by 4 pm on Friday",
+    "code": "123456",  # the one-time code in utter_otp_code
 }
 # Characters of the GSM 03.38 basic set that matter for English texts.
 GSM7 = set(

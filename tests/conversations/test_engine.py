@@ -315,3 +315,12 @@ def test_spanish_lab_status_reads_naturally(runtime) -> None:
     text = texts(outcome)
     assert "solicitada el " in text and "del el" not in text
     assert "hemoglobin" not in text.lower()
+
+
+def test_a_question_about_something_else_leaves_the_form(runtime) -> None:
+    send(runtime, "I need a refill", address=JIM)
+    outcome = send(runtime, "wait, is my lab result back yet?", address=JIM)
+    assert outcome.intent == "lab_results"
+    assert outcome.replies[0].response_key.startswith("utter_lab_status")
+    with session_scope() as session:
+        assert session.get(Conversation, outcome.conversation_id).active_form is None

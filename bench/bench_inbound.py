@@ -1,0 +1,711 @@
+"""Benchmark: inbound SMS end to end through a real `clinicbot serve` process, on SQLite and PostgreSQL.
+
+Each request is a correctly signed Twilio webhook (`POST /webhooks/twilio/sms`). The server checks the
+signature, stores the message, acknowledges with empty TwiML; its inbound worker classifies the message
+and queues the reply in the outbox; its outbox sender delivers it to a fake Twilio on loopback.
+
+Measured per backend:
+- ack latency: client-side time of the webhook request (signature check + durable store + answer);
+- end to end: from the client starting the request to the reply row in the outbox (`outbox.created_at`,
+  stamped by the server when the reply is written, in the transaction that marks the message processed);
+- end-to-end throughput: N / (first request start -> last reply queued).
+
+The same load generator (16 threads, one persistent `httpx.Client` each, requests signed in advance)
+also drives a bare FastAPI endpoint (`bench/bare_app.py`) under uvicorn, as the ceiling of the web stack.
+Client and server run on the same machine, so all clocks are the same wall clock.
+
+    .venv/bin/python bench/bench_inbound.py [--requests 800] [--concurrency 16] [--backends sqlite,postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import math
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from twilio.request_validator import RequestValidator  # noqa: E402
+
+POSTGRES_URL = os.environ.get(
+    "CLINICBOT_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
+)
+CLINIC_NUMBER = "+16175550199"
+INBOUND_PATH = "/webhooks/twilio/sms"
+BARE_PATH = "/sms"
+# The demo clinic's patients (verified by the number on file: lab status, names) plus strangers.
+DEMO_PATIENTS = ("+16175550142", "+16175550101", "+16175550177")
+# A realistic mix; each gets a reply from the demo clinic in any order and conversation state reached
+# by the mix (no hand-off that would silence later texts); a verified patient's lab status gets two.
+BODIES: tuple[tuple[str, int], ...] = (
+    ("what time do you open", 4),
+    ("are you open on saturday", 2),
+    ("hi", 3),
+    ("good morning", 1),
+    ("thanks", 2),
+    ("I need a refill of my blood pressure medicine", 3),
+    ("can I get a refill", 1),
+    ("any news on my lab results", 3),
+    ("are my test results back", 2),
+    ("where are you located", 2),
+    ("how do i pay my bill", 2),
+    ("¿a qué hora abren mañana?", 2),
+    ("hola, necesito ayuda con el portal", 1),
+)
+P99_TARGET_MS = 50.0
+RATIO_TARGET = 0.25
+LOAD_TIME_LIMIT = 120.0  # seconds; one load phase never runs longer
+E2E_WAIT_LIMIT = 120.0  # seconds after the load for every reply to be queued
+DELIVERY_WAIT_LIMIT = 60.0  # seconds after that for every queued reply to reach the fake Twilio
+WARMUP_REQUESTS = 48
+
+
+def sender_pool(size: int = 200, *, first: int = 2000) -> list[str]:
+    """Return `size` distinct valid US numbers: the demo patients, then +1617555xxxx strangers."""
+    strangers = [f"+1617555{n:04d}" for n in range(first, first + size - len(DEMO_PATIENTS))]
+    return list(DEMO_PATIENTS) + strangers
+
+
+class _Params(dict[str, list[str]]):
+    """Form fields in the shape twilio's validator reads (getlist)."""
+
+    def getlist(self, name: str) -> list[str]:
+        return self[name]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One request, built and signed before the clock starts."""
+
+    sid: str
+    content: bytes
+    headers: dict[str, str]
+
+
+def plan(
+    *,
+    count: int,
+    tag: str,
+    public_url: str,
+    path: str,
+    token: str,
+    account_sid: str,
+    pool: list[str],
+    seed: int,
+) -> list[Planned]:
+    """Build `count` signed inbound webhooks with unique MessageSids (SM + tag + index)."""
+    rng = random.Random(seed)
+    texts = [text for text, _ in BODIES]
+    weights = [weight for _, weight in BODIES]
+    validator = RequestValidator(token)
+    url = public_url.rstrip("/") + path
+    planned = []
+    for index in range(count):
+        sid = f"SM{tag}{index:0{32 - len(tag)}x}"
+        pairs = [
+            ("ToCountry", "US"), ("SmsMessageSid", sid), ("NumMedia", "0"), ("MessageSid", sid),
+            ("AccountSid", account_sid), ("From", rng.choice(pool)), ("To", CLINIC_NUMBER),
+            ("Body", rng.choices(texts, weights)[0]), ("NumSegments", "1"), ("ApiVersion", "2010-04-01"),
+        ]  # fmt: skip
+        params = _Params()
+        for name, value in pairs:
+            params.setdefault(name, []).append(value)
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": validator.compute_signature(url, params),
+        }
+        planned.append(Planned(sid=sid, content=urlencode(pairs).encode(), headers=headers))
+    return planned
+
+
+@dataclass
+class LoadResult:
+    """What the load generator saw: per request start (wall clock), latency and status."""
+
+    starts: list[float]
+    latencies_ms: list[float]
+    statuses: list[int]
+    began: float
+    ended: float
+    errors: dict[str, int] = field(default_factory=dict)
+    # CPU seconds this process used during the load: the load generator (and the fake Twilio, when running).
+    cpu_seconds: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return sum(1 for status in self.statuses if status != 0)
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for status in self.statuses if status == 200)
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.began
+
+
+def fire(
+    *,
+    base_url: str,
+    path: str,
+    planned: list[Planned],
+    concurrency: int,
+    label: str,
+    time_limit: float = LOAD_TIME_LIMIT,
+    client: str = "httpx",
+) -> LoadResult:
+    """Send every planned request with `concurrency` threads (closed loop); stop at the time limit.
+
+    `client` is "httpx" (a persistent httpx.Client per thread: the load generator of record) or
+    "stdlib" (a persistent http.client connection per thread: a leaner client, used only to show how
+    much of the bare endpoint's figure is the load generator's own cost).
+    """
+    n = len(planned)
+    result = LoadResult([0.0] * n, [0.0] * n, [0] * n, 0.0, 0.0)
+    counter = itertools.count()
+    completed = itertools.count(1)
+    finished = [0]
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def record_error(error: Exception) -> int:
+        with lock:
+            kind = type(error).__name__
+            result.errors[kind] = result.errors.get(kind, 0) + 1
+        return -1
+
+    def run_loop(send: Callable[[Planned], int]) -> None:
+        while not stop.is_set():
+            index = next(counter)
+            if index >= n:
+                return
+            request = planned[index]
+            wall = time.time()
+            started = time.perf_counter()
+            status = send(request)
+            result.latencies_ms[index] = (time.perf_counter() - started) * 1000
+            result.starts[index] = wall
+            result.statuses[index] = status
+            finished[0] = next(completed)
+
+    def httpx_worker() -> None:
+        with httpx.Client(base_url=base_url, timeout=10.0, trust_env=False) as session:
+
+            def send(request: Planned) -> int:
+                try:
+                    return session.post(path, content=request.content, headers=request.headers).status_code
+                except httpx.HTTPError as error:
+                    return record_error(error)
+
+            run_loop(send)
+
+    def stdlib_worker() -> None:
+        host, port = base_url.removeprefix("http://").rsplit(":", 1)
+        connection = [http.client.HTTPConnection(host, int(port), timeout=10.0)]
+
+        def send(request: Planned) -> int:
+            try:
+                connection[0].request("POST", path, body=request.content, headers=request.headers)
+                response = connection[0].getresponse()
+                response.read()
+                return response.status
+            except (OSError, http.client.HTTPException) as error:
+                connection[0].close()
+                connection[0] = http.client.HTTPConnection(host, int(port), timeout=10.0)
+                return record_error(error)
+
+        try:
+            run_loop(send)
+        finally:
+            connection[0].close()
+
+    worker = {"httpx": httpx_worker, "stdlib": stdlib_worker}[client]
+    threads = [threading.Thread(target=worker, name=f"load-{i}", daemon=True) for i in range(concurrency)]
+    deadline = time.monotonic() + time_limit
+    with _progress() as progress:
+        task = progress.add_task(label, total=n)
+        cpu_started = time.process_time()
+        result.began = time.time()
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            if time.monotonic() > deadline:
+                stop.set()
+            progress.update(task, completed=finished[0])
+            time.sleep(0.1)
+        result.ended = time.time()
+        result.cpu_seconds = time.process_time() - cpu_started
+        progress.update(task, completed=finished[0])
+    for thread in threads:
+        thread.join(timeout=15)
+    return result
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    )
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def proc_cpu(pid: int) -> float:
+    """Return the CPU seconds (user + system) a process has used so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_now() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} (1 min) / {five:.2f} (5 min)"
+
+
+# -- the bare baseline -----------------------------------------------------------------------------
+
+
+@contextmanager
+def bare_server() -> Iterator[tuple[str, int]]:
+    """Run bench/bare_app.py under uvicorn in its own process group; yield its base URL and pid."""
+    from tests.e2e.server import free_port
+
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="clinicbot-bare-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "bare_app.py"), "--port", str(port)],
+        cwd=ROOT, stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"bare app exited: {Path(log.name).read_text()[-1500:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("bare app did not start within 30 s")
+            time.sleep(0.1)
+        yield url, process.pid
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
+
+
+@dataclass
+class BareResult:
+    load: LoadResult  # with the httpx load generator of record
+    server_cpu: float
+    lean: LoadResult  # the same requests from a lean stdlib client: the endpoint nearer its own limit
+
+
+def measure_bare(*, requests: int, concurrency: int) -> BareResult:
+    """Drive the bare endpoint with the same requests the real one gets (and once more with a lean client)."""
+    pool = sender_pool()
+    with bare_server() as (url, pid):
+        token, sid = "bare-token", "AC" + "0" * 32
+        warm = plan(count=WARMUP_REQUESTS, tag="b0", public_url=url, path=BARE_PATH, token=token,
+                    account_sid=sid, pool=pool, seed=1)  # fmt: skip
+        fire(
+            base_url=url, path=BARE_PATH, planned=warm, concurrency=concurrency, label="bare FastAPI warm-up"
+        )
+        planned = plan(count=requests, tag="b1", public_url=url, path=BARE_PATH, token=token,
+                       account_sid=sid, pool=pool, seed=2)  # fmt: skip
+        cpu = proc_cpu(pid)
+        load = fire(
+            base_url=url, path=BARE_PATH, planned=planned, concurrency=concurrency, label="bare FastAPI"
+        )
+        server_cpu = proc_cpu(pid) - cpu
+        lean = fire(base_url=url, path=BARE_PATH, planned=planned, concurrency=concurrency,
+                    label="bare FastAPI, stdlib client", client="stdlib")  # fmt: skip
+        return BareResult(load, server_cpu, lean)
+
+
+# -- the real server -------------------------------------------------------------------------------
+
+
+def postgres_unreachable() -> str | None:
+    """Return why PostgreSQL cannot be used for the benchmark, or None when it answers."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from bot.db import make_engine
+
+    engine = make_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as error:
+        return f"PostgreSQL not reachable at {POSTGRES_URL} ({error.orig.__class__.__name__})"
+    finally:
+        engine.dispose()
+    return None
+
+
+def prepare_database(backend: str, workdir: Path) -> str:
+    """Create a migrated, seeded database for a backend; return its URL."""
+    from sqlalchemy import text
+
+    from bot.db import make_engine, session_scope
+    from bot.db.migrate import upgrade_to_head
+    from bot.demo import do_seed_demo
+
+    url = f"sqlite:///{workdir / 'bench.db'}" if backend == "sqlite" else POSTGRES_URL
+    engine = make_engine(url)
+    try:
+        if backend == "postgres":
+            with engine.begin() as connection:
+                connection.execute(text("DROP SCHEMA public CASCADE"))
+                connection.execute(text("CREATE SCHEMA public"))
+        upgrade_to_head(engine)
+        with session_scope(engine) as session:
+            do_seed_demo(session=session)
+    finally:
+        engine.dispose()
+    return url
+
+
+@dataclass
+class Progress2E:
+    """Replies queued so far for a set of inbound messages."""
+
+    inbound: int
+    processed: int
+    replied: int
+
+
+def reply_times(db_url: str, tag: str) -> Callable[[], tuple[Progress2E, dict[str, float]]]:
+    """Return a probe: how many messages with this sid tag are stored, processed, replied; reply times by sid."""
+    from sqlalchemy import String, and_, cast, literal, select
+
+    from bot.channels.models import OutboxMessage
+    from bot.conversations.models import Direction, Message
+    from bot.db import make_engine
+
+    engine = make_engine(db_url)
+    reply_key = literal("reply:") + cast(Message.id, String) + literal(":0")
+    query = (
+        select(Message.provider_message_id, Message.processed_at, OutboxMessage.created_at)
+        .outerjoin(OutboxMessage, OutboxMessage.key == reply_key)
+        .where(and_(Message.direction == Direction.IN, Message.channel == "sms",
+                    Message.provider_message_id.like(f"SM{tag}%")))
+    )  # fmt: skip
+
+    def probe() -> tuple[Progress2E, dict[str, float]]:
+        with engine.connect() as connection:
+            rows = connection.execute(query).all()
+        times = {sid: created.timestamp() for sid, _, created in rows if created is not None}
+        processed = sum(1 for _, done, _ in rows if done is not None)
+        return Progress2E(len(rows), processed, len(times)), times
+
+    probe.dispose = engine.dispose  # type: ignore[attr-defined]
+    return probe
+
+
+def wait_for_replies(probe: Callable[[], tuple[Progress2E, dict[str, float]]], *, total: int, label: str,
+                     limit: float) -> tuple[Progress2E, dict[str, float]]:  # fmt: skip
+    """Poll until every message has a queued reply, or all are processed, or the limit passes."""
+    deadline = time.monotonic() + limit
+    with _progress() as progress:
+        task = progress.add_task(label, total=total)
+        while True:
+            state, times = probe()
+            progress.update(task, completed=state.replied)
+            if state.replied >= total or (state.processed >= total and state.inbound >= total):
+                return state, times
+            if time.monotonic() > deadline:
+                return state, times
+            time.sleep(0.2)
+
+
+def outbox_counts(db_url: str) -> Callable[[], tuple[int, int]]:
+    """Return a probe: (outbox rows, rows not yet handed to the provider)."""
+    from sqlalchemy import func, select
+
+    from bot.channels.models import OutboxMessage, OutboxStatus
+    from bot.db import make_engine
+
+    engine = make_engine(db_url)
+    waiting = (OutboxStatus.PENDING, OutboxStatus.SENDING, OutboxStatus.UNKNOWN)
+    query = select(func.count(), func.count().filter(OutboxMessage.status.in_(waiting))).select_from(
+        OutboxMessage
+    )
+
+    def probe() -> tuple[int, int]:
+        with engine.connect() as connection:
+            total, undelivered = connection.execute(query).one()
+        return total, undelivered
+
+    probe.dispose = engine.dispose  # type: ignore[attr-defined]
+    return probe
+
+
+def wait_for_delivery(outbox: Callable[[], tuple[int, int]], *, limit: float) -> tuple[int, float]:
+    """Wait until no outbox row waits for the provider; return the rows still waiting and the seconds waited."""
+    started = time.monotonic()
+    deadline = started + limit
+    while True:
+        _, undelivered = outbox()
+        if undelivered == 0 or time.monotonic() > deadline:
+            return undelivered, time.monotonic() - started
+        time.sleep(0.2)
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    load: LoadResult
+    e2e_ms: list[float]
+    replied: int
+    processed: int
+    first_start: float
+    last_queued: float
+    outbox_rows: int  # texts queued for the measured messages (a verified patient's lab status is two)
+    undelivered: int  # of those, still waiting for the provider when the wait ended
+    delivery_wait: float
+    machine_load: str
+    server_cpu: float  # CPU seconds of the server process from the load's start until every reply was sent
+
+
+def measure_backend(backend: str, *, requests: int, concurrency: int) -> BackendResult:
+    """Run the real server on one backend and measure ack and end-to-end latency."""
+    from tests.e2e.server import ServerProcess
+    from tests.fakes.fake_twilio import FakeTwilio
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"clinicbot-bench-inbound-{backend}-"))
+    server = None
+    fake = FakeTwilio(account_sid="AC" + secrets.token_hex(16), auth_token=secrets.token_hex(16)).start()
+    probes: list[Callable[..., object]] = []
+    try:
+        db_url = prepare_database(backend, workdir)
+        server = ServerProcess(env={})
+        server.env.update({
+            "CLINICBOT_DATABASE_URL": db_url,
+            "CLINICBOT_DATA_DIR": str(ROOT / "var"),  # the trained classifier cache is reused
+            "CLINICBOT_PUBLIC_URL": server.url,
+            "TWILIO_ACCOUNT_SID": fake.account_sid,
+            "TWILIO_AUTH_TOKEN": fake.auth_token,
+            "TWILIO_FROM_NUMBER": CLINIC_NUMBER,
+            "TWILIO_MESSAGING_SERVICE_SID": "",
+            "TWILIO_API_BASE_URL": fake.base_url,
+            "CLINICBOT_OUTBOX_PACING": "false",
+            "TELEGRAM_BOT_TOKEN": "",
+        })  # fmt: skip
+        server.start(timeout=120)
+        assert server.process is not None
+        outbox = outbox_counts(db_url)
+        probes.append(outbox)
+        run_tag = secrets.token_hex(3)
+
+        # Warm-up: the first requests pay for lazy imports and cold caches. Their senders are not in the pool.
+        warm_tag = run_tag + "w"
+        warm = plan(count=WARMUP_REQUESTS, tag=warm_tag, public_url=server.url, path=INBOUND_PATH,
+                    token=fake.auth_token, account_sid=fake.account_sid,
+                    pool=sender_pool(50, first=3000)[len(DEMO_PATIENTS):], seed=3)  # fmt: skip
+        fire(base_url=server.url, path=INBOUND_PATH, planned=warm, concurrency=concurrency,
+             label=f"{backend}: warm-up")  # fmt: skip
+        warm_probe = reply_times(db_url, warm_tag)
+        probes.append(warm_probe)
+        wait_for_replies(warm_probe, total=len(warm), label=f"{backend}: warm-up replies", limit=60)
+        wait_for_delivery(outbox, limit=30)
+        rows_before, _ = outbox()
+
+        tag = run_tag + "m"
+        planned = plan(count=requests, tag=tag, public_url=server.url, path=INBOUND_PATH, token=fake.auth_token,
+                       account_sid=fake.account_sid, pool=sender_pool(), seed=4)  # fmt: skip
+        machine_load = load_now()
+        cpu = proc_cpu(server.process.pid)
+        load = fire(base_url=server.url, path=INBOUND_PATH, planned=planned, concurrency=concurrency,
+                    label=f"{backend}: signed webhooks")  # fmt: skip
+        probe = reply_times(db_url, tag)
+        probes.append(probe)
+        # Only acknowledged webhooks were stored; a load cut short by its time limit waits for those alone.
+        state, times = wait_for_replies(
+            probe, total=load.ok, label=f"{backend}: replies queued", limit=E2E_WAIT_LIMIT
+        )
+        undelivered, delivery_wait = wait_for_delivery(outbox, limit=DELIVERY_WAIT_LIMIT)
+        server_cpu = proc_cpu(server.process.pid) - cpu
+        rows_after, _ = outbox()
+        e2e = []
+        last_queued = 0.0
+        for index, request in enumerate(planned):
+            queued = times.get(request.sid)
+            if queued is not None and load.statuses[index] == 200:
+                e2e.append((queued - load.starts[index]) * 1000)
+                last_queued = max(last_queued, queued)
+        sent = [start for start, status in zip(load.starts, load.statuses, strict=True) if status != 0]
+        return BackendResult(
+            backend=backend,
+            load=load,
+            e2e_ms=e2e,
+            replied=state.replied,
+            processed=state.processed,
+            first_start=min(sent) if sent else load.began,
+            last_queued=last_queued,
+            outbox_rows=rows_after - rows_before,
+            undelivered=undelivered,
+            delivery_wait=delivery_wait,
+            machine_load=machine_load,
+            server_cpu=server_cpu,
+        )
+    finally:
+        for probe in probes:
+            probe.dispose()  # type: ignore[attr-defined]
+        if server is not None:
+            server.stop()
+            server.log.unlink(missing_ok=True)
+        fake.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.1f} ms"
+
+
+def _spread(values: list[float]) -> str:
+    return " / ".join(_ms(percentile(values, q)) for q in (0.5, 0.9, 0.99, 1.0))
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _rate(load: LoadResult) -> float:
+    return load.ok / load.seconds if load.seconds > 0 else math.nan
+
+
+def run(
+    *, requests: int = 800, concurrency: int = 16, backends: tuple[str, ...] = ("sqlite", "postgres")
+) -> list[tuple[str, str]]:
+    """Measure the bare endpoint, then the real server on each backend; return (metric, value) rows."""
+    rows: list[tuple[str, str]] = [
+        ("load generator", f"{requests} signed `POST /webhooks/twilio/sms` per run, {concurrency} threads × persistent "
+                           f"httpx.Client, closed loop, {len(sender_pool())} senders, {len(BODIES)} texts (EN+ES), "
+                           f"{WARMUP_REQUESTS} warm-up requests first; client, fake Twilio and server share "
+                           f"{len(os.sched_getaffinity(0))} cores"),
+    ]  # fmt: skip
+    if "postgres" in backends and (reason := postgres_unreachable()):
+        rows.append(("PostgreSQL", f"skipped: {reason}"))
+        backends = tuple(b for b in backends if b != "postgres")
+    bare_load = load_now()
+    bare = measure_bare(requests=requests, concurrency=concurrency)
+    bare_rate, lean_rate = _rate(bare.load), _rate(bare.lean)
+    rows += [
+        ("bare FastAPI `POST /sms` (uvicorn, form parse, empty TwiML): throughput",
+         f"{bare_rate:,.0f} req/s ({bare.load.ok}/{requests} OK in {bare.load.seconds:.2f} s; load avg {bare_load})"),
+        ("bare FastAPI: latency p50 / p90 / p99 / max", _spread(bare.load.latencies_ms)),
+        ("bare FastAPI: CPU per request, server / httpx load generator",
+         f"{bare.server_cpu / requests * 1000:.2f} ms / {bare.load.cpu_seconds / requests * 1000:.2f} ms "
+         "(the load generator is the bottleneck of this baseline)"),
+        ("bare FastAPI, lean stdlib http.client load generator (cross-check)",
+         f"{lean_rate:,.0f} req/s; p50 / p99 {_ms(percentile(bare.lean.latencies_ms, 0.5))} / "
+         f"{_ms(percentile(bare.lean.latencies_ms, 0.99))}; client CPU {bare.lean.cpu_seconds / requests * 1000:.2f} ms "
+         "per request"),
+    ]  # fmt: skip
+    for backend in backends:
+        result = measure_backend(backend, requests=requests, concurrency=concurrency)
+        load, name = result.load, {"sqlite": "SQLite", "postgres": "PostgreSQL"}[backend]
+        ack_rate = _rate(load)
+        span = result.last_queued - result.first_start
+        e2e_rate = len(result.e2e_ms) / span if span > 0 else math.nan
+        ack_p99, e2e_p99 = percentile(load.latencies_ms, 0.99), percentile(result.e2e_ms, 0.99)
+        errors = ", ".join(f"{kind} ×{count}" for kind, count in load.errors.items())
+        statuses = sorted({s for s in load.statuses if s not in (0, 200)})
+        not_ok = requests - load.ok
+        rows += [
+            (f"{name}: webhooks acknowledged 200",
+             f"{load.ok}/{requests}" + (f" ({not_ok} not OK: statuses {statuses} {errors})" if not_ok else "")
+             + f"; load avg at start {result.machine_load}"),
+            (f"{name}: ack latency p50 / p90 / p99 / max (signature check + durable store + answer)",
+             _spread(load.latencies_ms)),
+            (f"{name}: ack throughput", f"{ack_rate:,.0f} req/s ({load.ok} in {load.seconds:.2f} s)"),
+            (f"{name}: replies queued", f"{result.replied}/{requests} (processed {result.processed}/{requests})"),
+            (f"{name}: end to end, request start → reply queued, p50 / p90 / p99 / max", _spread(result.e2e_ms)),
+            (f"{name}: end-to-end throughput (N / first request → last reply queued)",
+             f"{e2e_rate:,.0f} msg/s ({len(result.e2e_ms)} in {span:.2f} s)"),
+            (f"{name}: throughput vs bare FastAPI (target ≥ {RATIO_TARGET:.0%})",
+             f"end to end {e2e_rate / bare_rate:.1%} ({_met(e2e_rate / bare_rate >= RATIO_TARGET)}), "
+             f"ack only {ack_rate / bare_rate:.1%} ({_met(ack_rate / bare_rate >= RATIO_TARGET)}); "
+             f"against the lean-client baseline: {e2e_rate / lean_rate:.1%} / {ack_rate / lean_rate:.1%}"),
+            (f"{name}: p99 target ≤ {P99_TARGET_MS:.0f} ms",
+             f"ack p99 {_ms(ack_p99)}: {_met(ack_p99 <= P99_TARGET_MS)}; "
+             f"end-to-end p99 {_ms(e2e_p99)}: {_met(e2e_p99 <= P99_TARGET_MS)}"),
+            (f"{name}: replies sent to the fake Twilio",
+             f"{result.outbox_rows - result.undelivered}/{result.outbox_rows} texts queued for these messages "
+             f"(all sent {result.delivery_wait:.1f} s after the last reply was queued)" if not result.undelivered else
+             f"{result.outbox_rows - result.undelivered}/{result.outbox_rows} after waiting "
+             f"{result.delivery_wait:.0f} s"),
+            (f"{name}: CPU per message in the server process (store + classify + reply + send; not the database)",
+             f"{result.server_cpu / requests * 1000:.2f} ms; bench process during the load (load generator + "
+             f"fake Twilio): {load.cpu_seconds / requests * 1000:.2f} ms per request"),
+        ]  # fmt: skip
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=800)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    args = parser.parse_args()
+    backends = tuple(name.strip() for name in args.backends.split(",") if name.strip())
+    unknown = set(backends) - {"sqlite", "postgres"}
+    if unknown or args.requests < 1 or args.concurrency < 1:
+        parser.error(
+            f"unknown backend(s): {', '.join(sorted(unknown))}" if unknown else "counts must be positive"
+        )
+    rows = run(requests=args.requests, concurrency=args.concurrency, backends=backends)
+    print("| metric | value |\n| --- | --- |")
+    for metric, value in rows:
+        print(f"| {metric} | {value} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Sending through the real python-telegram-bot client: limits, blocks, timeouts and retries."""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
+
+from bot.channels import outbox
+from bot.channels.base import Delivery, OutgoingText, SendResult
+from bot.channels.models import OutboxMessage
+from bot.channels.telegram import TelegramChannel, classify_error, make_bot
+from bot.config import Settings
+from bot.db import session_scope, utcnow
+from bot.patients.models import ChannelIdentity
+from bot.staff.models import AuditEvent
+from tests.channels.telegram.conftest import CHAT, TelegramApp
+from tests.fakes.fake_telegram import TOKEN, text_update
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
+
+
+def rows() -> list[OutboxMessage]:
+    with session_scope() as session:
+        return list(session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
+
+
+def make_due(**values: object) -> None:
+    with session_scope() as session:
+        session.execute(update(OutboxMessage).values(next_attempt_at=utcnow(), **values))
+
+
+def test_a_rate_limit_waits_as_long_as_telegram_asks(telegram_app: TelegramApp) -> None:
+    telegram_app.fake.rate_limit(retry_after=30)
+    telegram_app.post(text_update(1, CHAT, "what are your opening hours?"))
+    before = utcnow()
+    telegram_app.settle()
+    [row] = rows()
+
+    assert (row.status, row.error_code, row.attempts, telegram_app.fake.sent) == ("pending", "rate_limited", 1, [])
+    assert row.next_attempt_at >= before + timedelta(seconds=30)
+
+    make_due()
+    telegram_app.settle()
+    assert ([r.status for r in rows()], len(telegram_app.fake.sent)) == (["sent"], 1)
+
+
+def test_a_blocked_bot_opts_the_chat_out_and_cancels_what_is_pending(telegram_app: TelegramApp) -> None:
+    telegram_app.post(text_update(2, CHAT, "what are your opening hours?"))
+    telegram_app.harness.workers.processor.drain()
+    with session_scope() as session:
+        identity = session.scalars(select(ChannelIdentity)).one()
+        later = outbox.enqueue(session=session, key="test:later", identity=identity, body="An update for you.")
+        assert later is not None
+        later.next_attempt_at = utcnow() + timedelta(hours=1)
+    telegram_app.fake.block()
+    telegram_app.settle()
+
+    reply, queued = rows()
+    assert (reply.status, reply.error_code) == ("failed", "forbidden")
+    assert (queued.status, queued.error_code) == ("cancelled", "blocked")
+    with session_scope() as session:
+        identity = session.scalars(select(ChannelIdentity)).one()
+        actions = session.scalars(select(AuditEvent.action).where(AuditEvent.subject_id == str(identity.id))).all()
+    assert identity.opted_out_at is not None
+    assert actions == ["identity.blocked"]
+
+    # While blocked, the bot stays silent (a patient cannot write to a bot they blocked anyway).
+    telegram_app.post(text_update(3, CHAT, "hello?"))
+    telegram_app.settle()
+    assert (len(rows()), telegram_app.fake.sent) == (2, [])
+
+
+def test_a_timed_out_send_is_unknown_and_never_resent(telegram_app: TelegramApp) -> None:
+    telegram_app.fake.slow(seconds=3)
+    telegram_app.post(text_update(4, CHAT, "what are your opening hours?"))
+    telegram_app.settle()
+
+    [row] = rows()
+    assert (row.status, row.error_code) == ("unknown", "timeout")
+    # Telegram did deliver it; only the answer was lost.
+    assert len(telegram_app.fake.sent) == 1
+
+    make_due()
+    telegram_app.settle()
+    assert ([r.status for r in rows()], len(telegram_app.fake.sent)) == (["unknown"], 1)
+
+    # After the sender's last attempt the text is marked failed, for staff to see, still not resent.
+    make_due(attempts=telegram_app.harness.workers.sender.max_attempts)
+    telegram_app.settle()
+    assert ([r.status for r in rows()], len(telegram_app.fake.sent)) == (["failed"], 1)
+    assert len(telegram_app.fake.calls("sendMessage")) == 1
+
+
+def test_chat_not_found_fails_without_opting_out(telegram_app: TelegramApp) -> None:
+    telegram_app.fake.chat_not_found()
+    telegram_app.post(text_update(5, CHAT, "what are your opening hours?"))
+    telegram_app.settle()
+
+    [row] = rows()
+    assert (row.status, row.error_code) == ("failed", "chat_not_found")
+    with session_scope() as session:
+        assert session.scalars(select(ChannelIdentity)).one().opted_out_at is None
+
+
+def test_a_server_error_is_retried_and_then_sent(telegram_app: TelegramApp) -> None:
+    telegram_app.fake.server_error()
+    telegram_app.post(text_update(6, CHAT, "what are your opening hours?"))
+    telegram_app.settle()
+    assert [(r.status, r.error_code) for r in rows()] == [("pending", "network")]
+
+    make_due()
+    telegram_app.settle()
+    assert ([r.status for r in rows()], len(telegram_app.fake.sent)) == (["sent"], 1)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_api_is_retried_because_nothing_left() -> None:
+    settings = Settings(telegram_bot_token=TOKEN, telegram_api_base_url=f"http://127.0.0.1:{_closed_port()}/bot")
+    channel = TelegramChannel(bot=make_bot(settings, timeout=0.5))
+    try:
+        result = channel.send(OutgoingText(outbox_id=1, key="k", channel="telegram", address=str(CHAT), text="hi"))
+    finally:
+        channel.close()
+
+    assert result == SendResult(Delivery.RETRY, error_code="network")
+
+
+def _caused(error: Exception, cause: Exception) -> Exception:
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (RetryAfter(12), SendResult(Delivery.RETRY, error_code="rate_limited", retry_after=12.0)),
+        (Forbidden("Forbidden: user is deactivated"),
+         SendResult(Delivery.FAILED, error_code="forbidden", recipient_state="blocked")),
+        (BadRequest("Bad Request: chat not found"), SendResult(Delivery.FAILED, error_code="chat_not_found")),
+        (BadRequest("Bad Request: message is too long"), SendResult(Delivery.FAILED, error_code="bad_request")),
+        (_caused(TimedOut(), httpx.ReadTimeout("read")), SendResult(Delivery.UNKNOWN, error_code="timeout")),
+        (_caused(TimedOut(), httpx.ConnectTimeout("connect")), SendResult(Delivery.RETRY, error_code="network")),
+        (_caused(TimedOut(), httpx.PoolTimeout("pool")), SendResult(Delivery.RETRY, error_code="network")),
+        (_caused(NetworkError("x"), httpx.ConnectError("refused")), SendResult(Delivery.RETRY, error_code="network")),
+        (_caused(NetworkError("x"), httpx.ReadError("reset")), SendResult(Delivery.UNKNOWN, error_code="network")),
+        (_caused(NetworkError("x"), httpx.RemoteProtocolError("eof")),
+         SendResult(Delivery.UNKNOWN, error_code="network")),
+        (NetworkError("Bad Gateway"), SendResult(Delivery.RETRY, error_code="network")),
+    ],
+)  # fmt: skip
+def test_errors_map_to_outcomes(error: Exception, expected: SendResult) -> None:
+    assert classify_error(error) == expected

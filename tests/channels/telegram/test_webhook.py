@@ -1,0 +1,165 @@
+"""The Telegram webhook: secret token, parsing, dedupe, inline buttons and callback queries."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from bot.channels.models import OutboxMessage
+from bot.conversations.models import Direction, Message
+from bot.db import session_scope
+from bot.patients.models import ChannelIdentity
+from bot.staff.models import AuditEvent
+from tests.channels.telegram.conftest import CHAT, SECRET, TelegramApp, count, telegram_env
+from tests.fakes.fake_telegram import FakeTelegram, callback_update, member_update, text_update
+
+
+def inbound(provider_message_id: str) -> list[Message]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(Message).where(Message.direction == Direction.IN, Message.provider_message_id == provider_message_id)
+            )
+        )
+
+
+def test_a_text_gets_exactly_one_reply(telegram_app: TelegramApp) -> None:
+    response = telegram_app.post(text_update(1, CHAT, "what time do you open tomorrow?"))
+    telegram_app.settle()
+
+    assert (response.status_code, response.json()) == (200, {"ok": True})
+    assert [m.body for m in inbound("update:1")] == ["what time do you open tomorrow?"]
+    assert [m.chat_id for m in telegram_app.fake.sent] == [CHAT]
+    with session_scope() as session:
+        row = session.scalars(select(OutboxMessage)).one()
+    assert (row.status, row.provider_message_id) == ("sent", f"{CHAT}:{telegram_app.fake.sent[0].message_id}")
+    assert telegram_app.fake.sent[0].text == row.body
+
+
+def test_a_wrong_or_missing_secret_is_refused_and_nothing_stored(telegram_app: TelegramApp) -> None:
+    statuses = [
+        telegram_app.post(text_update(2, CHAT, "hello"), secret=secret).status_code
+        for secret in ("wrong-secret", "", None, SECRET + "x", SECRET[:-1])
+    ]
+    telegram_app.settle()
+
+    assert statuses == [403, 403, 403, 403, 403]
+    assert (count(Message), count(ChannelIdentity), telegram_app.fake.sent) == (0, 0, [])
+
+
+def test_without_a_bot_token_the_webhook_is_off(make_app, fake_telegram: FakeTelegram) -> None:  # type: ignore[no-untyped-def]
+    harness = make_app(**telegram_env(fake_telegram, TELEGRAM_BOT_TOKEN=""))
+    response = harness.client.post(
+        "/webhooks/telegram", json=text_update(3, CHAT, "hello"), headers={"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    )
+
+    assert response.status_code == 404
+    assert "telegram" not in harness.workers.channels
+    assert count(Message) == 0
+
+
+def test_without_a_webhook_secret_every_update_is_refused(make_app, fake_telegram: FakeTelegram) -> None:  # type: ignore[no-untyped-def]
+    harness = make_app(**telegram_env(fake_telegram, TELEGRAM_WEBHOOK_SECRET=""))
+    refused = [
+        harness.client.post("/webhooks/telegram", json=text_update(4, CHAT, "hi"), headers=headers).status_code
+        for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": ""}, {"X-Telegram-Bot-Api-Secret-Token": "x"})
+    ]
+    harness.workers.channels["telegram"].close()
+
+    assert refused == [403, 403, 403]
+    assert count(Message) == 0
+
+
+def test_a_malformed_update_is_a_clear_400(telegram_app: TelegramApp) -> None:
+    cases = [
+        (b"this is not json", "the body is not JSON (Expecting value at line 1 column 1)"),
+        (b"\xff\xfe", "the body is not UTF-8 text"),
+        (b"[1, 2]", "the body is not a JSON object"),
+        (b'{"message": {}}', "update_id must be a non-negative integer"),
+        (b'{"update_id": "7"}', "update_id must be a non-negative integer"),
+        (b'{"update_id": 7, "message": {"message_id": 1, "chat": {"id": 1, "type": "private"}}}',
+         "not a Telegram update: KeyError 'date'"),
+    ]  # fmt: skip
+    answers = [telegram_app.post(body) for body, _ in cases]
+
+    assert [(a.status_code, a.json()) for a in answers] == [(400, {"detail": detail}) for _, detail in cases]
+    assert count(Message) == 0
+
+
+def test_a_redelivered_update_is_stored_and_answered_once(telegram_app: TelegramApp) -> None:
+    update = text_update(5, CHAT, "where are you located?")
+    statuses = [telegram_app.post(update).status_code for _ in range(3)]
+    telegram_app.settle()
+    statuses.append(telegram_app.post(update).status_code)
+    telegram_app.settle()
+
+    assert statuses == [200, 200, 200, 200]
+    assert len(inbound("update:5")) == 1
+    assert len(telegram_app.fake.sent) == 1
+
+
+def test_a_clarifying_reply_offers_its_suggestions_as_inline_buttons(telegram_app: TelegramApp) -> None:
+    telegram_app.post(text_update(6, CHAT, "blorp zzzt qwfp"))
+    telegram_app.settle()
+
+    [sent] = telegram_app.fake.sent
+    keyboard = sent.reply_markup["inline_keyboard"]
+    assert 2 <= len(keyboard) <= 3
+    assert all(len(row) == 1 and row[0]["callback_data"].startswith("/") for row in keyboard)
+    with session_scope() as session:
+        row = session.scalars(select(OutboxMessage)).one()
+    assert [[{"text": b["title"], "callback_data": b["payload"]}] for b in row.buttons] == keyboard
+
+
+def test_a_tapped_button_is_the_patients_text_and_its_spinner_stops(telegram_app: TelegramApp) -> None:
+    buttons = [("opening hours", "/hours"), ("a prescription refill", "/prescription_refill")]
+    response = telegram_app.post(callback_update(7, CHAT, "/hours", buttons=buttons, query_id="cbq-7"))
+    telegram_app.settle()
+
+    assert response.status_code == 200
+    [message] = inbound("update:7")
+    assert (message.body, message.intent, message.route) == ("opening hours", "hours", "answer")
+    assert telegram_app.fake.answered_callbacks == ["cbq-7"]
+    assert [m.chat_id for m in telegram_app.fake.sent] == [CHAT]
+
+
+def test_a_button_on_a_message_without_its_keyboard_falls_back_to_the_payload(telegram_app: TelegramApp) -> None:
+    telegram_app.post(callback_update(8, CHAT, "/lab_results", buttons=None))
+    telegram_app.settle()
+
+    [message] = inbound("update:8")
+    assert (message.body, message.intent) == ("lab results", "lab_results")
+
+
+def test_group_chats_are_ignored(telegram_app: TelegramApp) -> None:
+    response = telegram_app.post(text_update(9, -100777, "my lab results please", chat_type="supergroup"))
+    telegram_app.settle()
+
+    assert response.status_code == 200
+    assert (count(Message), telegram_app.fake.sent) == (0, [])
+
+
+def test_blocking_and_unblocking_the_bot_opt_the_chat_out_and_back_in(telegram_app: TelegramApp) -> None:
+    telegram_app.post(text_update(10, CHAT, "hello"))
+    telegram_app.settle()
+    telegram_app.post(member_update(11, CHAT, status="kicked"))
+    with session_scope() as session:
+        blocked = session.scalars(select(ChannelIdentity)).one().opted_out_at is not None
+    telegram_app.post(member_update(12, CHAT, status="member"))
+
+    with session_scope() as session:
+        identity = session.scalars(select(ChannelIdentity)).one()
+        actions = session.scalars(select(AuditEvent.action).where(AuditEvent.subject_id == str(identity.id))).all()
+    assert (blocked, identity.opted_out_at) == (True, None)
+    assert actions == ["identity.blocked", "identity.unblocked"]
+
+
+def test_a_photo_is_stored_with_a_file_reference_for_staff(telegram_app: TelegramApp) -> None:
+    update = text_update(13, CHAT, "")
+    message = update["message"]
+    del message["text"]
+    message["caption"] = "is this rash normal"
+    message["photo"] = [{"file_id": "small", "file_unique_id": "s", "width": 90, "height": 90},
+                        {"file_id": "big", "file_unique_id": "b", "width": 800, "height": 800}]  # fmt: skip
+    telegram_app.post(update)
+
+    assert [m.body for m in inbound("update:13")] == ["is this rash normal\n[media] telegram:photo:big"]
