@@ -164,7 +164,8 @@ class OutboxSender:
                 .values(status=OutboxStatus.UNKNOWN, updated_at=now)
             )
             query = (
-                select(OutboxMessage)
+                select(OutboxMessage, ChannelIdentity)
+                .join(ChannelIdentity, ChannelIdentity.id == OutboxMessage.identity_id)
                 .where(
                     OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.UNKNOWN)),
                     OutboxMessage.next_attempt_at <= now,
@@ -174,10 +175,9 @@ class OutboxSender:
                 .limit(limit)
             )
             if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            for row in session.scalars(query):
-                identity = session.get(ChannelIdentity, row.identity_id)
-                if identity is None or (identity.opted_out_at is not None and not row.bypass_opt_out):
+                query = query.with_for_update(skip_locked=True, of=OutboxMessage)
+            for row, identity in session.execute(query).tuples():
+                if identity.opted_out_at is not None and not row.bypass_opt_out:
                     row.status, row.error_code = OutboxStatus.CANCELLED, "opted_out"
                     continue
                 was_unknown = row.status == OutboxStatus.UNKNOWN

@@ -118,6 +118,8 @@ class Engine:
         identity = session.get(ChannelIdentity, conversation.identity_id)
         assert identity is not None
         patient = session.get(Patient, identity.patient_id) if identity.is_verified else None
+        # Kept off the acknowledgement path: storing a webhook writes only the message row.
+        identity.last_seen_at = conversation.last_message_at = message.created_at
         clinic = load_clinic(session=session)
         text = message.body or ""
         analysis = self.nlu.analyse(text)

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot.db import Base, utcnow
@@ -85,7 +85,16 @@ class Message(Base):
     """One text in or out; inbound texts are unique per channel and provider id."""
 
     __tablename__ = "message"
-    __table_args__ = (UniqueConstraint("channel", "provider_message_id"),)
+    __table_args__ = (
+        UniqueConstraint("channel", "provider_message_id"),
+        # The processor's queue: only unprocessed inbound rows, so finding the next one stays O(1).
+        Index(
+            "ix_message_unprocessed",
+            "id",
+            postgresql_where=text("processed_at IS NULL AND direction = 'in'"),
+            sqlite_where=text("processed_at IS NULL AND direction = 'in'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"), index=True)

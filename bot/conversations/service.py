@@ -9,7 +9,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.conversations.models import Conversation, ConversationState, Direction, Message
-from bot.db import utcnow
 from bot.patients.models import ChannelIdentity
 
 MAX_BODY_CHARS = 20_000
@@ -73,7 +72,6 @@ def store_inbound(
     except IntegrityError:
         # A concurrent duplicate won the race; theirs is the stored one.
         return None
-    conversation.last_message_at = utcnow()
     return message
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -90,6 +91,7 @@ def _factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+_SQLITE_LOCK = threading.RLock()
 _ambient: contextvars.ContextVar[Session | None] = contextvars.ContextVar("clinicbot_session", default=None)
 
 
@@ -104,14 +106,19 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
     if outer is not None and engine is None:
         yield outer
         return
-    session = _factory(engine or get_engine())()
-    token = _ambient.set(session)
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        _ambient.reset(token)
-        session.close()
+    bound = engine or get_engine()
+    # SQLite has one writer: queueing this process's transactions on a lock beats SQLite's busy
+    # handler, which sleeps in growing steps and turned a burst of webhooks into a one-second tail.
+    lock = _SQLITE_LOCK if bound.dialect.name == "sqlite" else nullcontext()
+    with lock:
+        session = _factory(bound)()
+        token = _ambient.set(session)
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            _ambient.reset(token)
+            session.close()

@@ -62,5 +62,4 @@ def get_or_create_identity(*, session: Session, channel: str, address: str) -> C
             # Another request created it first; use theirs.
             identity = get_identity(session=session, channel=channel, address=address)
             assert identity is not None
-    identity.last_seen_at = utcnow()
     return identity
