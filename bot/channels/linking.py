@@ -35,6 +35,7 @@ from bot.staff import audit
 
 if TYPE_CHECKING:
     from bot.conversations.domain import Domain
+from bot.conversations.rendering import clinic_values
 
 log = logging.getLogger(__name__)
 
@@ -203,19 +204,8 @@ class _Values(dict[str, Any]):
 def render(*, session: Session, domain: Domain, key: str, lang: str, patient: Patient | None) -> str:
     """Render a dialogue response with the clinic's placeholders, as the engine does."""
     clinic = load_clinic(session=session)
-    today = clinic.calendar.local_date(utcnow())
     known = patient is not None
-    values = _Values(
-        clinic_name=clinic.name,
-        phone=clinic.phone,
-        address=clinic.address,
-        portal_url=clinic.portal_url,
-        emergency_number=clinic.emergency_number,
-        crisis_line=clinic.crisis_line,
-        hours_today=clinic.calendar.hours_text(today, lang=lang),
-        hours_week=clinic.calendar.week_text(lang=lang),
-        name=patient.display_name if known else "",
-    )
+    values = _Values(**clinic_values(clinic=clinic, lang=lang, patient=patient, now=utcnow()))
     return domain.render(key, lang=lang, slots={"known": known, "verified": known, "language": lang}, values=values)
 
 

@@ -23,6 +23,7 @@ from bot.conversations.models import (
     Message,
     Route,
 )
+from bot.conversations.rendering import clinic_values
 from bot.conversations.service import open_conversation, store_inbound
 from bot.db import utcnow
 from bot.nlu.pipeline import Analysis, Nlu
@@ -389,19 +390,7 @@ class _Turn:
         self.replies.append(Reply(text, key, buttons))
 
     def placeholders(self) -> dict[str, Any]:
-        clinic, now = self.clinic, utcnow()
-        today = clinic.calendar.local_date(now)
-        return {
-            "clinic_name": clinic.name,
-            "phone": clinic.phone,
-            "address": clinic.address,
-            "portal_url": clinic.portal_url,
-            "emergency_number": clinic.emergency_number,
-            "crisis_line": clinic.crisis_line,
-            "hours_today": clinic.calendar.hours_text(today, lang=self.lang),
-            "hours_week": clinic.calendar.week_text(lang=self.lang),
-            "name": self.patient.display_name if self.patient is not None else "",
-        }
+        return clinic_values(clinic=self.clinic, lang=self.lang, patient=self.patient, now=utcnow())
 
 
 _DISPATCH_KEYS = frozenset({"text", "buttons", "elements", "custom", "template", "response", "image", "attachment"})

@@ -262,6 +262,7 @@ def test_spanish_page(browser, live_server: LiveServer) -> None:  # type: ignore
         page.keyboard.press("Enter")
         expect(_bot_messages(page)).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
         expect(_bot_messages(page).last.locator(".who")).to_have_text("Asistente")
+        assert page.get_by_label("Mensaje", exact=True).input_value() == ""
         page.screenshot(path=str(live_server.screenshots / "chat-es.png"))
     finally:
         context.close()
