@@ -167,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     channels = sorted(build_channels(settings))
     print(f"{runtime.clinic.name} is running.")
     print(f"  web chat:     {base}/chat")
-    print(f"  staff pages:  {base}/staff")
+    print(f"  staff pages:  {base}/staff (the staff inbox is not built yet)")
     print(f"  channels on:  {', '.join(channels)}")
     off = [name for name, on in (("sms", settings.twilio_enabled), ("telegram", settings.telegram_enabled)) if not on]
     if off:
