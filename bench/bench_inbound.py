@@ -46,9 +46,8 @@ import httpx  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from twilio.request_validator import RequestValidator  # noqa: E402
 
-POSTGRES_URL = os.environ.get(
-    "CLINICBOT_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
-)
+from bench.common import postgres_unreachable, prepare_database  # noqa: E402
+
 CLINIC_NUMBER = "+16175550199"
 INBOUND_PATH = "/webhooks/twilio/sms"
 BARE_PATH = "/sms"
@@ -365,47 +364,6 @@ def measure_bare(*, requests: int, concurrency: int) -> BareResult:
 # -- the real server -------------------------------------------------------------------------------
 
 
-def postgres_unreachable() -> str | None:
-    """Return why PostgreSQL cannot be used for the benchmark, or None when it answers."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import OperationalError
-
-    from bot.db import make_engine
-
-    engine = make_engine(POSTGRES_URL)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except OperationalError as error:
-        return f"PostgreSQL not reachable at {POSTGRES_URL} ({error.orig.__class__.__name__})"
-    finally:
-        engine.dispose()
-    return None
-
-
-def prepare_database(backend: str, workdir: Path) -> str:
-    """Create a migrated, seeded database for a backend; return its URL."""
-    from sqlalchemy import text
-
-    from bot.db import make_engine, session_scope
-    from bot.db.migrate import upgrade_to_head
-    from bot.demo import do_seed_demo
-
-    url = f"sqlite:///{workdir / 'bench.db'}" if backend == "sqlite" else POSTGRES_URL
-    engine = make_engine(url)
-    try:
-        if backend == "postgres":
-            with engine.begin() as connection:
-                connection.execute(text("DROP SCHEMA public CASCADE"))
-                connection.execute(text("CREATE SCHEMA public"))
-        upgrade_to_head(engine)
-        with session_scope(engine) as session:
-            do_seed_demo(session=session)
-    finally:
-        engine.dispose()
-    return url
-
-
 @dataclass
 class Progress2E:
     """Replies queued so far for a set of inbound messages."""
@@ -518,7 +476,7 @@ def measure_backend(backend: str, *, requests: int, concurrency: int) -> Backend
     fake = FakeTwilio(account_sid="AC" + secrets.token_hex(16), auth_token=secrets.token_hex(16)).start()
     probes: list[Callable[..., object]] = []
     try:
-        db_url = prepare_database(backend, workdir)
+        db_url = prepare_database(backend, workdir, name="bench.db", seed_demo=True)
         server = ServerProcess(env={})
         server.env.update({
             "CLINICBOT_DATABASE_URL": db_url,

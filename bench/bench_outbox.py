@@ -33,9 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
-POSTGRES_URL = os.environ.get(
-    "CLINICBOT_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
-)
+from bench.common import postgres_unreachable, prepare_database  # noqa: E402
+
 CLINIC_NUMBER = "+16175550199"
 TARGET_PER_SECOND = 500.0
 IDENTITIES = 200
@@ -82,44 +81,6 @@ def process_database(url: str) -> Iterator[None]:
             os.environ["CLINICBOT_DATABASE_URL"] = previous
         for cached in (get_settings, get_engine, _factory):
             cached.cache_clear()
-
-
-def postgres_unreachable() -> str | None:
-    """Return why PostgreSQL cannot be used for the benchmark, or None when it answers."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import OperationalError
-
-    from bot.db import make_engine
-
-    engine = make_engine(POSTGRES_URL)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except OperationalError as error:
-        return f"PostgreSQL not reachable at {POSTGRES_URL} ({error.orig.__class__.__name__})"
-    finally:
-        engine.dispose()
-    return None
-
-
-def prepare_database(backend: str, workdir: Path) -> str:
-    """Create an empty migrated database; return its URL."""
-    from sqlalchemy import text
-
-    from bot.db import make_engine
-    from bot.db.migrate import upgrade_to_head
-
-    url = f"sqlite:///{workdir / 'outbox.db'}" if backend == "sqlite" else POSTGRES_URL
-    engine = make_engine(url)
-    try:
-        if backend == "postgres":
-            with engine.begin() as connection:
-                connection.execute(text("DROP SCHEMA public CASCADE"))
-                connection.execute(text("CREATE SCHEMA public"))
-        upgrade_to_head(engine)
-    finally:
-        engine.dispose()
-    return url
 
 
 def queue_texts(*, texts: int, tag: str) -> float:
@@ -214,7 +175,7 @@ def deliver(*, backend: str, texts: int, threads: int) -> Delivery:
 
     workdir = Path(tempfile.mkdtemp(prefix=f"clinicbot-bench-outbox-{backend}-"))
     try:
-        url = prepare_database(backend, workdir)
+        url = prepare_database(backend, workdir, name="outbox.db", seed_demo=False)
         with process_database(url), FakeTwilio(account_sid="AC" + secrets.token_hex(16)) as fake:
             queue_seconds = queue_texts(texts=texts, tag=secrets.token_hex(3))
             senders = [
