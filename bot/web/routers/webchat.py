@@ -340,6 +340,18 @@ async def _parse(request: Request, model: type[Model]) -> Model:
         raise Refused(422, sentence, field=name) from None
 
 
+async def _admit(request: Request, settings: Settings, *, limiter: str, model: type[Model]) -> tuple[Visitor, Model]:
+    """Check origin and the visitor's rate limit, then parse the body; raise Refused on any failure."""
+    _check_origin(request, settings)
+    state = _state(request, settings)
+    visitor = _visitor(request, state)
+    retry = getattr(state, limiter).hit(f"session:{visitor.session_id}")
+    if retry is not None:
+        log.info("web chat request refused: rate limit")
+        raise _too_many(retry)
+    return visitor, await _parse(request, model)
+
+
 # -- the page ----------------------------------------------------------------------------------
 
 
@@ -442,14 +454,7 @@ def _accept(address: str, body: MessageIn) -> tuple[bool, int]:
 async def post_message(request: Request, settings: SettingsDep, workers: WorkersDep) -> Response:
     """Store a visitor's message and wake the processor; the reply arrives on the event stream."""
     try:
-        _check_origin(request, settings)
-        state = _state(request, settings)
-        visitor = _visitor(request, state)
-        retry = state.messages.hit(f"session:{visitor.session_id}")
-        if retry is not None:
-            log.info("web chat message refused: rate limit")
-            raise _too_many(retry)
-        body = await _parse(request, MessageIn)
+        visitor, body = await _admit(request, settings, limiter="messages", model=MessageIn)
     except Refused as refused:
         return refused.response()
     stored, identity_id = await run_in_threadpool(_accept, visitor.address, body)
@@ -613,13 +618,7 @@ def _start(address: str, phone: str, date_of_birth: date, runtime: Runtime) -> v
 async def verify_start(request: Request, settings: SettingsDep, runtime: RuntimeDep, workers: WorkersDep) -> Response:
     """Send a code if the phone and birth date match a patient; the answer is the same either way."""
     try:
-        _check_origin(request, settings)
-        state = _state(request, settings)
-        visitor = _visitor(request, state)
-        retry = state.verify.hit(f"session:{visitor.session_id}")
-        if retry is not None:
-            raise _too_many(retry)
-        body = await _parse(request, VerifyStartIn)
+        visitor, body = await _admit(request, settings, limiter="verify", model=VerifyStartIn)
         try:
             phone = normalize_phone(body.phone)
         except InvalidPhoneError:
@@ -664,13 +663,7 @@ def _check(
 async def verify_code(request: Request, settings: SettingsDep, runtime: RuntimeDep, workers: WorkersDep) -> Response:
     """Check a code; a correct one verifies this chat session."""
     try:
-        _check_origin(request, settings)
-        state = _state(request, settings)
-        visitor = _visitor(request, state)
-        retry = state.verify.hit(f"session:{visitor.session_id}")
-        if retry is not None:
-            raise _too_many(retry)
-        body = await _parse(request, VerifyCodeIn)
+        visitor, body = await _admit(request, settings, limiter="verify", model=VerifyCodeIn)
     except Refused as refused:
         return refused.response()
     rotated = Visitor(secrets.token_hex(16), new=True)
