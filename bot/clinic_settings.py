@@ -107,8 +107,14 @@ class ClinicMissingError(LookupError):
 
 
 def load_clinic(*, session: Session) -> ClinicContext:
-    """Load and validate the clinic; raise ClinicMissingError when none is set up."""
+    """Load and validate the clinic once per transaction; raise ClinicMissingError when none is set up."""
+    # The engine and every action it runs share one session per message: build the calendar once.
+    cached = session.info.get("clinic_context")
+    if cached is not None:
+        return cached
     profile = session.scalars(select(ClinicProfile).order_by(ClinicProfile.id).limit(1)).first()
     if profile is None:
         raise ClinicMissingError("no clinic in the database; run `clinicbot init --demo` or `clinicbot init`")
-    return ClinicContext.from_profile(profile)
+    context = ClinicContext.from_profile(profile)
+    session.info["clinic_context"] = context
+    return context
