@@ -121,7 +121,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     def show(text: OutgoingText) -> None:
         console.print(f"bot> {text.text}", markup=False)
         if text.buttons:
-            console.print("     [" + "] [".join(b["title"] for b in text.buttons) + "]", style="cyan", markup=False)
+            console.print(
+                "     [" + "] [".join(b["title"] for b in text.buttons) + "]", style="cyan", markup=False
+            )
 
     # Replies reach the terminal through the outbox, like every other channel.
     sender = OutboxSender(channels={Channel.TERMINAL: TerminalChannel(show=show)}, pacing=False)
@@ -147,7 +149,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
             )
         sender.drain()
         confidence = "" if outcome.confidence is None else f" {outcome.confidence:.2f}"
-        console.print(f"     · route {outcome.route} · intent {outcome.intent}{confidence}", style="dim", markup=False)
+        console.print(
+            f"     · route {outcome.route} · intent {outcome.intent}{confidence}", style="dim", markup=False
+        )
     return 0
 
 
@@ -156,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bot.channels.registry import build_channels
+    from bot.demo import DEMO_ADMIN_EMAIL, demo_admin_password
     from bot.runtime import get_runtime
     from bot.web.app import create_app
 
@@ -167,9 +172,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     channels = sorted(build_channels(settings))
     print(f"{runtime.clinic.name} is running.")
     print(f"  web chat:     {base}/chat")
-    print(f"  staff pages:  {base}/staff (the staff inbox is not built yet)")
+    print(f"  staff inbox:  {base}/staff")
+    if demo_admin_password() is not None:
+        print(
+            f"  demo sign-in: {DEMO_ADMIN_EMAIL} / {demo_admin_password()} (demo only; add real staff with `clinicbot staff add`)"
+        )
     print(f"  channels on:  {', '.join(channels)}")
-    off = [name for name, on in (("sms", settings.twilio_enabled), ("telegram", settings.telegram_enabled)) if not on]
+    off = [
+        name
+        for name, on in (("sms", settings.twilio_enabled), ("telegram", settings.telegram_enabled))
+        if not on
+    ]
     if off:
         print(f"  channels off: {', '.join(off)} (no credentials; see README)")
     if args.telegram_polling:
@@ -188,6 +201,48 @@ def cmd_telegram_set_webhook(args: argparse.Namespace) -> int:
     except TelegramSetupError as error:
         raise UsageError(str(error)) from None
     print(f"telegram webhook set: {url}")
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if not args.password_stdin:
+        raise UsageError("staff add: --password-stdin is required (passwords are never taken as arguments)")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError("staff add: no password on standard input")
+    return password
+
+
+def cmd_staff_add(args: argparse.Namespace) -> int:
+    """Create a staff account with an argon2id-hashed password read from stdin."""
+    from bot.db import session_scope
+    from bot.staff.auth import StaffError, add_staff
+    from bot.staff.models import Role
+
+    password = _read_password(args)
+    try:
+        with session_scope() as session:
+            user = add_staff(
+                session=session, email=args.email, name=args.name, role=Role(args.role), password=password
+            )
+            staff_id = user.id
+    except StaffError as error:
+        raise UsageError(f"staff add: {error}") from None
+    print(f"staff {staff_id} added ({args.role})")
+    return 0
+
+
+def cmd_staff_disable(args: argparse.Namespace) -> int:
+    """Disable a staff account and end its sessions."""
+    from bot.db import session_scope
+    from bot.staff.auth import StaffError, disable_staff
+
+    try:
+        with session_scope() as session:
+            staff_id = disable_staff(session=session, email=args.email).id
+    except StaffError as error:
+        raise UsageError(f"staff disable: {error}") from None
+    print(f"staff {staff_id} disabled; their sessions are ended")
     return 0
 
 
@@ -214,8 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     telegram = commands.add_parser("telegram", help="Telegram bot set-up")
     telegram_commands = telegram.add_subparsers(dest="telegram_command", required=True, parser_class=_Parser)
-    set_webhook = telegram_commands.add_parser("set-webhook", help="register this server's webhook with Telegram")
+    set_webhook = telegram_commands.add_parser(
+        "set-webhook", help="register this server's webhook with Telegram"
+    )
     set_webhook.set_defaults(func=cmd_telegram_set_webhook)
+    staff = commands.add_parser("staff", help="staff accounts for the inbox")
+    staff_commands = staff.add_subparsers(dest="staff_command", required=True, parser_class=_Parser)
+    add = staff_commands.add_parser("add", help="create a staff account")
+    add.add_argument("--email", required=True)
+    add.add_argument("--name", required=True)
+    add.add_argument("--role", required=True, choices=["admin", "staff", "clinician"])
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    add.set_defaults(func=cmd_staff_add)
+    disable = staff_commands.add_parser("disable", help="disable a staff account and end its sessions")
+    disable.add_argument("--email", required=True)
+    disable.set_defaults(func=cmd_staff_disable)
     return parser
 
 

@@ -25,7 +25,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("var"), description="Where the SQLite file and model cache live.")
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite under data_dir.")
-    dialogues_dir: Path = Field(default=REPO_ROOT / "dialogues", description="The clinic's words (Rasa format).")
+    dialogues_dir: Path = Field(
+        default=REPO_ROOT / "dialogues", description="The clinic's words (Rasa format)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     public_url: str = Field(default="http://127.0.0.1:8000", description="URL patients and providers reach.")
 
@@ -44,13 +46,33 @@ class Settings(BaseSettings):
     sms_rate_per_second: float = Field(default=1.0, gt=0, description="Texts per second per sending number.")
     outbox_pacing: bool = Field(default=True, description="Off only for benchmarks against a fake provider.")
     outbox_max_attempts: int = Field(default=8, ge=1)
-    outbox_send_timeout: float = Field(default=10.0, gt=0, description="Seconds before a send counts as unknown.")
+    outbox_send_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds before a send counts as unknown."
+    )
     # Must exceed the send timeout: a row still SENDING after this was claimed by a process that died.
     outbox_stale_seconds: float = Field(default=120.0, gt=0)
-    webchat_rate_per_minute: int = Field(default=20, ge=1, description="Web chat messages per client per minute.")
+    webchat_rate_per_minute: int = Field(
+        default=20, ge=1, description="Web chat messages per client per minute."
+    )
+
+    # Staff inbox.
+    staff_idle_minutes: int = Field(
+        default=15, ge=1, description="A staff session ends after this long idle."
+    )
+    staff_login_failures_per_account: int = Field(
+        default=5, ge=1, description="Failed sign-ins per account in the window before it is throttled."
+    )
+    staff_login_failures_per_ip: int = Field(
+        default=20,
+        ge=1,
+        description="Failed sign-ins per client address in the window before it is throttled.",
+    )
+    staff_login_window_minutes: int = Field(default=15, ge=1, description="The sign-in throttling window.")
 
     twilio_account_sid: str = Field(default="", validation_alias=AliasChoices("TWILIO_ACCOUNT_SID"))
-    twilio_auth_token: SecretStr = Field(default=SecretStr(""), validation_alias=AliasChoices("TWILIO_AUTH_TOKEN"))
+    twilio_auth_token: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("TWILIO_AUTH_TOKEN")
+    )
     twilio_from_number: str = Field(default="", validation_alias=AliasChoices("TWILIO_FROM_NUMBER"))
     twilio_messaging_service_sid: str = Field(
         default="", validation_alias=AliasChoices("TWILIO_MESSAGING_SERVICE_SID")
@@ -65,6 +87,11 @@ class Settings(BaseSettings):
         default=SecretStr(""), validation_alias=AliasChoices("TELEGRAM_WEBHOOK_SECRET")
     )
 
+    telegram_staff_chat_id: str = Field(
+        default="",
+        validation_alias=AliasChoices("TELEGRAM_STAFF_CHAT_ID"),
+        description="A staff Telegram group for alerts (priority and a link, never patient details).",
+    )
     telegram_api_base_url: str = Field(
         default="https://api.telegram.org/bot", validation_alias=AliasChoices("TELEGRAM_API_BASE_URL")
     )

@@ -20,6 +20,13 @@ DEMO_ADMIN_EMAIL = "admin@riverside.example"
 # A demo-only credential, printed by `make run`; real clinics create staff with `clinicbot staff add`.
 DEMO_ADMIN_PASSWORD = "riverside-demo"  # noqa: S105
 
+# Everyone on the demo team signs in with the demo password.
+DEMO_STAFF = (
+    (DEMO_ADMIN_EMAIL, "Dana Reyes", Role.ADMIN),
+    ("sam@riverside.example", "Sam Lee", Role.STAFF),
+    ("priya@riverside.example", "Priya Patel", Role.CLINICIAN),
+)
+
 DEMO_PATIENTS = (
     # external id, name, preferred name, date of birth, phone, language
     ("RFC-1001", "Maria Garcia", "Maria", date(1984, 3, 14), "+16175550101", "es"),
@@ -59,22 +66,30 @@ def demo_profile() -> ClinicProfile:
     )
 
 
+def demo_admin_password() -> str | None:
+    """Return the demo admin's password while the demo admin still uses it, for `make run` to print."""
+    from bot.db import session_scope
+    from bot.staff.passwords import verify_password
+
+    with session_scope() as session:
+        user = session.scalars(select(StaffUser).where(StaffUser.email == DEMO_ADMIN_EMAIL)).first()
+        if user is None or user.disabled_at is not None:
+            return None
+        return DEMO_ADMIN_PASSWORD if verify_password(user.password_hash, DEMO_ADMIN_PASSWORD) else None
+
+
 def do_seed_demo(*, session: Session) -> SeedReport:
     """Create whatever part of the demo clinic is missing; safe to run again."""
     created = {"clinic": 0, "staff": 0, "patients": 0, "lab_orders": 0}
     if session.scalars(select(ClinicProfile).limit(1)).first() is None:
         session.add(demo_profile())
         created["clinic"] = 1
-    if session.scalars(select(StaffUser).where(StaffUser.email == DEMO_ADMIN_EMAIL)).first() is None:
-        session.add(
-            StaffUser(
-                email=DEMO_ADMIN_EMAIL,
-                name="Dana Reyes",
-                role=Role.ADMIN,
-                password_hash=hash_password(DEMO_ADMIN_PASSWORD),
+    for email, name, role in DEMO_STAFF:
+        if session.scalars(select(StaffUser).where(StaffUser.email == email)).first() is None:
+            session.add(
+                StaffUser(email=email, name=name, role=role, password_hash=hash_password(DEMO_ADMIN_PASSWORD))
             )
-        )
-        created["staff"] = 1
+            created["staff"] += 1
     patients: dict[str, Patient] = {}
     for external_id, name, preferred, dob, phone, lang in DEMO_PATIENTS:
         patient = session.scalars(select(Patient).where(Patient.external_id == external_id)).first()

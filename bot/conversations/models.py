@@ -77,6 +77,11 @@ class Conversation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     last_message_at: Mapped[datetime | None]
+    # The staff member replying (set by claim and transfer; cleared on hand back).
+    assigned_staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"), index=True)
+    closed_at: Mapped[datetime | None]
+    closed_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+    outcome: Mapped[str | None] = mapped_column(String(32))
 
     messages: Mapped[list[Message]] = relationship(back_populates="conversation", order_by="Message.id")
 
@@ -142,6 +147,8 @@ class Handoff(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_at: Mapped[datetime | None]
     claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+    # The first staff message to the patient: the response-time target is measured to it.
+    first_response_at: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None]
 
 

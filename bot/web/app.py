@@ -43,11 +43,15 @@ def create_app(*, start_workers: bool = True, telegram_polling: bool = False) ->
 
     app = FastAPI(title="clinicbot", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    from bot.web.routers import telegram, twilio, webchat
+    from bot.web.routers import staff_login, telegram, twilio, webchat
+    from bot.web.staff_deps import install_handlers
 
     app.include_router(twilio.router)
     app.include_router(telegram.router)
     app.include_router(webchat.router)
+    install_handlers(app)
+    app.include_router(staff_login.public)
+    app.include_router(staff_login.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
 
     @app.get("/healthz", response_class=PlainTextResponse, include_in_schema=False)

@@ -32,6 +32,9 @@ SAMPLE = {
     "expected": "by Thursday",
     "next_update": "by 4 pm on Friday",
     "code": "123456",  # the one-time code in utter_otp_code
+    "staff_name": "Sam Lee",  # the staff inbox's texts
+    "actions": "We spoke with the front desk team about wait times.",
+    "correction": "Your appointment is on Tuesday, not Monday.",
 }
 # Characters of the GSM 03.38 basic set that matter for English texts.
 GSM7 = set(

@@ -51,7 +51,11 @@ async def _read_body(request: Request) -> bytes:
 
 @router.post(WEBHOOK_PATH)
 async def telegram_webhook(
-    request: Request, background: BackgroundTasks, settings: SettingsDep, runtime: RuntimeDep, workers: WorkersDep
+    request: Request,
+    background: BackgroundTasks,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    workers: WorkersDep,
 ) -> dict[str, bool]:
     """Store one update's effect once, wake the workers, and acknowledge; replies go out via the API."""
     _verify_secret(request, settings)

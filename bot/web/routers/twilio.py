@@ -87,7 +87,9 @@ def _inbound_from(params: FormParams) -> InboundText:
     if not 0 <= count <= MAX_MEDIA:
         raise HTTPException(status_code=400, detail=f"form field NumMedia: must be 0 to {MAX_MEDIA}")
     media = tuple(params.required(f"MediaUrl{index}") for index in range(count))
-    return InboundText(channel=Channel.SMS, address=address, text=body, provider_message_id=sid, media_urls=media)
+    return InboundText(
+        channel=Channel.SMS, address=address, text=body, provider_message_id=sid, media_urls=media
+    )
 
 
 def _store(inbound: InboundText) -> Accepted:
@@ -111,10 +113,14 @@ async def twilio_sms(request: Request, settings: SettingsDep, workers: WorkersDe
 def _apply_status(*, sid: str, status: str, error_code: str | None) -> tuple[bool, bool]:
     """Record a status callback; return whether the text is known and whether the status moved it."""
     with session_scope() as session:
-        known = session.scalars(select(OutboxMessage.id).where(OutboxMessage.provider_message_id == sid)).first()
+        known = session.scalars(
+            select(OutboxMessage.id).where(OutboxMessage.provider_message_id == sid)
+        ).first()
         if known is None:
             return False, False
-        return True, record_status(session=session, provider_message_id=sid, status=status, error_code=error_code)
+        return True, record_status(
+            session=session, provider_message_id=sid, status=status, error_code=error_code
+        )
 
 
 @router.post(STATUS_CALLBACK_PATH, status_code=204)

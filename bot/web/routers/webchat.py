@@ -25,8 +25,6 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import date
-from functools import lru_cache
-from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -47,13 +45,13 @@ from bot.patients.models import Channel, Patient
 from bot.patients.service import InvalidPhoneError, get_identity, get_or_create_identity, normalize_phone
 from bot.runtime import Runtime
 from bot.web.deps import RuntimeDep, SettingsDep, WorkersDep
+from bot.web.paths import TEMPLATES_DIR, asset_version
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/chat", include_in_schema=False)
 
-WEB = Path(__file__).resolve().parent.parent
-templates = Jinja2Templates(directory=WEB / "templates")
+templates = Jinja2Templates(directory=TEMPLATES_DIR)
 
 COOKIE_NAME = "clinicbot_chat"
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
@@ -93,7 +91,9 @@ PAGE_HEADERS = {
 class SlidingWindowLimiter:
     """Allow `limit` hits per key in any `window` seconds; refused hits do not count."""
 
-    def __init__(self, *, limit: int, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, limit: int, window: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit, self.window, self.clock = limit, window, clock
         self._hits: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
@@ -162,7 +162,9 @@ def _state(request: Request, settings: Settings) -> WebChatState:
 class Refused(Exception):
     """A request is refused with a status, a JSON detail and optional headers."""
 
-    def __init__(self, status: int, detail: str, *, field: str | None = None, retry_after: int | None = None) -> None:
+    def __init__(
+        self, status: int, detail: str, *, field: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(detail)
         self.status, self.detail, self.field, self.retry_after = status, detail, field, retry_after
 
@@ -340,7 +342,9 @@ async def _parse(request: Request, model: type[Model]) -> Model:
         raise Refused(422, sentence, field=name) from None
 
 
-async def _admit(request: Request, settings: Settings, *, limiter: str, model: type[Model]) -> tuple[Visitor, Model]:
+async def _admit(
+    request: Request, settings: Settings, *, limiter: str, model: type[Model]
+) -> tuple[Visitor, Model]:
     """Check origin and the visitor's rate limit, then parse the body; raise Refused on any failure."""
     _check_origin(request, settings)
     state = _state(request, settings)
@@ -373,12 +377,6 @@ def page_language(request: Request) -> str:
         if primary in LANGUAGES and quality > best_q:
             best, best_q = primary, quality
     return best
-
-
-@lru_cache(maxsize=8)
-def asset_version(name: str) -> str:
-    """Return a short content hash for cache busting a static file."""
-    return hashlib.sha256((WEB / "static" / name).read_bytes()).hexdigest()[:10]
 
 
 def _verified_name(address: str) -> str | None:
@@ -490,7 +488,9 @@ def _event(cursor: Cursor, payload: dict[str, Any]) -> str:
     return f"id: {cursor}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def poll_events(address: str, cursor: Cursor, identity_id: int | None) -> tuple[list[str], Cursor, int | None]:
+def poll_events(
+    address: str, cursor: Cursor, identity_id: int | None
+) -> tuple[list[str], Cursor, int | None]:
     """Read what the visitor has not seen yet, in order; return SSE frames, the new cursor and the identity."""
     with session_scope() as session:
         if identity_id is None:
@@ -510,8 +510,14 @@ def poll_events(address: str, cursor: Cursor, identity_id: int | None) -> tuple[
             .limit(EVENT_BATCH)
         ).all()
         outbound = session.execute(
-            select(OutboxMessage.id, OutboxMessage.status, OutboxMessage.body, OutboxMessage.buttons,
-                   OutboxMessage.created_at, Message.author_kind)  # fmt: skip
+            select(
+                OutboxMessage.id,
+                OutboxMessage.status,
+                OutboxMessage.body,
+                OutboxMessage.buttons,
+                OutboxMessage.created_at,
+                Message.author_kind,
+            )  # fmt: skip
             .outerjoin(Message, Message.id == OutboxMessage.message_id)
             .where(OutboxMessage.identity_id == identity_id, OutboxMessage.id > cursor.outbound)
             .order_by(OutboxMessage.id)
@@ -530,7 +536,9 @@ def poll_events(address: str, cursor: Cursor, identity_id: int | None) -> tuple[
     frames: list[str] = []
     i = j = 0
     while i < len(inbound) or j < len(replies):
-        take_inbound = j >= len(replies) or (i < len(inbound) and inbound[i].created_at <= replies[j].created_at)
+        take_inbound = j >= len(replies) or (
+            i < len(inbound) and inbound[i].created_at <= replies[j].created_at
+        )
         if take_inbound:
             row, i = inbound[i], i + 1
             cursor = Cursor(row.id, cursor.outbound)
@@ -559,7 +567,9 @@ async def _stream(
         identity_id: int | None = None
         started = last_sent = time.monotonic()
         while True:
-            frames, cursor, identity_id = await run_in_threadpool(poll_events, visitor.address, cursor, identity_id)
+            frames, cursor, identity_id = await run_in_threadpool(
+                poll_events, visitor.address, cursor, identity_id
+            )
             if frames:
                 yield "".join(frames)
                 last_sent = time.monotonic()
@@ -610,12 +620,18 @@ def _start(address: str, phone: str, date_of_birth: date, runtime: Runtime) -> v
     with session_scope() as session:
         identity = get_or_create_identity(session=session, channel=Channel.WEBCHAT, address=address)
         return verification.do_start_verification(
-            session=session, identity=identity, phone=phone, date_of_birth=date_of_birth, domain=runtime.domain
+            session=session,
+            identity=identity,
+            phone=phone,
+            date_of_birth=date_of_birth,
+            domain=runtime.domain,
         )
 
 
 @router.post("/api/verify/start")
-async def verify_start(request: Request, settings: SettingsDep, runtime: RuntimeDep, workers: WorkersDep) -> Response:
+async def verify_start(
+    request: Request, settings: SettingsDep, runtime: RuntimeDep, workers: WorkersDep
+) -> Response:
     """Send a code if the phone and birth date match a patient; the answer is the same either way."""
     try:
         visitor, body = await _admit(request, settings, limiter="verify", model=VerifyStartIn)
@@ -660,7 +676,9 @@ def _check(
 
 
 @router.post("/api/verify/code")
-async def verify_code(request: Request, settings: SettingsDep, runtime: RuntimeDep, workers: WorkersDep) -> Response:
+async def verify_code(
+    request: Request, settings: SettingsDep, runtime: RuntimeDep, workers: WorkersDep
+) -> Response:
     """Check a code; a correct one verifies this chat session."""
     try:
         visitor, body = await _admit(request, settings, limiter="verify", model=VerifyCodeIn)
@@ -670,7 +688,9 @@ async def verify_code(request: Request, settings: SettingsDep, runtime: RuntimeD
     if visitor.new:
         outcome, name = verification.CheckOutcome(verification.CheckResult.DEAD), None
     else:
-        outcome, name = await run_in_threadpool(_check, visitor.address, body.code, body.lang, runtime, rotated)
+        outcome, name = await run_in_threadpool(
+            _check, visitor.address, body.code, body.lang, runtime, rotated
+        )
     result = verification.CheckResult
     if outcome.result is result.VERIFIED:
         visitor = rotated
@@ -680,8 +700,11 @@ async def verify_code(request: Request, settings: SettingsDep, runtime: RuntimeD
         response: Response = JSONResponse(payload, headers=SECURITY_HEADERS)
     elif outcome.result is result.WRONG:
         response = Refused(400, "wrong code").response(
-            {"status": "wrong", "attempts_left": outcome.attempts_left,
-             "message": _say(runtime, "utter_verify_wrong_code", body.lang)}  # fmt: skip
+            {
+                "status": "wrong",
+                "attempts_left": outcome.attempts_left,
+                "message": _say(runtime, "utter_verify_wrong_code", body.lang),
+            }  # fmt: skip
         )
     else:
         response = Refused(400, "code expired or used up").response(
