@@ -18,6 +18,8 @@ def record(
     subject_type: str | None = None,
     subject_id: str | int | None = None,
     details: dict[str, Any] | None = None,
+    patient_id: int | None = None,
+    outcome: str = "ok",
 ) -> AuditEvent:
     """Add an audit event in the caller's transaction."""
     event = AuditEvent(
@@ -27,6 +29,8 @@ def record(
         subject_type=subject_type,
         subject_id=None if subject_id is None else str(subject_id),
         details=details or {},
+        patient_id=patient_id,
+        outcome=outcome,
     )
     session.add(event)
     return event

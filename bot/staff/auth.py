@@ -144,7 +144,7 @@ def login(*, session: Session, email: str, password: str, ip: str) -> SignedIn:
     if throttled:
         session.add(LoginAttempt(email=email, ip=ip, at=now, succeeded=False))
         audit.record(session=session, actor_kind="staff", actor_id=user.id if user else None, action="staff.login",
-                     details={"outcome": "throttled"})  # fmt: skip
+                     outcome="throttled")  # fmt: skip
         log.warning("staff sign-in throttled (staff %s)", user.id if user else None)
         raise LoginRefused("throttled")
     ok = verify_password(user.password_hash if user else _DUMMY_HASH, password)
@@ -152,7 +152,7 @@ def login(*, session: Session, email: str, password: str, ip: str) -> SignedIn:
         session.add(LoginAttempt(email=email, ip=ip, at=now, succeeded=False))
         outcome = "disabled" if user is not None and ok else "invalid"
         audit.record(session=session, actor_kind="staff", actor_id=user.id if user else None, action="staff.login",
-                     details={"outcome": outcome})  # fmt: skip
+                     outcome=outcome)  # fmt: skip
         raise LoginRefused("invalid")
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
@@ -163,9 +163,7 @@ def login(*, session: Session, email: str, password: str, ip: str) -> SignedIn:
             id=session_id_for(token), staff_id=user.id, csrf_token=csrf, created_at=now, last_seen_at=now
         )
     )
-    audit.record(
-        session=session, actor_kind="staff", actor_id=user.id, action="staff.login", details={"outcome": "ok"}
-    )
+    audit.record(session=session, actor_kind="staff", actor_id=user.id, action="staff.login")
     log.info("staff %s signed in", user.id)
     return SignedIn(token=token, csrf_token=csrf, staff_id=user.id)
 

@@ -46,6 +46,10 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject_type: Mapped[str | None] = mapped_column(String(32))
     subject_id: Mapped[str | None] = mapped_column(String(64))
+    # The patient whose data was touched, when there is one (staff access to patient data is audited).
+    patient_id: Mapped[int | None] = mapped_column(index=True)
+    # "ok", or why it was refused or failed.
+    outcome: Mapped[str] = mapped_column(String(16), default="ok", server_default="ok")
     # Ids and codes only; never message bodies, names or phone numbers.
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
