@@ -112,3 +112,27 @@ def test_bad_clinic_setting_is_a_clear_startup_error(env: dict[str, str], column
     with engine.begin() as connection:
         connection.execute(text(f"UPDATE clinic SET {column} = :v"), {"v": value})
     assert_one_line_error(clinicbot("chat", env=env, stdin=b"hi\n"), fragment)
+
+
+def test_staff_add_and_disable(env: dict[str, str]) -> None:
+    assert clinicbot("init", env=env).returncode == 0
+    args = ("staff", "add", "--email", "Nurse@Riverside.example", "--name", "Nora Nurse", "--role", "clinician")
+    added = clinicbot(*args, "--password-stdin", env=env, stdin=b"correct horse battery\n")
+    assert (added.returncode, added.stdout.decode()) == (0, "staff 1 added (clinician)\n"), added.stderr.decode()
+    assert_one_line_error(clinicbot(*args, "--password-stdin", env=env, stdin=b"another long password\n"),
+                          "already exists")  # fmt: skip
+    assert_one_line_error(clinicbot(*args, env=env), "--password-stdin is required")
+    assert_one_line_error(clinicbot("staff", "add", "--email", "x@y.example", "--name", "X", "--role", "admin",
+                                    "--password-stdin", env=env, stdin=b"short\n"), "at least 12 characters")  # fmt: skip
+    assert_one_line_error(clinicbot("staff", "add", "--email", "x@y.example", "--name", "X", "--role", "boss",
+                                    "--password-stdin", env=env), "invalid choice")  # fmt: skip
+    disabled = clinicbot("staff", "disable", "--email", "nurse@riverside.example", env=env)
+    assert disabled.returncode == 0 and "disabled" in disabled.stdout.decode()
+    assert_one_line_error(clinicbot("staff", "disable", "--email", "ghost@riverside.example", env=env),
+                          "no staff account")  # fmt: skip
+    engine = make_engine(env["CLINICBOT_DATABASE_URL"])
+    with engine.connect() as connection:
+        row = connection.execute(text("SELECT email, role, password_hash, disabled_at IS NOT NULL FROM staff_user")).one()
+        actions = connection.execute(text("SELECT action FROM audit_event ORDER BY id")).scalars().all()
+    assert (row[0], row[1], row[2].startswith("$argon2id$"), row[3]) == ("nurse@riverside.example", "clinician", True, True)
+    assert actions == ["staff.added", "staff.disabled"]
