@@ -7,7 +7,8 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -15,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bot import metrics
 from bot.channels.base import Channel, Delivery, OutgoingText, SendResult
 from bot.channels.models import STATUS_RANK, OutboxMessage, OutboxStatus
 from bot.db import session_scope, utcnow
@@ -108,7 +110,7 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
 
 @dataclass
 class _Pacer:
-    """Keep within a channel's limits: per address and overall, in this process."""
+    """Keep within a channel's limits: per address and overall, in this process, across send threads."""
 
     per_address: float
     per_second: float | None
@@ -116,17 +118,28 @@ class _Pacer:
     def __post_init__(self) -> None:
         self.last_by_address: dict[str, float] = defaultdict(float)
         self.next_slot = 0.0
+        self.lock = threading.Lock()
 
-    def wait_time(self, address: str, now: float) -> float:
-        wait = self.last_by_address[address] + self.per_address - now
-        if self.per_second:
-            wait = max(wait, self.next_slot - now)
-        return max(0.0, wait)
+    def reserve(self, address: str, now: float) -> float:
+        """Book the next slot for an address and return how long to wait for it."""
+        with self.lock:
+            wait = max(0.0, self.last_by_address[address] + self.per_address - now)
+            if self.per_second:
+                wait = max(wait, self.next_slot - now)
+            at = now + wait
+            self.last_by_address[address] = at
+            if self.per_second:
+                self.next_slot = max(self.next_slot, at) + 1.0 / self.per_second
+            return wait
 
-    def mark(self, address: str, now: float) -> None:
-        self.last_by_address[address] = now
-        if self.per_second:
-            self.next_slot = max(self.next_slot, now) + 1.0 / self.per_second
+
+@dataclass
+class _Outcome:
+    """One claimed text and how its attempt ended (cancelled: opted out before it was sent)."""
+
+    text: OutgoingText
+    result: SendResult
+    cancelled: bool = False
 
 
 class OutboxSender:
@@ -149,6 +162,7 @@ class OutboxSender:
             for name, channel in self.channels.items()
         }
         self.wake = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
 
     def claim(self, *, limit: int = 50) -> list[OutgoingText]:
         """Mark a batch of due texts as being sent by this process and return them."""
@@ -204,49 +218,122 @@ class OutboxSender:
 
     def deliver(self, text: OutgoingText) -> SendResult:
         """Send or reconcile one claimed text and record the outcome."""
+        return self.deliver_all([text])[0].result
+
+    def deliver_all(self, texts: list[OutgoingText]) -> list[_Outcome]:
+        """Send or reconcile claimed texts and record their outcomes, in waves of parallel sends.
+
+        Texts to one address stay in claim order on one thread, so a patient's replies arrive in
+        order. Each wave checks opt-outs just before it sends and records its outcomes in one
+        transaction; a crash before that leaves the rows SENDING, which are reconciled, never resent.
+        """
+        waves: list[list[list[OutgoingText]]] = []
+        for channel_name in dict.fromkeys(text.channel for text in texts):
+            width = self._width(channel_name)
+            ordered = [text for text in texts if text.channel == channel_name]
+            if width == 1:
+                # One at a time, in claim order (priority first).
+                waves += [[ordered[start : start + 25]] for start in range(0, len(ordered), 25)]
+                continue
+            groups: dict[str, list[OutgoingText]] = {}
+            for text in ordered:
+                groups.setdefault(text.address, []).append(text)
+            same = list(groups.values())
+            waves += [same[start : start + width] for start in range(0, len(same), width)]
+        outcomes: list[_Outcome] = []
+        opted_out = self._opted_out(waves[0]) if waves else set()
+        for number, wave in enumerate(waves):
+            done = self._send_wave(wave, opted_out)
+            outcomes += done
+            following = waves[number + 1] if number + 1 < len(waves) else []
+            opted_out = self._record(done, check_next=following)
+        return outcomes
+
+    def _width(self, channel_name: str) -> int:
+        """Return how many addresses of a channel may be sent to at once (the channel says; default one)."""
+        return max(1, int(getattr(self.channels[channel_name], "parallel_sends", 1)))
+
+    @staticmethod
+    def _check_ids(wave: Iterable[list[OutgoingText]]) -> set[int]:
+        return {
+            text.identity_id
+            for group in wave
+            for text in group
+            if text.identity_id is not None and not text.bypass_opt_out and not text.reconcile
+        }
+
+    def _opted_out(self, wave: list[list[OutgoingText]]) -> set[int]:
+        """Return which identities of a wave opted out, read just before it is sent."""
+        ids = self._check_ids(wave)
+        if not ids:
+            return set()
+        with session_scope() as session:
+            return self._opted_out_in(session, ids)
+
+    @staticmethod
+    def _opted_out_in(session: Session, ids: set[int]) -> set[int]:
+        # A STOP or a 21610 may have arrived after the batch was claimed.
+        return set(
+            session.scalars(
+                select(ChannelIdentity.id).where(
+                    ChannelIdentity.id.in_(ids), ChannelIdentity.opted_out_at.is_not(None)
+                )
+            )
+        )
+
+    def _send_wave(self, wave: list[list[OutgoingText]], opted_out: set[int]) -> list[_Outcome]:
+        if len(wave) == 1:
+            return self._send_group(wave[0], opted_out)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=max(self._width(name) for name in self.channels),
+                thread_name_prefix="clinicbot-send",
+            )
+        futures = [self._pool.submit(self._send_group, group, opted_out) for group in wave]
+        return [outcome for future in futures for outcome in future.result()]
+
+    def _send_group(self, group: list[OutgoingText], opted_out: set[int]) -> list[_Outcome]:
+        """Attempt texts in order; after an address opts out for good only its emergencies still go."""
+        outcomes = []
+        stopped: set[str] = set()
+        for text in group:
+            if (
+                not text.bypass_opt_out
+                and not text.reconcile
+                and (text.address in stopped or text.identity_id in opted_out)
+            ):
+                outcomes.append(_Outcome(text, SendResult(Delivery.FAILED, error_code="opted_out",
+                                                          recipient_state="opted_out"), cancelled=True))  # fmt: skip
+                continue
+            result = self._attempt(text)
+            outcomes.append(_Outcome(text, result))
+            if result.outcome is Delivery.FAILED and result.recipient_state in {"opted_out", "blocked"}:
+                stopped.add(text.address)
+        return outcomes
+
+    def _attempt(self, text: OutgoingText) -> SendResult:
         channel_name = text.channel
         channel = self.channels[channel_name]
-        if not text.reconcile and self._opted_out_since_claim(text):
-            self._cancel(text)
-            return SendResult(Delivery.FAILED, error_code="opted_out", recipient_state="opted_out")
-        if text.reconcile:
-            # An earlier attempt may have reached the provider: ask before sending again.
+        if not text.reconcile:
+            return self._send(channel, channel_name, text)
+        # An earlier attempt may have reached the provider: ask before sending again.
+        try:
             result = channel.reconcile(text)
-            if result is None:
-                result = SendResult(Delivery.UNKNOWN)
-            elif result.outcome is Delivery.RETRY:
-                # The provider has no trace of it: it never left, so sending again doubles nothing.
-                result = self._send(channel, channel_name, text)
-        else:
-            result = self._send(channel, channel_name, text)
-        self._record(text, result)
+        except Exception:
+            log.exception("channel %s raised reconciling outbox %s", channel_name, text.outbox_id)
+            result = None
+        if result is None:
+            return SendResult(Delivery.UNKNOWN)
+        if result.outcome is Delivery.RETRY:
+            # The provider has no trace of it: it never left, so sending again doubles nothing.
+            return self._send(channel, channel_name, text)
         return result
-
-    @staticmethod
-    def _opted_out_since_claim(text: OutgoingText) -> bool:
-        """Check again just before sending: a STOP or a 21610 may have arrived after the batch was claimed."""
-        if text.bypass_opt_out or text.identity_id is None:
-            return False
-        with session_scope() as session:
-            opted_out = session.scalar(
-                select(ChannelIdentity.opted_out_at).where(ChannelIdentity.id == text.identity_id)
-            )
-        return opted_out is not None
-
-    @staticmethod
-    def _cancel(text: OutgoingText) -> None:
-        with session_scope() as session:
-            row = session.get(OutboxMessage, text.outbox_id)
-            if row is not None:
-                row.status, row.error_code = OutboxStatus.CANCELLED, "opted_out"
 
     def _send(self, channel: Channel, channel_name: str, text: OutgoingText) -> SendResult:
         if self.pacing:
-            pacer = self.pacers[channel_name]
-            wait = pacer.wait_time(text.address, time.monotonic())
+            wait = self.pacers[channel_name].reserve(text.address, time.monotonic())
             if wait > 0:
                 time.sleep(wait)
-            pacer.mark(text.address, time.monotonic())
         try:
             return channel.send(text)
         except Exception:
@@ -254,29 +341,49 @@ class OutboxSender:
             log.exception("channel %s raised sending outbox %s", channel_name, text.outbox_id)
             return SendResult(Delivery.UNKNOWN)
 
-    def _record(self, text: OutgoingText, result: SendResult) -> None:
+    def _record(self, outcomes: list[_Outcome], *, check_next: list[list[OutgoingText]]) -> set[int]:
+        """Record a wave's outcomes in one transaction; return the opt-outs among the next wave's identities."""
         now = utcnow()
         with session_scope() as session:
-            row = session.get(OutboxMessage, text.outbox_id)
-            if row is None:
-                return
-            row.error_code = result.error_code or row.error_code
-            if result.outcome is Delivery.SENT:
-                row.status, row.sent_at = OutboxStatus.SENT, now
-                row.provider_message_id = result.provider_message_id or row.provider_message_id
-            elif result.outcome is Delivery.FAILED:
-                row.status = OutboxStatus.FAILED
-                if result.recipient_state in {"opted_out", "blocked"}:
-                    self._opt_out(session, row, result.recipient_state)
-            elif row.attempts >= self.max_attempts:
-                row.status = OutboxStatus.FAILED
-                row.error_code = row.error_code or ("unknown_outcome" if result.outcome is Delivery.UNKNOWN else "retries_exhausted")
-            else:
-                row.status = OutboxStatus.UNKNOWN if result.outcome is Delivery.UNKNOWN else OutboxStatus.PENDING
-                if result.outcome is Delivery.UNKNOWN:
-                    row.attempts += 1
-                row.next_attempt_at = now + timedelta(seconds=_backoff(row.attempts, result.retry_after))
-            log.info("outbox %s %s via %s (attempt %s)", row.id, row.status, row.channel, row.attempts)
+            ids = [outcome.text.outbox_id for outcome in outcomes]
+            found = session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(ids)))
+            rows = {row.id: row for row in found}
+            for outcome in outcomes:
+                row = rows.get(outcome.text.outbox_id)
+                if row is not None:
+                    self._apply(session, row, outcome, now)
+            check = self._check_ids(check_next)
+            if not check:
+                return set()
+            session.flush()
+            return self._opted_out_in(session, check)
+
+    def _apply(self, session: Session, row: OutboxMessage, outcome: _Outcome, now: datetime) -> None:
+        result = outcome.result
+        if outcome.cancelled:
+            row.status, row.error_code = OutboxStatus.CANCELLED, "opted_out"
+            log.info("outbox %s cancelled via %s: opted out", row.id, row.channel)
+            return
+        row.error_code = result.error_code or row.error_code
+        if result.outcome is Delivery.SENT:
+            row.status, row.sent_at = OutboxStatus.SENT, now
+            row.provider_message_id = result.provider_message_id or row.provider_message_id
+        elif result.outcome is Delivery.FAILED:
+            row.status = OutboxStatus.FAILED
+            if result.recipient_state in {"opted_out", "blocked"}:
+                self._opt_out(session, row, result.recipient_state)
+        elif row.attempts >= self.max_attempts:
+            row.status = OutboxStatus.FAILED
+            row.error_code = row.error_code or (
+                "unknown_outcome" if result.outcome is Delivery.UNKNOWN else "retries_exhausted"
+            )
+        else:
+            row.status = OutboxStatus.UNKNOWN if result.outcome is Delivery.UNKNOWN else OutboxStatus.PENDING
+            if result.outcome is Delivery.UNKNOWN:
+                row.attempts += 1
+            row.next_attempt_at = now + timedelta(seconds=_backoff(row.attempts, result.retry_after))
+        log.info("outbox %s %s via %s (attempt %s)", row.id, row.status, row.channel, row.attempts)
+        metrics.outbox_outcome(row.channel, row.status)
 
     @staticmethod
     def _opt_out(session: Session, row: OutboxMessage, state: str) -> None:
@@ -296,9 +403,15 @@ class OutboxSender:
     def run_once(self, *, limit: int = 50) -> int:
         """Deliver one batch of due texts; return how many were attempted."""
         texts = self.claim(limit=limit)
-        for text in texts:
-            self.deliver(text)
+        if texts:
+            self.deliver_all(texts)
         return len(texts)
+
+    def close(self) -> None:
+        """Stop the send threads (after the wave in flight)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def drain(self, *, max_rounds: int = 100) -> int:
         """Deliver until nothing is due now; return how many were attempted."""

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rasa_sdk.executor import ActionExecutor
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.channels import outbox
 from bot.channels.optout import Keyword, classify_keyword
-from bot.clinic_settings import ClinicContext, load_clinic
+from bot.clinic_settings import ClinicContext, ClinicProfile, load_clinic
 from bot.conversations.domain import Domain
 from bot.conversations.models import (
     Author,
@@ -97,6 +98,29 @@ class Engine:
         self.nlu = nlu
         self.domain = domain
         self.executor = executor
+        # The clinic context built from the stored profile, with the profile's values it was built from.
+        self._clinic: tuple[tuple[Any, ...], ClinicContext] | None = None
+
+    def clinic(self, *, session: Session) -> ClinicContext:
+        """Return the clinic context, rebuilt only when the stored profile changed.
+
+        Building it (validation, the holiday tables) cost more than routing a message; the profile
+        row is still read every time, so a change made by staff applies to the next message.
+        """
+        cached = session.info.get("clinic_context")
+        if cached is not None:
+            return cached
+        values = session.execute(
+            select(*ClinicProfile.__table__.columns).order_by(ClinicProfile.id).limit(1)
+        ).first()
+        known = self._clinic
+        if values is not None and known is not None and known[0] == tuple(values):
+            session.info["clinic_context"] = known[1]
+            return known[1]
+        context = load_clinic(session=session)
+        if values is not None:
+            self._clinic = (tuple(values), context)
+        return context
 
     def receive(
         self, *, session: Session, channel: str, address: str, text: str, provider_message_id: str
@@ -121,7 +145,7 @@ class Engine:
         patient = session.get(Patient, identity.patient_id) if identity.is_verified else None
         # Kept off the acknowledgement path: storing a webhook writes only the message row.
         identity.last_seen_at = conversation.last_message_at = message.created_at
-        clinic = load_clinic(session=session)
+        clinic = self.clinic(session=session)
         text = message.body or ""
         analysis = self.nlu.analyse(text)
         lang = self._language(analysis=analysis, text=text, conversation=conversation)

@@ -91,16 +91,53 @@ def _factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-_SQLITE_LOCK = threading.RLock()
+class _WriterLock:
+    """SQLite's single writer in this process; writers that answer a provider go before background work.
+
+    A webhook is acknowledged only after its message is stored, and the provider is waiting: a
+    background transaction (routing a message, recording a send) lets waiting acknowledgements go
+    first, but never waits for them longer than `max_yield` seconds, so background work cannot starve.
+    """
+
+    def __init__(self, *, max_yield: float = 0.05) -> None:
+        self._lock = threading.RLock()
+        self._state = threading.Condition()
+        self._urgent = 0
+        self.max_yield = max_yield
+
+    @contextmanager
+    def hold(self, *, urgent: bool) -> Iterator[None]:
+        if urgent:
+            with self._state:
+                self._urgent += 1
+            try:
+                self._lock.acquire()
+            finally:
+                with self._state:
+                    self._urgent -= 1
+                    self._state.notify_all()
+        else:
+            with self._state:
+                self._state.wait_for(lambda: self._urgent == 0, timeout=self.max_yield)
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+
+_SQLITE_LOCK = _WriterLock()
 _ambient: contextvars.ContextVar[Session | None] = contextvars.ContextVar("clinicbot_session", default=None)
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+def session_scope(engine: Engine | None = None, *, urgent: bool = False) -> Iterator[Session]:
     """Yield a session that commits on success and rolls back on error.
 
     Inside an outer scope (for example an action run in-process by the engine) the outer
-    session is reused, so one inbound message is handled in one transaction.
+    session is reused, so one inbound message is handled in one transaction. `urgent` marks a
+    transaction someone is waiting on (storing a webhook before acknowledging it): on SQLite it
+    goes before background transactions of this process.
     """
     outer = _ambient.get()
     if outer is not None and engine is None:
@@ -109,7 +146,7 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
     bound = engine or get_engine()
     # SQLite has one writer: queueing this process's transactions on a lock beats SQLite's busy
     # handler, which sleeps in growing steps and turned a burst of webhooks into a one-second tail.
-    lock = _SQLITE_LOCK if bound.dialect.name == "sqlite" else nullcontext()
+    lock = _SQLITE_LOCK.hold(urgent=urgent) if bound.dialect.name == "sqlite" else nullcontext()
     with lock:
         session = _factory(bound)()
         token = _ambient.set(session)

@@ -211,3 +211,40 @@ def test_an_opt_out_mid_batch_stops_the_rest_of_the_batch(database_url: str) -> 
     assert sender.run_once(limit=10) == 2
     assert [row(i).status for i in (first, second)] == ["failed", "cancelled"]
     assert [t.key for t in channel.sent] == ["a"]
+
+
+class ParallelChannel(ScriptedChannel):
+    """A scripted channel that lets the sender send to several addresses at once."""
+
+    parallel_sends = 4
+
+
+def test_parallel_sends_keep_each_patients_texts_in_order_and_send_each_once(database_url: str) -> None:
+    ids = [queue(f"k{i}", address=f"+1617555{2000 + i % 5:04d}") for i in range(30)]
+    channel = ParallelChannel()
+    assert OutboxSender(channels={"sms": channel}, pacing=False).drain() == 30
+    keys = [t.key for t in channel.sent]
+    addresses = {t.address for t in channel.sent}
+    per_address = {a: [t.key for t in channel.sent if t.address == a] for a in addresses}
+    expected = {f"+1617555{2000 + n:04d}": [f"k{i}" for i in range(n, 30, 5)] for n in range(5)}
+    assert (len(keys), len(set(keys)), per_address) == (30, 30, expected)
+    assert [row(i).status for i in ids] == ["sent"] * 30
+
+
+def test_parallel_sends_stop_an_address_that_opted_out_mid_wave(database_url: str) -> None:
+    first = queue("a1", address="+16175552001")
+    second = queue("a2", address="+16175552001")
+    other = queue("b1", address="+16175552002")
+
+    class OptedOutNumber(ParallelChannel):
+        def send(self, text: OutgoingText) -> SendResult:
+            super().send(text)
+            if text.address == "+16175552001":
+                return SendResult(Delivery.FAILED, error_code="21610", recipient_state="opted_out")
+            return SendResult(Delivery.SENT, f"SM{text.outbox_id}")
+
+    channel = OptedOutNumber()
+    OutboxSender(channels={"sms": channel}, pacing=False).run_once(limit=10)
+    sent = sorted(t.key for t in channel.sent)
+    assert (sent, [row(i).status for i in (first, second)], row(other).status) == (
+        ["a1", "b1"], ["failed", "cancelled"], "sent")  # fmt: skip

@@ -93,7 +93,8 @@ def _inbound_from(params: FormParams) -> InboundText:
 
 
 def _store(inbound: InboundText) -> Accepted:
-    with session_scope() as session:
+    # Twilio is waiting for the answer, and it comes only after the message is stored.
+    with session_scope(urgent=True) as session:
         return do_accept_inbound(session=session, inbound=inbound)
 
 
