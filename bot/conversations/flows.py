@@ -151,6 +151,11 @@ def do_handoff(*, session: Session, conversation_id: int, reason: HandoffReason)
         details={"handoff_id": handoff.id, "reason": str(reason), "priority": int(priority)},
     )
     log.info("conversation %s handed off (%s, handoff %s)", conversation.id, reason, handoff.id)
+    if reason is HandoffReason.COMPLAINT:
+        # Imported late: bot.staff.complaints calls back into this module, so neither loads the other at import.
+        from bot.staff.complaints import do_open_case
+
+        do_open_case(session=session, handoff_id=handoff.id)
     return HandoffResult(handoff.id, handoff.team, handoff.due_at, already_open=False)
 
 
@@ -167,6 +172,10 @@ def do_emergency(*, session: Session, conversation_id: int, kind: str | None) ->
     )
     # An alert staff tooling can page on; ids only.
     log.warning("EMERGENCY in conversation %s (kind %s, handoff %s)", conversation_id, kind, result.handoff_id)
+    from bot.staff.alerts import do_raise_alert  # late, like do_open_case above
+    from bot.staff.models import AlertKind
+
+    do_raise_alert(session=session, kind=AlertKind.EMERGENCY, handoff_id=result.handoff_id)
     return result
 
 

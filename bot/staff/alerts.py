@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, func, select, true
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.staff.models import StaffAlert
+from bot.channels import outbox
+from bot.config import get_settings
+from bot.conversations.models import Conversation, Handoff, HandoffReason
+from bot.db import session_scope, utcnow
+from bot.patients.service import get_or_create_identity
+from bot.staff import audit
+from bot.staff.messages import alert_telegram_text
+from bot.staff.models import AlertKind, Role, StaffAlert
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 60.0
+# Roles that may see conversations handed off for a medical reason.
+MEDICAL_ROLES = frozenset({Role.ADMIN, Role.CLINICIAN})
+
+
+class AlertNotFound(LookupError):
+    """No such alert, or not one this role may see."""
 
 
 def open_alert_count(*, session: Session) -> int:
@@ -16,3 +40,154 @@ def open_alert_count(*, session: Session) -> int:
         )
         or 0
     )
+
+
+def _queue_telegram(*, session: Session, alert: StaffAlert) -> None:
+    """Queue the staff group's copy of an alert, when a staff group is configured."""
+    settings = get_settings()
+    if not (settings.telegram_staff_chat_id and settings.telegram_enabled):
+        return
+    identity = get_or_create_identity(
+        session=session, channel="telegram", address=settings.telegram_staff_chat_id
+    )
+    link = f"{settings.public_url.rstrip('/')}/staff/conversations/{alert.conversation_id}"
+    outbox.enqueue(
+        session=session,
+        key=f"alert:{alert.id}:telegram",
+        identity=identity,
+        body=alert_telegram_text(kind=alert.kind, priority=alert.priority, link=link),
+        priority=100 if alert.kind == AlertKind.EMERGENCY else 50,
+    )
+
+
+def do_raise_alert(*, session: Session, kind: AlertKind, handoff_id: int) -> StaffAlert | None:
+    """Raise one alert of a kind for a hand-off; return None when it was raised before."""
+    exists = session.scalars(
+        select(StaffAlert.id).where(StaffAlert.kind == kind, StaffAlert.handoff_id == handoff_id)
+    ).first()
+    if exists is not None:
+        return None
+    handoff = session.get(Handoff, handoff_id)
+    if handoff is None:
+        raise LookupError(f"handoff {handoff_id} not found")
+    alert = StaffAlert(
+        kind=kind, conversation_id=handoff.conversation_id, handoff_id=handoff.id, priority=handoff.priority
+    )
+    try:
+        with session.begin_nested():
+            session.add(alert)
+    except IntegrityError:
+        # Another process raised it between the check and the insert.
+        return None
+    _queue_telegram(session=session, alert=alert)
+    audit.record(
+        session=session,
+        actor_kind="system",
+        action=f"alert.{kind}",
+        subject_type="staff_alert",
+        subject_id=alert.id,
+        details={"handoff_id": handoff.id, "conversation_id": handoff.conversation_id},
+    )
+    log.warning("alert %s (%s) for handoff %s", alert.id, kind, handoff.id)
+    return alert
+
+
+def sweep_overdue_handoffs(*, session: Session, now: datetime) -> int:
+    """Alert once for every open hand-off past its due time with no staff reply; return how many."""
+    query = (
+        select(Handoff.id)
+        .outerjoin(
+            StaffAlert,
+            and_(StaffAlert.handoff_id == Handoff.id, StaffAlert.kind == AlertKind.SLA_BREACH),
+        )
+        .where(
+            Handoff.resolved_at.is_(None),
+            Handoff.first_response_at.is_(None),
+            Handoff.due_at < now,
+            StaffAlert.id.is_(None),
+        )
+        .order_by(Handoff.id)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=Handoff)
+    raised = 0
+    for handoff_id in session.scalars(query).all():
+        if do_raise_alert(session=session, kind=AlertKind.SLA_BREACH, handoff_id=handoff_id) is not None:
+            raised += 1
+    return raised
+
+
+def run_sla_sweeps(
+    stop: threading.Event, *, on_queued: Callable[[], None] | None = None, interval: float = SWEEP_SECONDS
+) -> None:
+    """Sweep for overdue hand-offs every interval until stopped; wake the sender when texts were queued."""
+    while not stop.is_set():
+        try:
+            with session_scope() as session:
+                raised = sweep_overdue_handoffs(session=session, now=utcnow())
+            if raised:
+                log.info("sla sweep raised %s alert(s)", raised)
+                if on_queued is not None:
+                    on_queued()
+        except Exception:
+            log.exception("sla sweep failed; will retry")
+        stop.wait(interval)
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """An unacknowledged alert as the alerts page lists it."""
+
+    id: int
+    kind: str
+    priority: int
+    conversation_id: int
+    reason: str | None
+    created_at: datetime
+
+
+def _visible(role: Role) -> ColumnElement[bool]:
+    if role in MEDICAL_ROLES:
+        return true()
+    return func.coalesce(Conversation.reason, "") != HandoffReason.MEDICAL
+
+
+def open_alerts(*, session: Session, role: Role) -> list[AlertRow]:
+    """Return the unacknowledged alerts this role may see, most urgent and oldest first."""
+    rows = session.execute(
+        select(StaffAlert, Conversation.reason)
+        .join(Conversation, Conversation.id == StaffAlert.conversation_id)
+        .where(StaffAlert.acknowledged_at.is_(None), _visible(role))
+        .order_by(StaffAlert.priority.desc(), StaffAlert.created_at, StaffAlert.id)
+    ).all()
+    return [
+        AlertRow(alert.id, alert.kind, alert.priority, alert.conversation_id, reason, alert.created_at)
+        for alert, reason in rows
+    ]
+
+
+def do_acknowledge_alert(*, session: Session, alert_id: int, staff_id: int, role: Role) -> StaffAlert:
+    """Mark an alert seen by a staff member; acknowledging twice keeps the first."""
+    found = session.execute(
+        select(StaffAlert, Conversation.reason, Conversation.patient_id)
+        .join(Conversation, Conversation.id == StaffAlert.conversation_id)
+        .where(StaffAlert.id == alert_id)
+    ).first()
+    if found is None:
+        raise AlertNotFound(f"alert {alert_id} not found")
+    alert, reason, patient_id = found
+    if reason == HandoffReason.MEDICAL and role not in MEDICAL_ROLES:
+        raise PermissionError("medical conversations are for clinicians and admins")
+    if alert.acknowledged_at is None:
+        alert.acknowledged_at, alert.acknowledged_by_id = utcnow(), staff_id
+    audit.record(
+        session=session,
+        actor_kind="staff",
+        actor_id=staff_id,
+        action="alert.acknowledged",
+        subject_type="staff_alert",
+        subject_id=alert.id,
+        patient_id=patient_id,
+        details={"kind": alert.kind, "conversation_id": alert.conversation_id},
+    )
+    return alert

@@ -1,0 +1,186 @@
+"""Staff alerts over HTTP on real databases: emergencies and overdue hand-offs, once each, and the Telegram group."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import time_machine
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from bot.channels.models import OutboxMessage
+from bot.conversations.models import Conversation, Handoff
+from bot.db import session_scope, utcnow
+from bot.staff.alerts import open_alert_count, sweep_overdue_handoffs
+from bot.staff.models import StaffAlert
+from tests.channels.telegram.conftest import telegram_env
+from tests.channels.twilio.conftest import JIM
+from tests.fakes.fake_telegram import FakeTelegram
+from tests.staff.conftest import DEMO_CLINICIAN_EMAIL, DEMO_STAFF_EMAIL, sign_in
+from tests.staff.test_complaints import audit_rows, fake_twilio, sms_app, staff_id, visitor
+
+__all__ = ["fake_twilio"]  # a fixture used below
+
+STAFF_GROUP = "-1001234567890"
+EMERGENCY = "I have crushing chest pain and can't breathe"
+
+
+@pytest.fixture
+def fake_telegram() -> Iterator[FakeTelegram]:
+    """A fake Telegram Bot API on loopback."""
+    with FakeTelegram() as fake:
+        yield fake
+
+
+def alerts() -> list[tuple[str, int, int, int]]:
+    """Return (kind, conversation id, hand-off id, priority) of every alert."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(
+                StaffAlert.kind, StaffAlert.conversation_id, StaffAlert.handoff_id, StaffAlert.priority
+            ).order_by(StaffAlert.id)
+        ).all()
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+def only_handoff() -> tuple[int, int]:
+    with session_scope() as session:
+        handoff = session.scalars(select(Handoff)).one()
+        return handoff.id, handoff.conversation_id
+
+
+def sweep(now_offset: timedelta = timedelta(0)) -> int:
+    with session_scope() as session:
+        return sweep_overdue_handoffs(session=session, now=utcnow() + now_offset)
+
+
+def test_two_emergencies_in_one_conversation_raise_one_alert_which_staff_acknowledge(make_app) -> None:
+    chat = visitor(make_app)
+    chat.ask(EMERGENCY)
+    chat.ask("my father collapsed and is not breathing")
+    handoff_id, conversation_id = only_handoff()
+    assert alerts() == [("emergency", conversation_id, handoff_id, 40)]
+
+    csrf = sign_in(chat.client, DEMO_STAFF_EMAIL)
+    page = chat.client.get("/staff/alerts")
+    assert page.status_code == 200
+    row = page.text.split('data-alert="')[1].split("</tr>")[0]
+    assert "Emergency" in row and f'href="/staff/conversations/{conversation_id}"' in row
+    assert EMERGENCY.replace("'", "&#39;") not in page.text
+    with session_scope() as session:
+        alert_id = session.scalars(select(StaffAlert.id)).one()
+        assert open_alert_count(session=session) == 1
+    assert chat.client.post(f"/staff/alerts/{alert_id}/ack").status_code == 403  # no CSRF token
+    done = chat.client.post(
+        f"/staff/alerts/{alert_id}/ack", data={"csrf_token": csrf}, follow_redirects=False
+    )
+    assert (done.status_code, done.headers["location"]) == (303, "/staff/alerts")
+    with session_scope() as session:
+        alert = session.get(StaffAlert, alert_id)
+        assert alert is not None
+        assert (alert.acknowledged_by_id, alert.acknowledged_at is not None) == (
+            staff_id(DEMO_STAFF_EMAIL),
+            True,
+        )
+        assert open_alert_count(session=session) == 0
+    assert 'data-alert="' not in chat.client.get("/staff/alerts").text
+    sam = str(staff_id(DEMO_STAFF_EMAIL))
+    assert [row[:2] for row in audit_rows("alert.acknowledged")] == [(sam, str(alert_id))]
+    assert chat.client.post("/staff/alerts/999/ack", data={"csrf_token": csrf}).status_code == 404
+
+
+def test_the_sla_sweep_alerts_once_for_an_overdue_handoff_without_a_staff_reply(make_app) -> None:
+    chat = visitor(make_app)
+    chat.ask("I want to talk to a person")
+    handoff_id, conversation_id = only_handoff()
+    with session_scope() as session:
+        handoff = session.get(Handoff, handoff_id)
+        assert handoff is not None and handoff.reason == "human"
+        due_at = handoff.due_at
+    assert sweep() == 0
+    with time_machine.travel(due_at + timedelta(minutes=1), tick=False):
+        assert (sweep(), sweep()) == (1, 0)
+    with session_scope() as session:
+        created = session.scalars(select(StaffAlert.created_at)).one()
+    assert created == due_at + timedelta(minutes=1)
+    assert alerts() == [("sla_breach", conversation_id, handoff_id, 10)]
+    assert sweep(timedelta(days=2)) == 0
+
+
+def test_an_answered_or_resolved_handoff_raises_no_sla_alert(make_app) -> None:
+    chat = visitor(make_app)
+    chat.ask("I want to talk to a person")
+    handoff_id, _ = only_handoff()
+    with session_scope() as session:
+        handoff = session.get(Handoff, handoff_id)
+        assert handoff is not None
+        handoff.first_response_at = utcnow()
+    assert sweep(timedelta(days=2)) == 0
+    with session_scope() as session:
+        handoff = session.get(Handoff, handoff_id)
+        assert handoff is not None
+        handoff.first_response_at, handoff.resolved_at = None, utcnow()
+    assert sweep(timedelta(days=2)) == 0
+    assert alerts() == []
+
+
+def test_medical_alerts_are_for_clinicians_and_admins(make_app) -> None:
+    chat = visitor(make_app)
+    chat.ask("should I double my blood pressure medication dose")
+    handoff_id, conversation_id = only_handoff()
+    with session_scope() as session:
+        assert session.get(Conversation, conversation_id).reason == "medical"  # type: ignore[union-attr]
+    assert sweep(timedelta(days=3)) == 1
+    with session_scope() as session:
+        alert_id = session.scalars(select(StaffAlert.id)).one()
+    csrf = sign_in(chat.client, DEMO_STAFF_EMAIL)
+    assert 'data-alert="' not in chat.client.get("/staff/alerts").text
+    assert chat.client.post(f"/staff/alerts/{alert_id}/ack", data={"csrf_token": csrf}).status_code == 403
+    sign_in(chat.client, DEMO_CLINICIAN_EMAIL)
+    assert f'data-alert="{alert_id}"' in chat.client.get("/staff/alerts").text
+
+
+def test_alerts_reach_the_staff_telegram_group_with_a_link_and_no_patient_details(
+    make_app, fake_twilio, fake_telegram: FakeTelegram
+) -> None:
+    env = telegram_env(fake_telegram) | {"TELEGRAM_STAFF_CHAT_ID": STAFF_GROUP}
+    app = sms_app(make_app, fake_twilio, **env)
+    try:
+        assert app.text_in(EMERGENCY, sender=JIM).status_code == 200
+        app.settle()
+        handoff_id, conversation_id = only_handoff()
+        link = f"https://bot.riverside.example/staff/conversations/{conversation_id}"
+        sent = [(m.chat_id, m.text) for m in fake_telegram.sent]
+        assert sent == [
+            (
+                int(STAFF_GROUP),
+                f"URGENT (emergency): a patient message was flagged as an emergency. Open: {link}",
+            )
+        ]
+        assert app.fake.messages_to(JIM), "the patient still got the emergency instructions"
+        # The emergency hand-off is overdue after its few minutes: one more message, once.
+        assert (sweep(timedelta(hours=1)), sweep(timedelta(hours=1))) == (1, 0)
+        app.settle()
+        texts = [m.text for m in fake_telegram.sent]
+        assert texts[1:] == [
+            f"Overdue (emergency): a hand-off has passed its response time with no staff reply. Open: {link}"
+        ]
+        for text in texts:
+            for detail in ("Jim", "James", "Wilson", "617", "555", "chest", "breathe"):
+                assert detail not in text.replace(link, ""), detail
+        with session_scope() as session:
+            keys = session.scalars(select(OutboxMessage.key).where(OutboxMessage.key.like("alert:%"))).all()
+            alert_ids = session.scalars(select(StaffAlert.id).order_by(StaffAlert.id)).all()
+        assert sorted(keys) == sorted(f"alert:{i}:telegram" for i in alert_ids)
+        # The alert page works over https (the public URL), as staff use it.
+        staff = TestClient(app.client.app, base_url="https://testserver")
+        sign_in(staff)
+        assert f'href="/staff/conversations/{conversation_id}"' in staff.get("/staff/alerts").text
+        assert alerts() == [
+            ("emergency", conversation_id, handoff_id, 40),
+            ("sla_breach", conversation_id, handoff_id, 40),
+        ]
+    finally:
+        app.harness.workers.channels["telegram"].close()  # type: ignore[attr-defined]
