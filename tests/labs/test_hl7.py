@@ -1,0 +1,212 @@
+"""HL7 v2 intake: ORM creates, ORU results, ACK codes with reasons that name the segment, MSH-10 dedupe."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import hl7
+from sqlalchemy import func, select
+
+from bot.db import session_scope
+from bot.labs.hl7v2 import do_receive_hl7
+from bot.labs.models import LabMessage, LabOrder
+from bot.patients.models import ChannelIdentity, Patient
+from bot.promises.models import Promise
+from bot.staff.models import AuditEvent
+from tests.labs.conftest import orm, oru
+
+
+def receive(text: str) -> tuple[str, str, str, str]:
+    """Store a message; return (MSA-1, MSA-2, MSA-3, MSH-9) of the ACK as the lab would read them."""
+    with session_scope() as session:
+        result = do_receive_hl7(session=session, text=text)
+    ack = hl7.parse(result.ack)
+    msa = ack.segment("MSA")
+    return (
+        str(msa(1)),
+        str(msa(2)),
+        ack.unescape(str(msa(3))) if len(msa) > 3 else "",
+        str(ack.segment("MSH")(9)),
+    )
+
+
+def counts() -> tuple[int, int, int, int, int]:
+    with session_scope() as session:
+        return tuple(  # type: ignore[return-value]
+            session.scalar(select(func.count()).select_from(model))
+            for model in (Patient, ChannelIdentity, LabOrder, Promise, LabMessage)
+        )
+
+
+def test_orm_creates_order_patient_identity_and_promise(demo_db: str) -> None:
+    before = counts()
+    assert receive(orm()) == ("AA", "MSG-0001", "", "ACK^O01^ACK")
+    assert counts() == tuple(n + 1 for n in before)
+    with session_scope() as session:
+        order = session.scalars(select(LabOrder).where(LabOrder.order_id == "HL7-5001")).one()
+        patient = session.get(Patient, order.patient_id)
+        identity = session.scalars(
+            select(ChannelIdentity).where(ChannelIdentity.patient_id == patient.id)
+        ).one()
+        promise = session.scalars(
+            select(Promise).where(Promise.subject_id == order.id, Promise.kind == "lab_result")
+        ).one()
+        message = session.scalars(select(LabMessage)).one()
+        actor = session.scalars(
+            select(AuditEvent.actor_kind).where(AuditEvent.action == "lab_order.created")
+        ).one()
+    assert (patient.external_id, patient.name, patient.date_of_birth, patient.phone) == (
+        "RFC-3001", "Linh Nguyen", date(1988, 2, 12), "+16175550123")  # fmt: skip
+    assert (identity.channel, identity.address) == ("sms", "+16175550123")
+    assert (order.test_name, order.ordered_at) == (
+        "Thyroid stimulating hormone",
+        datetime(2026, 11, 20, 14, 30, tzinfo=UTC),
+    )
+    # No OBR-27: three working days later (Fri 20 Nov -> Mon 23, Tue 24, Wed 25), same local time.
+    assert order.expected_by == datetime(2026, 11, 25, 14, 30, tzinfo=UTC)
+    assert (promise.status, promise.due_at, promise.identity_id) == ("open", order.expected_by, identity.id)
+    assert (message.source, message.control_id, message.message_type, message.ack_code, message.order_id) == (
+        "mllp", "MSG-0001", "ORM^O01", "AA", "HL7-5001")  # fmt: skip
+    assert actor == "hl7"
+
+
+def test_default_turnaround_skips_the_thanksgiving_holiday_and_obr27_wins(demo_db: str) -> None:
+    # Ordered Tue 24 Nov 2026: Wed 25, (Thu 26 Thanksgiving), Fri 27, (weekend), Mon 30.
+    tuesday = orm("MSG-T", order_id="HL7-T").replace("20261120093000-0500", "20261124100000-0500")
+    timed = orm("MSG-Q", order_id="HL7-Q", obr_extra="|" * 20 + "^^^^202611261200")
+    assert receive(tuesday)[0] == "AA"
+    assert receive(timed)[0] == "AA"
+    with session_scope() as session:
+        due = dict(
+            session.execute(
+                select(LabOrder.order_id, LabOrder.expected_by).where(LabOrder.order_id.like("HL7-%"))
+            ).all()
+        )
+    assert due == {
+        "HL7-T": datetime(2026, 11, 30, 15, 0, tzinfo=UTC),
+        "HL7-Q": datetime(2026, 11, 26, 17, 0, tzinfo=UTC),  # OBR-27.5 without an offset: clinic-local noon
+    }
+
+
+def test_oru_final_result_keeps_the_promise(demo_db: str) -> None:
+    receive(orm())
+    assert receive(oru(status="P"))[0] == "AA"
+    with session_scope() as session:
+        assert (
+            session.scalars(select(LabOrder.status)).all().count("in_lab") == 3
+        )  # two demo orders and this one
+    assert receive(oru("MSG-0003", pid="PID|1||RFC-3001^^^RFC^MR||NGUYEN^LINH"))[0] == "AA"
+    with session_scope() as session:
+        order = session.scalars(select(LabOrder).where(LabOrder.order_id == "HL7-5001")).one()
+        promise = session.scalars(
+            select(Promise).where(Promise.subject_id == order.id, Promise.kind == "lab_result")
+        ).one()
+    assert (order.status, order.resulted_at is not None, order.result_notified_at) == ("resulted", True, None)
+    assert (promise.status, promise.kept_at is not None) == ("kept", True)
+
+
+def test_corrected_result_after_final_is_accepted_and_cancel_is_final(demo_db: str) -> None:
+    receive(orm())
+    receive(orm("MSG-B", order_id="HL7-B"))
+    assert receive(oru("R1", status="F"))[0] == "AA"
+    assert receive(oru("R2", status="C"))[0] == "AA"
+    code, _, reason, _ = receive(oru("R3", status="P"))
+    assert (code, reason) == ("AE", "OBR-25: the order is already resulted; its status can no longer change")
+    assert receive(oru("R4", order_id="HL7-B", status="X"))[0] == "AA"
+    with session_scope() as session:
+        statuses = dict(session.execute(select(Promise.subject_id, Promise.status).join(LabOrder, LabOrder.id == Promise.subject_id).where(LabOrder.order_id.in_(["HL7-5001", "HL7-B"]))).all())  # fmt: skip
+    assert sorted(statuses.values()) == ["cancelled", "kept"]
+
+
+def test_duplicate_control_id_gets_the_same_ack_and_changes_nothing(demo_db: str) -> None:
+    receive(orm())
+    first = receive(oru("DUP-1"))
+    before = counts()
+    with session_scope() as session:
+        resulted_at = session.scalars(
+            select(LabOrder.resulted_at).where(LabOrder.order_id == "HL7-5001")
+        ).one()
+    again = receive(oru("DUP-1"))
+    # Even a retry under the same MSH-10 with other content is answered as the first time.
+    altered = receive(oru("DUP-1", status="X"))
+    failed = receive(oru("DUP-2", order_id="HL7-NOPE"))
+    failed_again = receive(oru("DUP-2", order_id="HL7-NOPE"))
+    with session_scope() as session:
+        after_resulted_at = session.scalars(
+            select(LabOrder.resulted_at).where(LabOrder.order_id == "HL7-5001")
+        ).one()
+        status = session.scalars(select(LabOrder.status).where(LabOrder.order_id == "HL7-5001")).one()
+    assert first[:3] == again[:3] == altered[:3] == ("AA", "DUP-1", "")
+    assert failed[:3] == failed_again[:3] == ("AE", "DUP-2", "OBR-2 (placer order number): unknown order")
+    assert counts() == tuple(n + (1 if i == 4 else 0) for i, n in enumerate(before))  # only DUP-2's row
+    assert (after_resulted_at, status) == (resulted_at, "resulted")
+
+
+def test_bad_or_missing_segments_are_named_in_an_ae(demo_db: str) -> None:
+    before = counts()
+    cases = {
+        "no PID": orm("E1", pid=None),
+        "bad DOB": orm("E2", pid="PID|1||RFC-3001||NGUYEN^LINH||19881302|F|||||6175550123"),
+        "no phone": orm("E3", pid="PID|1||RFC-3001||NGUYEN^LINH||19880212"),
+        "bad phone": orm("E4", pid="PID|1||RFC-3001||NGUYEN^LINH||19880212|F|||||12"),
+        "no name": orm("E5", pid="PID|1||RFC-3001||||19880212|F|||||6175550123"),
+        "bad time": orm("E6").replace("L|||20261120093000-0500", "L|||2026-11-20"),
+        "order control": orm("E7", order_control="XO"),
+        "no OBR-4": orm("E8").replace("TSH^Thyroid stimulating hormone^L", ""),
+    }
+    answers = {name: receive(text)[::2] for name, text in cases.items()}
+    assert answers == {
+        "no PID": ("AE", "PID segment is missing"),
+        "bad DOB": ("AE", "PID-7 (date of birth) is not a valid date (YYYYMMDD)"),
+        "no phone": ("AE", "PID-13 (patient phone) is missing"),
+        "bad phone": ("AE", "PID-13 (patient phone) is not a valid phone number"),
+        "no name": ("AE", "PID-5 (patient name) is missing"),
+        "bad time": (
+            "AE",
+            "OBR-7 (observation date/time) is not an HL7 date/time (YYYYMMDD[HHMM[SS]][+/-ZZZZ])",
+        ),
+        "order control": ("AE", "ORC-1 (order control) must be NW or CA, not XO"),
+        "no OBR-4": ("AE", "OBR-4 (universal service identifier) is missing"),
+    }
+    patients, identities, orders, promises, messages = before
+    assert counts() == (patients, identities, orders, promises, messages + len(cases))
+
+
+def test_unknown_order_or_patient_in_oru_is_an_ae(demo_db: str) -> None:
+    receive(orm())
+    assert receive(oru("U1", order_id="HL7-404"))[::2] == ("AE", "OBR-2 (placer order number): unknown order")
+    assert receive(oru("U2", pid="PID|1||RFC-9999"))[::2] == ("AE", "PID-3 (patient id): unknown patient")
+    assert receive(oru("U3", pid="PID|1||RFC-1001"))[::2] == (
+        "AE",
+        "PID-3 (patient id) is not the patient of the order in OBR-2",
+    )
+    assert receive(oru("U4", status=""))[::2] == ("AE", "OBR-25 (result status) is missing")
+    with session_scope() as session:
+        assert (
+            session.scalars(select(LabOrder.status).where(LabOrder.order_id == "HL7-5001")).one() == "ordered"
+        )
+
+
+def test_unsupported_type_is_ar_and_newlines_are_accepted(demo_db: str) -> None:
+    adt = "MSH|^~\\&|ADT|ACME|CLINICBOT|RFC|20261120093000||ADT^A01|ADT-1|P|2.5\rPID|1||RFC-1001\r"
+    assert receive(adt) == (
+        "AR",
+        "ADT-1",
+        "MSH-9 message type ADT^A01 is not supported; send ORM^O01 or ORU^R01",
+        "ACK^A01^ACK",
+    )
+    assert receive(orm("LF-1", sep="\n"))[0] == "AA"
+    assert receive(oru("CRLF-1").replace("\r", "\r\n"))[0] == "AA"
+    assert receive("hello")[0] == "AR"
+    assert receive("MSH|^~\\&|LAB|ACME|CB|RFC|20261120||ORM^O01||P|2.5\r")[::2] == (
+        "AR",
+        "MSH-10 (message control id) is missing",
+    )
+
+
+def test_a_changed_order_under_a_new_control_id_is_an_ae_naming_the_fields(demo_db: str) -> None:
+    receive(orm())
+    same = receive(orm("MSG-again"))
+    changed = receive(orm("MSG-changed").replace("TSH^Thyroid stimulating hormone", "LIPID^Lipid panel"))
+    assert same[0] == "AA"
+    assert changed[::2] == ("AE", "ORC-2 (placer order number): the order exists with a different OBR-4")
