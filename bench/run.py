@@ -16,6 +16,7 @@ import bench_inbound  # noqa: E402
 import bench_outbox  # noqa: E402
 import bench_pipeline  # noqa: E402
 import bench_safety  # noqa: E402
+import bench_scheduler  # noqa: E402
 
 
 def machine() -> str:
@@ -40,6 +41,7 @@ def main() -> int:
         ("Conversation engine", bench_engine.run()),
         ("Inbound SMS end to end: signed webhook → stored → classified → reply queued", bench_inbound.run()),
         ("Outbox delivery rate to a fake Twilio", bench_outbox.run()),
+        ("Promise sweep: 100,000 open promises, 10,000 due", bench_scheduler.run()),
     ]
     lines = [
         "# Benchmark results",

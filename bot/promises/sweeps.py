@@ -1,0 +1,453 @@
+"""The promise sweeps: same-working-day late updates, call lists, escalations and results-ready notices.
+
+Every sweep is a repeatable pass over rows, given `now` explicitly (never the wall clock), so a pass
+can be replayed as if at any time. Work is claimed in batches of rows, one transaction per batch:
+the update row (UNIQUE(promise, clinic-local date, kind)) and the outbox text (a unique key) are
+written together, so a crash leaves each promise either fully handled or untouched, and a second
+sweeper, a retry or a restart can never send anything twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bot.clinic import ClinicCalendar
+from bot.clinic_settings import ClinicContext, load_clinic
+from bot.conversations.domain import Domain
+from bot.conversations.rendering import clinic_values
+from bot.db import session_scope
+from bot.promises import service
+from bot.promises.models import UpdateKind
+from bot.promises.service import IdentityRow, PatientRow
+from bot.when import lang_code, render_due
+
+log = logging.getLogger(__name__)
+
+ESCALATION_REASON_LATE = "late"
+RESULTS_REASON = "results_ready"
+RESULTS_RESPONSE = "utter_update_results_ready"
+
+
+# -- pure decisions -------------------------------------------------------------------------------
+
+
+def sending_hours(clinic: ClinicContext, now: datetime) -> bool:
+    """Return whether now is inside the clinic's quiet-hours window, when texts may go out."""
+    today = clinic.calendar.local_date(now)
+    return (
+        clinic.calendar.at_local(today, clinic.quiet_start)
+        <= now
+        < clinic.calendar.at_local(today, clinic.quiet_end)
+    )
+
+
+def late_update_day(clinic: ClinicContext, now: datetime) -> date | None:
+    """Return the clinic-local day whose late updates may go out now, or None.
+
+    Only today counts: a working day, at or after the daily update time, inside quiet hours.
+    A scheduler that was down catches up later the same day, never on a later day.
+    """
+    today = clinic.calendar.local_date(now)
+    if not clinic.calendar.is_working_day(today):
+        return None
+    if now < clinic.calendar.at_local(today, clinic.daily_update_time):
+        return None
+    return today if sending_hours(clinic, now) else None
+
+
+def escalation_day(clinic: ClinicContext, now: datetime) -> date | None:
+    """Return today when escalations may be raised now: a working day, at or after the update time."""
+    today = clinic.calendar.local_date(now)
+    if not clinic.calendar.is_working_day(today):
+        return None
+    return today if now >= clinic.calendar.at_local(today, clinic.daily_update_time) else None
+
+
+def escalation_cutoff(calendar: ClinicCalendar, *, today: date, working_days: int) -> datetime:
+    """Return the instant before which a promise was due `working_days` or more working days ago.
+
+    A promise due on day D is k working days late on `today`, where k counts the working days after D
+    up to and including today; k >= working_days exactly when D falls before the working_days-th
+    working day counted back from today (today being the first).
+    """
+    day, counted = today, 1 if calendar.is_working_day(today) else 0
+    while counted < working_days:
+        day -= timedelta(days=1)
+        if calendar.is_working_day(day):
+            counted += 1
+    return calendar.at_local(day, time(0, 0))
+
+
+def choose_identity(
+    *, patient_identities: Sequence[IdentityRow], promise_identity: IdentityRow | None
+) -> IdentityRow | None:
+    """Pick where to write: the patient's most recently seen verified identity, else the promise's own.
+
+    Opted-out identities are never chosen; None means the patient cannot be texted (call them instead).
+    """
+    verified = [i for i in patient_identities if i.verified_at is not None and i.opted_out_at is None]
+    if verified:
+        # Never-seen identities (created by lab intake) rank below any the patient has written from.
+        return max(
+            verified, key=lambda i: (i.last_seen_at is not None, i.last_seen_at or i.verified_at, i.id)
+        )
+    if promise_identity is not None and promise_identity.opted_out_at is None:
+        return promise_identity
+    return None
+
+
+def is_known(identity: IdentityRow, patient: PatientRow | None) -> bool:
+    """Return whether the text may greet the patient by name: the identity is verified as theirs."""
+    return patient is not None and identity.patient_id == patient.id and identity.verified_at is not None
+
+
+def update_response(reason_key: str) -> str:
+    """Return the response key that explains a reason in plain words."""
+    if reason_key == "lab_not_back":
+        return "utter_update_lab_not_back"
+    if reason_key in {"handoff_complaint", "complaint"}:
+        return "utter_update_complaint"
+    if reason_key.startswith("handoff_"):
+        return "utter_update_handoff"
+    if reason_key.startswith("request_"):
+        return "utter_update_request"
+    if reason_key == "staff_followup":
+        return "utter_update_staff_followup"
+    return "utter_update_other"
+
+
+def outbox_key(*, promise_id: int, local_date: date, kind: str) -> str:
+    """Return the outbox key of a sweep text: one per promise, clinic-local day and kind."""
+    return f"promise:{promise_id}:{local_date.isoformat()}:{kind}"
+
+
+# -- wording --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Wording:
+    """Render sweep texts for one pass, computing the clinic values once per language."""
+
+    domain: Domain
+    clinic: ClinicContext
+    now: datetime
+    next_update_at: datetime | None = None
+    _values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def values(self, lang: str) -> dict[str, Any]:
+        cached = self._values.get(lang)
+        if cached is None:
+            cached = clinic_values(clinic=self.clinic, lang=lang, patient=None, now=self.now)
+            if self.next_update_at is not None:
+                cached["next_update"] = render_due(
+                    due=self.next_update_at, now=self.now, tz=self.clinic.calendar.tz, lang=lang
+                )
+            self._values[lang] = cached
+        return cached
+
+    def render(self, key: str, *, lang: str, patient: PatientRow | None, known: bool) -> str:
+        values = self.values(lang)
+        if known and patient is not None:
+            values = {**values, "name": patient.display_name}
+        return render_text(self.domain, key, lang=lang, known=known, values=values)
+
+
+def render_text(domain: Domain, key: str, *, lang: str, known: bool, values: dict[str, Any]) -> str:
+    """Render one sweep text; the personal variation only for a verified patient."""
+    return domain.render(key, lang=lang, slots={"known": known, "verified": known}, values=values)
+
+
+# -- batches --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepCounts:
+    """What one pass did."""
+
+    updates: int = 0
+    call_list: int = 0
+    escalations: int = 0
+    results_ready: int = 0
+
+    def add(self, other: SweepCounts) -> None:
+        self.updates += other.updates
+        self.call_list += other.call_list
+        self.escalations += other.escalations
+        self.results_ready += other.results_ready
+
+
+@dataclass
+class _Effect:
+    """One promise's planned effect: a PromiseUpdate row, with its text when there is one."""
+
+    promise_id: int | None
+    kind: str
+    reason_key: str
+    text: dict[str, Any] | None = None
+    order_id: int | None = None
+    counts_as: str = "updates"
+
+
+def _write(
+    session: Session, effects: list[_Effect], *, today: date, now: datetime, next_update_at: datetime | None
+) -> list[_Effect]:
+    """Write effects' texts and update rows in one savepoint; on a duplicate, one by one. Return what was written."""
+    try:
+        with session.begin_nested():
+            _write_rows(session, effects, today=today, now=now, next_update_at=next_update_at)
+        return effects
+    except IntegrityError as error:
+        if not service.is_unique_violation(error):
+            raise
+    # Another sweeper wrote some of these first: keep theirs, write the rest.
+    written = []
+    for effect in effects:
+        try:
+            with session.begin_nested():
+                _write_rows(session, [effect], today=today, now=now, next_update_at=next_update_at)
+            written.append(effect)
+        except IntegrityError as error:
+            if not service.is_unique_violation(error):
+                raise
+            log.info("promise %s already handled on %s (%s)", effect.promise_id, today, effect.kind)
+    return written
+
+
+def _write_rows(
+    session: Session, effects: list[_Effect], *, today: date, now: datetime, next_update_at: datetime | None
+) -> None:
+    texts = [effect.text for effect in effects if effect.text is not None]
+    outbox_ids = service.insert_texts(session=session, rows=texts)
+    service.insert_updates(
+        session=session,
+        rows=[
+            {
+                "promise_id": effect.promise_id,
+                "local_date": today,
+                "kind": effect.kind,
+                "outbox_id": outbox_ids[effect.text["key"]] if effect.text is not None else None,
+                "channel": effect.text["channel"] if effect.text is not None else None,
+                "reason_key": effect.reason_key,
+                "next_update_at": next_update_at if effect.kind == UpdateKind.LATE_UPDATE else None,
+                "created_at": now,
+            }
+            for effect in effects
+            if effect.promise_id is not None
+        ],
+    )
+
+
+def _text_row(*, key: str, identity: IdentityRow, body: str, conversation_id: int | None) -> dict[str, Any]:
+    return {"key": key, "channel": identity.channel, "identity_id": identity.id, "body": body,
+            "conversation_id": conversation_id, "buttons": [], "priority": 0}  # fmt: skip
+
+
+@dataclass
+class _Reach:
+    """Where and how to write to the patient behind each claimed row."""
+
+    patients: dict[int, PatientRow]
+    by_patient: dict[int, list[IdentityRow]]
+    by_id: dict[int, IdentityRow]
+    languages: dict[int, str]
+
+    @classmethod
+    def load(
+        cls, session: Session, *, patient_ids: list[int], identity_ids: list[int], conversation_ids: list[int]
+    ) -> _Reach:
+        return cls(
+            patients=service.patients_by_id(session=session, ids=patient_ids),
+            by_patient=service.identities_of_patients(session=session, patient_ids=patient_ids),
+            by_id=service.identities_by_id(session=session, ids=identity_ids),
+            languages=service.conversation_languages(session=session, ids=conversation_ids),
+        )
+
+    def target(
+        self, *, patient_id: int | None, identity_id: int | None, conversation_id: int | None
+    ) -> tuple[IdentityRow | None, PatientRow | None, str]:
+        patient = self.patients.get(patient_id) if patient_id is not None else None
+        identity = choose_identity(
+            patient_identities=self.by_patient.get(patient_id, []) if patient_id is not None else [],
+            promise_identity=self.by_id.get(identity_id) if identity_id is not None else None,
+        )
+        if patient is not None:
+            lang = patient.language
+        else:
+            lang = self.languages.get(conversation_id, "en") if conversation_id is not None else "en"
+        return identity, patient, lang_code(lang)
+
+
+def _late_batch(session: Session, rows: Sequence[Any], *, wording: Wording, today: date) -> SweepCounts:
+    """Plan and write one claimed batch of late promises."""
+    reach = _Reach.load(
+        session,
+        patient_ids=[r.patient_id for r in rows if r.patient_id is not None],
+        identity_ids=[r.identity_id for r in rows if r.identity_id is not None],
+        conversation_ids=[r.conversation_id for r in rows if r.conversation_id is not None],
+    )
+    effects = []
+    for row in rows:
+        identity, patient, lang = reach.target(
+            patient_id=row.patient_id, identity_id=row.identity_id, conversation_id=row.conversation_id
+        )
+        if identity is None:
+            effects.append(_Effect(row.id, UpdateKind.CALL_LIST, row.reason_key, counts_as="call_list"))
+            continue
+        known = is_known(identity, patient)
+        body = wording.render(update_response(row.reason_key), lang=lang, patient=patient, known=known)
+        key = outbox_key(promise_id=row.id, local_date=today, kind=UpdateKind.LATE_UPDATE)
+        text = _text_row(key=key, identity=identity, body=body, conversation_id=row.conversation_id)
+        effects.append(_Effect(row.id, UpdateKind.LATE_UPDATE, row.reason_key, text=text))
+    written = _write(session, effects, today=today, now=wording.now, next_update_at=wording.next_update_at)
+    assert wording.next_update_at is not None
+    # Every claimed promise moves on, those another sweeper wrote first included: they were handled today.
+    service.set_next_update(session=session, promise_ids=[row.id for row in rows], at=wording.next_update_at)
+    counts = SweepCounts()
+    for effect in written:
+        setattr(counts, effect.counts_as, getattr(counts, effect.counts_as) + 1)
+    return counts
+
+
+def _batches(
+    claim: Callable[[Session, int], Sequence[Any]], work: Callable[[Session, Sequence[Any]], SweepCounts]
+) -> SweepCounts:
+    """Claim and work batches, one transaction each, until a claim comes back empty."""
+    total, after_id = SweepCounts(), 0
+    while True:
+        with session_scope() as session:
+            rows = claim(session, after_id)
+            if not rows:
+                return total
+            total.add(work(session, rows))
+        after_id = rows[-1][0]
+
+
+def do_sweep_late_updates(
+    *, domain: Domain, clinic: ClinicContext, now: datetime, batch_size: int = 1000
+) -> SweepCounts:
+    """Send one update today to every promise due by now and still open; call-list the unreachable."""
+    today = late_update_day(clinic, now)
+    if today is None:
+        return SweepCounts()
+    wording = Wording(domain=domain, clinic=clinic, now=now, next_update_at=clinic.next_update_at(now))
+    return _batches(
+        lambda session, after: service.claim_late(session=session, now=now, after_id=after, limit=batch_size),
+        lambda session, rows: _late_batch(session, rows, wording=wording, today=today),
+    )
+
+
+def do_sweep_escalations(
+    *, clinic: ClinicContext, now: datetime, working_days: int, batch_size: int = 1000
+) -> SweepCounts:
+    """Pass to staff every open promise late by `working_days` working days or more, once."""
+    today = escalation_day(clinic, now)
+    if today is None:
+        return SweepCounts()
+    cutoff = escalation_cutoff(clinic.calendar, today=today, working_days=working_days)
+
+    def work(session: Session, rows: Sequence[Any]) -> SweepCounts:
+        effects = [_Effect(row.id, UpdateKind.ESCALATION, ESCALATION_REASON_LATE) for row in rows]
+        written = _write(session, effects, today=today, now=now, next_update_at=None)
+        service.set_escalated(
+            session=session, promise_ids=[e.promise_id for e in written if e.promise_id],
+            at=now, reason=ESCALATION_REASON_LATE,
+        )  # fmt: skip
+        return SweepCounts(escalations=len(written))
+
+    return _batches(
+        lambda session, after: service.claim_escalations(
+            session=session, due_before=cutoff, after_id=after, limit=batch_size
+        ),
+        work,
+    )
+
+
+def do_sweep_results_ready(
+    *, domain: Domain, clinic: ClinicContext, now: datetime, batch_size: int = 1000
+) -> SweepCounts:
+    """Tell patients their results are in (inside quiet hours, any day); call-list the unreachable."""
+    if not sending_hours(clinic, now):
+        return SweepCounts()
+    today = clinic.calendar.local_date(now)
+    wording = Wording(domain=domain, clinic=clinic, now=now)
+
+    def work(session: Session, rows: Sequence[Any]) -> SweepCounts:
+        # Columns: order id, patient id, promise id, promise identity id, conversation id.
+        reach = _Reach.load(
+            session,
+            patient_ids=[r[1] for r in rows],
+            identity_ids=[r[3] for r in rows if r[3] is not None],
+            conversation_ids=[],
+        )
+        effects, notified = [], []
+        for order_id, patient_id, promise_id, identity_id, conversation_id in rows:
+            identity, patient, lang = reach.target(
+                patient_id=patient_id, identity_id=identity_id, conversation_id=None
+            )
+            if identity is None:
+                if promise_id is not None:
+                    effects.append(
+                        _Effect(promise_id, UpdateKind.CALL_LIST, RESULTS_REASON, counts_as="call_list")
+                    )
+                else:
+                    log.warning(
+                        "lab order %s resulted; patient %s unreachable and no promise", order_id, patient_id
+                    )
+                continue
+            body = wording.render(
+                RESULTS_RESPONSE, lang=lang, patient=patient, known=is_known(identity, patient)
+            )
+            key = (
+                outbox_key(promise_id=promise_id, local_date=today, kind=UpdateKind.RESULTS_READY)
+                if promise_id is not None
+                else f"lab_order:{order_id}:{UpdateKind.RESULTS_READY}"
+            )
+            text = _text_row(key=key, identity=identity, body=body, conversation_id=conversation_id)
+            effects.append(
+                _Effect(promise_id, UpdateKind.RESULTS_READY, RESULTS_REASON, text=text,
+                        order_id=order_id, counts_as="results_ready")
+            )  # fmt: skip
+        written = _write(session, effects, today=today, now=now, next_update_at=None)
+        notified = [
+            e.order_id for e in written if e.kind == UpdateKind.RESULTS_READY and e.order_id is not None
+        ]
+        service.set_result_notified(session=session, order_ids=notified, at=now)
+        counts = SweepCounts()
+        for effect in written:
+            setattr(counts, effect.counts_as, getattr(counts, effect.counts_as) + 1)
+        return counts
+
+    return _batches(
+        lambda session, after: service.claim_results(
+            session=session, now=now, today=today, after_id=after, limit=batch_size
+        ),
+        work,
+    )
+
+
+def do_run_sweeps(
+    *, domain: Domain, now: datetime, escalation_working_days: int, batch_size: int = 1000
+) -> SweepCounts:
+    """Run every sweep once as if at `now`: results first, so a result in before the update time is never late."""
+    with session_scope() as session:
+        clinic = load_clinic(session=session)
+    counts = SweepCounts()
+    counts.add(do_sweep_results_ready(domain=domain, clinic=clinic, now=now, batch_size=batch_size))
+    counts.add(do_sweep_late_updates(domain=domain, clinic=clinic, now=now, batch_size=batch_size))
+    counts.add(
+        do_sweep_escalations(
+            clinic=clinic, now=now, working_days=escalation_working_days, batch_size=batch_size
+        )
+    )
+    log.info(
+        "sweeps at %s: %s updates, %s call list, %s escalations, %s results ready",
+        now.isoformat(), counts.updates, counts.call_list, counts.escalations, counts.results_ready,
+    )  # fmt: skip
+    return counts

@@ -1,0 +1,272 @@
+"""The promise sweeps on the demo clinic: one update per working day, exactly once, at the right hour."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from bot.channels.models import OutboxMessage
+from bot.clinic_settings import ClinicProfile
+from bot.db import session_scope
+from bot.labs.models import LabOrder, LabStatus
+from bot.promises.models import Promise, PromiseKind, PromiseStatus, PromiseUpdate
+from bot.promises.sweeps import SweepCounts, do_run_sweeps
+from tests.promises.factories import local, make_identity, make_lab_promise, make_patient, make_promise
+
+WED, THANKSGIVING, FRI = date(2026, 11, 25), date(2026, 11, 26), date(2026, 11, 27)
+TUE = date(2026, 11, 17)
+
+
+def updates() -> list[tuple[int, date, str]]:
+    with session_scope() as session:
+        rows = session.execute(
+            select(PromiseUpdate.promise_id, PromiseUpdate.local_date, PromiseUpdate.kind).order_by(
+                PromiseUpdate.id
+            )
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def texts() -> list[tuple[str, str, int]]:
+    with session_scope() as session:
+        rows = session.execute(
+            select(OutboxMessage.key, OutboxMessage.body, OutboxMessage.identity_id).order_by(
+                OutboxMessage.id
+            )
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def lab_promise(**kwargs) -> object:  # type: ignore[no-untyped-def]
+    with session_scope() as session:
+        return make_lab_promise(session, **kwargs)
+
+
+def set_profile(**values: object) -> None:
+    with session_scope() as session:
+        profile = session.scalars(select(ClinicProfile)).one()
+        for name, value in values.items():
+            setattr(profile, name, value)
+
+
+def test_due_and_late_gets_one_update_and_a_second_sweep_nothing(clinic_db, sweep) -> None:
+    made = lab_promise(due_at=local(TUE, 12))
+    assert sweep(local(TUE, 16, 30)) == SweepCounts(updates=1)
+    assert sweep(local(TUE, 16, 45)) == SweepCounts()
+    assert updates() == [(made.promise_id, TUE, "late_update")]
+    [(key, body, identity_id)] = texts()
+    assert key == f"promise:{made.promise_id}:2026-11-17:late_update"
+    assert identity_id == made.identity_id
+    assert body == (
+        "Hi Rosa, this is Riverside Family Clinic. Your lab results haven't come back from the lab yet. "
+        "We'll update you by 4 pm tomorrow."
+    )
+    with session_scope() as session:
+        assert session.get(Promise, made.promise_id).next_update_at == local(date(2026, 11, 18), 16)
+
+
+def test_nothing_before_the_update_time_and_never_yesterdays_update(clinic_db, sweep) -> None:
+    lab_promise(due_at=local(TUE, 12))
+    assert sweep(local(TUE, 15, 59)) == SweepCounts()
+    # The scheduler was down from 15:59 on Tuesday until Wednesday morning: Tuesday's update is lost,
+    # Wednesday's goes out at Wednesday's update time.
+    assert sweep(local(date(2026, 11, 18), 9)) == SweepCounts()
+    assert sweep(local(date(2026, 11, 18), 16)) == SweepCounts(updates=1)
+    assert [day for _, day, _ in updates()] == [date(2026, 11, 18)]
+
+
+def test_a_scheduler_back_later_the_same_day_catches_up(clinic_db, sweep) -> None:
+    lab_promise(due_at=local(TUE, 9))
+    assert sweep(local(TUE, 19, 30)) == SweepCounts(updates=1)
+
+
+def test_weekend_nothing_then_monday(clinic_db, sweep) -> None:
+    saturday = date(2026, 11, 21)
+    lab_promise(due_at=local(saturday, 10))
+    assert sweep(local(saturday, 16, 30)) == SweepCounts()
+    assert sweep(local(date(2026, 11, 22), 16, 30)) == SweepCounts()
+    assert sweep(local(date(2026, 11, 23), 16, 30)) == SweepCounts(updates=1)
+
+
+def test_thanksgiving_nothing_that_day_and_the_update_promises_friday(clinic_db, sweep) -> None:
+    made = lab_promise(due_at=local(WED, 12))
+    assert sweep(local(WED, 16, 30)) == SweepCounts(updates=1)
+    assert texts()[0][1].endswith("We'll update you by 4 pm on Friday.")
+    assert sweep(local(THANKSGIVING, 16, 30)) == SweepCounts()
+    assert sweep(local(FRI, 16, 30)) == SweepCounts(updates=1)
+    assert updates() == [(made.promise_id, WED, "late_update"), (made.promise_id, FRI, "late_update")]
+    assert texts()[1][1].endswith("We'll update you by 4 pm on Monday.")
+
+
+@pytest.mark.parametrize(
+    ("saturday", "sunday", "offset_after"),
+    [(date(2026, 3, 7), date(2026, 3, 8), 4), (date(2026, 10, 31), date(2026, 11, 1), 5)],
+    ids=["spring-forward", "fall-back"],
+)
+def test_dst_days_send_at_four_pm_local(clinic_db, sweep, saturday, sunday, offset_after) -> None:
+    weekday = "08:00-18:00"
+    set_profile(weekly_hours={d: weekday for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")})
+    made = lab_promise(due_at=local(saturday, 9))
+    assert sweep(local(saturday, 16)) == SweepCounts(updates=1)
+    # 16:00 on the DST Sunday is 20:00 UTC after spring-forward (EDT) and 21:00 UTC after fall-back (EST).
+    four_pm = datetime(sunday.year, sunday.month, sunday.day, 16 + offset_after, tzinfo=UTC)
+    with session_scope() as session:
+        assert session.get(Promise, made.promise_id).next_update_at == four_pm
+    assert sweep(four_pm - timedelta(minutes=1)) == SweepCounts()
+    assert sweep(four_pm) == SweepCounts(updates=1)
+
+
+def test_quiet_hours(clinic_db, sweep) -> None:
+    lab_promise(due_at=local(TUE, 12))
+    assert sweep(local(TUE, 20)) == SweepCounts()
+    assert sweep(local(TUE, 19, 59)) == SweepCounts(updates=1)
+    set_profile(daily_update_time="07:00")
+    lab_promise(due_at=local(date(2026, 11, 18), 6))
+    assert sweep(local(date(2026, 11, 18), 7, 30)) == SweepCounts()
+    # The first promise was told "by 4 pm" on Tuesday evening: only the new one is updated at 08:00.
+    assert sweep(local(date(2026, 11, 18), 8)) == SweepCounts(updates=1)
+
+
+def test_opted_out_patient_goes_to_the_call_list(clinic_db, sweep) -> None:
+    opted_out = lab_promise(due_at=local(TUE, 12), opted_out=True)
+    unreachable = lab_promise(due_at=local(TUE, 12), identity=False)
+    assert sweep(local(TUE, 16, 30)) == SweepCounts(call_list=2)
+    assert sweep(local(TUE, 17)) == SweepCounts()
+    assert texts() == []
+    assert sorted(updates()) == [
+        (opted_out.promise_id, TUE, "call_list"),
+        (unreachable.promise_id, TUE, "call_list"),
+    ]
+
+
+def _result(order_id: int, at: datetime) -> None:
+    """What lab intake does when a result arrives: the order resulted, its promise kept."""
+    with session_scope() as session:
+        order = session.get(LabOrder, order_id)
+        order.status, order.resulted_at = LabStatus.RESULTED, at
+        promise = session.scalars(select(Promise).where(Promise.subject_id == order_id)).one()
+        promise.status, promise.kept_at = PromiseStatus.KEPT, at
+
+
+def test_results_before_the_update_time_get_a_notice_and_no_late_update(clinic_db, sweep) -> None:
+    made = lab_promise(due_at=local(TUE, 12))
+    _result(made.order_id, local(TUE, 14))
+    assert sweep(local(TUE, 14, 5)) == SweepCounts(results_ready=1)
+    assert sweep(local(TUE, 16, 30)) == SweepCounts()
+    [(key, body, _)] = texts()
+    assert key == f"promise:{made.promise_id}:2026-11-17:results_ready"
+    assert "portal" in body and "A1c" not in body and "Hemoglobin" not in body
+    with session_scope() as session:
+        assert session.get(LabOrder, made.order_id).result_notified_at == local(TUE, 14, 5)
+
+
+def test_results_in_at_night_wait_for_quiet_hours_even_on_a_weekend(clinic_db, sweep) -> None:
+    saturday = date(2026, 11, 21)
+    made = lab_promise(due_at=local(saturday, 12), language="es", name="Lucia Torres")
+    _result(made.order_id, local(saturday, 21))
+    assert sweep(local(saturday, 21, 5)) == SweepCounts()
+    assert sweep(local(date(2026, 11, 22), 8)) == SweepCounts(results_ready=1)
+    assert texts()[0][1].startswith(
+        "Hola, Lucia. Sus resultados ya llegaron a Riverside Family Clinic."
+    )
+
+
+def test_escalation_after_three_working_days_late(clinic_db, sweep) -> None:
+    made = lab_promise(due_at=local(WED, 12))
+    for day in (WED, THANKSGIVING, FRI, date(2026, 11, 30)):
+        assert sweep(local(day, 16, 30)).escalations == 0
+    # Late on Friday, Monday and Tuesday: three working days (Thanksgiving does not count).
+    assert sweep(local(date(2026, 12, 1), 16, 30)) == SweepCounts(updates=1, escalations=1)
+    assert sweep(local(date(2026, 12, 2), 16, 30)) == SweepCounts(updates=1)
+    with session_scope() as session:
+        promise = session.get(Promise, made.promise_id)
+        assert (promise.escalated_at, promise.escalation_reason) == (local(date(2026, 12, 1), 16, 30), "late")
+    assert (made.promise_id, date(2026, 12, 1), "escalation") in updates()
+
+
+def test_channel_language_name_and_reason(clinic_db, sweep) -> None:
+    with session_scope() as session:
+        maria = make_patient(session, name="Maria Garcia", language="es")
+        make_identity(session, maria, last_seen_at=datetime(2026, 11, 1, tzinfo=UTC))
+        telegram = make_identity(
+            session,
+            maria,
+            channel="telegram",
+            address="5550001",
+            last_seen_at=datetime(2026, 11, 10, tzinfo=UTC),
+        )
+        request = make_promise(session, due_at=local(TUE, 10), reason_key="request_refill",
+                               kind=PromiseKind.REQUEST_ANSWER, patient=maria, identity=None)  # fmt: skip
+        stranger = make_identity(session, None, channel="webchat")
+        handoff = make_promise(session, due_at=local(TUE, 10), reason_key="handoff_human",
+                               kind=PromiseKind.HANDOFF_REPLY, patient=None, identity=stranger)  # fmt: skip
+        telegram_id, stranger_id = telegram.id, stranger.id
+    assert sweep(local(TUE, 16)) == SweepCounts(updates=2)
+    by_key = {key: (body, identity) for key, body, identity in texts()}
+    assert by_key[f"promise:{request}:2026-11-17:late_update"] == (
+        "Hola, Maria. Le escribe Riverside Family Clinic. Seguimos trabajando en su solicitud. "
+        "Le daremos otra actualización mañana antes de las 16:00.",
+        telegram_id,
+    )
+    assert by_key[f"promise:{handoff}:2026-11-17:late_update"] == (
+        "Hi, this is Riverside Family Clinic. Our team hasn't replied to your message yet, and we're sorry "
+        "for the wait. We'll update you by 4 pm tomorrow.",
+        stranger_id,
+    )
+
+
+def test_a_crash_mid_sweep_then_a_restart_handles_each_promise_exactly_once(
+    clinic_db, sweep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.config import get_settings
+    from bot.promises import sweeps
+
+    monkeypatch.setenv("CLINICBOT_SCHEDULER_BATCH_SIZE", "3")
+    get_settings.cache_clear()
+    made = [lab_promise(due_at=local(TUE, 12)) for _ in range(10)]
+    real_render, calls = sweeps.Wording.render, []
+
+    def crash_on_fifth(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("killed mid-batch")
+        return real_render(self, *args, **kwargs)
+
+    monkeypatch.setattr(sweeps.Wording, "render", crash_on_fifth)
+    with pytest.raises(RuntimeError, match="killed mid-batch"):
+        sweep(local(TUE, 16, 30))
+    # The first batch of three committed; the second rolled back whole.
+    assert len(updates()) == 3 and len(texts()) == 3
+    monkeypatch.setattr(sweeps.Wording, "render", real_render)
+    assert sweep(local(TUE, 16, 31)) == SweepCounts(updates=7)
+    assert sweep(local(TUE, 16, 32)) == SweepCounts()
+    assert sorted(p for p, _, _ in updates()) == sorted(m.promise_id for m in made)
+    assert len({key for key, _, _ in texts()}) == 10
+
+
+def test_two_sweepers_at_once_without_leadership_still_send_once(clinic_db) -> None:
+    from scheduler.jobs import update_domain
+
+    made = [lab_promise(due_at=local(TUE, 12)) for _ in range(40)]
+    domain, barrier, results, errors = update_domain(), threading.Barrier(2), [], []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            results.append(
+                do_run_sweeps(domain=domain, now=local(TUE, 16, 30), escalation_working_days=3, batch_size=7)
+            )
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert sum(r.updates for r in results) == 40
+    assert sorted(p for p, _, _ in updates()) == sorted(m.promise_id for m in made)
