@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot import metrics
 from bot.conversations import flows
 from bot.conversations.engine import Engine, Outcome
 from bot.conversations.models import Conversation, Direction, HandoffReason, Message, Route
@@ -60,6 +61,7 @@ def do_accept_inbound(*, session: Session, inbound: InboundText) -> Accepted:
     if message is not None:
         session.flush()
         log.info("inbound %s stored (conversation %s, %s)", message.id, conversation.id, inbound.channel)
+        metrics.message_accepted(inbound.channel)
     return Accepted(message is not None, message.id if message else None, conversation.id, identity.id)
 
 
