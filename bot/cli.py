@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import sys
@@ -14,7 +15,7 @@ from rich.console import Console
 
 from bot.clinic import ClinicConfigError
 from bot.clinic_settings import ClinicMissingError
-from bot.config import SettingsError, get_settings
+from bot.config import Settings, SettingsError, get_settings
 from bot.conversations.domain import DomainError
 from bot.nlu.data import DialoguesError
 
@@ -188,7 +189,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.telegram_polling:
         print("  telegram:     long polling (the webhook is removed while this runs)")
     app = create_app(telegram_polling=args.telegram_polling)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    scheduler = None
+    if not args.no_scheduler:
+        # bot/ never imports scheduler/ (ARCHITECTURE.md); the CLI is the edge that wires it, lazily.
+        from scheduler.setup import start_in_process
+
+        print("  scheduler:    promise sweeps in this process (--no-scheduler to run them apart)")
+        scheduler = start_in_process(settings)
+    mllp = _start_mllp_thread(settings)
+    try:
+        uvicorn.run(
+            app, host=args.host, port=args.port, log_level="warning", access_log=False, log_config=None
+        )
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        if mllp is not None:
+            mllp.stop_thread()
     return 0
 
 
@@ -246,6 +263,294 @@ def cmd_staff_disable(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the configuration; print each problem with its fix; exit 1 if there is any."""
+    from bot.doctor import report, run_checks
+
+    lines, status = report(run_checks(get_settings()))
+    for line in lines:
+        print(line)
+    return status
+
+
+def _patient_lookup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from bot.privacy import PrivacyError, find_patient
+
+    if (args.phone is None) == (args.patient_id is None):
+        raise UsageError(f"patient {args.patient_command}: give exactly one of --phone or --id")
+
+    def lookup(session):  # type: ignore[no-untyped-def]
+        try:
+            return find_patient(session=session, phone=args.phone, patient_id=args.patient_id)
+        except PrivacyError as error:
+            raise UsageError(f"patient {args.patient_command}: {error}") from None
+
+    return lookup
+
+
+def cmd_patient_export(args: argparse.Namespace) -> int:
+    """Write one patient's data as JSON (stdout or --out); audited."""
+    from bot.db import session_scope
+    from bot.privacy import export_patient
+
+    lookup = _patient_lookup(args)
+    with session_scope() as session:
+        patient = lookup(session)
+        data = export_patient(session=session, patient=patient, actor_kind="cli")
+        patient_id = patient.id
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    if args.out:
+        try:
+            with open(args.out, "x", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as error:
+            raise UsageError(f"patient export: cannot write {args.out}: {error.strerror}") from None
+        print(f"patient {patient_id} exported to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_patient_erase(args: argparse.Namespace) -> int:
+    """Erase one patient's personal data, keeping ids, times and the audit trail; needs --yes."""
+    from bot.db import session_scope
+    from bot.privacy import do_erase_patient
+
+    lookup = _patient_lookup(args)
+    if not args.yes:
+        raise UsageError("patient erase: this cannot be undone; add --yes to erase")
+    with session_scope() as session:
+        patient = lookup(session)
+        result = do_erase_patient(session=session, patient_id=patient.id, actor_kind="cli")
+    print(
+        f"patient {result.patient_id} erased: {result.identities} identities, {result.conversations} conversations, "
+        f"{result.messages} message bodies, {result.outbox} outbox texts, {result.requests} requests, "
+        f"{result.lab_orders} lab orders, {result.notes} notes, {result.complaints} complaints, "
+        f"{result.promises_cancelled} open promises cancelled; the audit trail keeps the erasure"
+    )
+    return 0
+
+
+def cmd_retention_purge(args: argparse.Namespace) -> int:
+    """Clear message and outbox bodies older than the retention period; metadata and audit stay."""
+    from bot.db import session_scope
+    from bot.privacy import do_purge_bodies
+
+    days = args.days if args.days is not None else get_settings().retention_days
+    if days < 1:
+        raise UsageError("retention purge: --days must be at least 1")
+    with session_scope() as session:
+        result = do_purge_bodies(session=session, days=days, actor_kind="cli")
+    print(
+        f"purged bodies older than {days} days (before {result.cutoff:%Y-%m-%d %H:%M} UTC): "
+        f"{result.messages} messages, {result.outbox} outbox texts"
+    )
+    return 0
+
+
+def _require_migrated() -> None:
+    from bot.db import get_engine
+    from bot.db.migrate import is_at_head
+    from bot.runtime import NotReadyError
+
+    if not is_at_head(get_engine()):
+        raise NotReadyError("the database is not initialised or not migrated; run `clinicbot init --demo`")
+
+
+def cmd_scheduler_run(args: argparse.Namespace) -> int:
+    """Run the promise sweeps (and an outbox sender) as a standalone process."""
+    # bot/ never imports scheduler/ (ARCHITECTURE.md); the CLI is the edge that wires it, lazily.
+    from scheduler.setup import run_standalone
+
+    settings = get_settings()
+    _require_migrated()
+    print(f"scheduler running: promise sweeps every {settings.scheduler_sweep_seconds:g} s; Ctrl-C stops")
+    run_standalone(settings)
+    return 0
+
+
+def _parse_at(raw: str) -> datetime.datetime:
+    """Read --at: ISO 8601, clinic-local when it has no offset; return aware UTC."""
+    from bot.clinic_settings import load_clinic
+    from bot.db import session_scope
+
+    try:
+        at = datetime.datetime.fromisoformat(raw)
+    except ValueError:
+        raise UsageError(
+            f"scheduler tick: --at {raw!r} is not an ISO 8601 time such as 2026-11-25T16:30:00"
+        ) from None
+    if at.tzinfo is not None:
+        return at.astimezone(datetime.UTC)
+    with session_scope() as session:
+        calendar = load_clinic(session=session).calendar
+    return calendar.at_local(at.date(), at.time())
+
+
+def cmd_scheduler_tick(args: argparse.Namespace) -> int:
+    """Run one pass of every sweep as if at --at, then deliver what is due."""
+    # bot/ never imports scheduler/ (ARCHITECTURE.md); the CLI is the edge that wires it, lazily.
+    from scheduler.jobs import build_sender, deliver_due, sweep_pass
+
+    _require_migrated()
+    now = _parse_at(args.at) if args.at else None
+    counts = sweep_pass(now=now, wait=args.wait)
+    if counts is None:
+        raise UsageError(
+            f"scheduler tick: another scheduler kept the leadership for {args.wait:g} s; try again"
+        )
+    delivered = deliver_due(build_sender())
+    print(
+        f"tick: {counts.updates} updates, {counts.call_list} on the call list, {counts.escalations} escalations, "
+        f"{counts.results_ready} results-ready; delivered {delivered.sent}"
+        + (f" ({delivered.not_sent} not sent yet)" if delivered.not_sent else "")
+    )
+    return 0
+
+
+def _start_mllp_thread(settings: Settings):  # type: ignore[no-untyped-def]
+    """Start the HL7 MLLP listener beside the web server when CLINICBOT_MLLP_PORT is set."""
+    if not settings.mllp_port:
+        return None
+    from bot.labs.mllp import MllpListener
+
+    listener = MllpListener(host=settings.mllp_host, port=settings.mllp_port)
+    try:
+        port = listener.start_in_thread()
+    except OSError as error:
+        raise UsageError(
+            f"CLINICBOT_MLLP_PORT {settings.mllp_port}: cannot listen ({error.strerror})"
+        ) from None
+    print(f"  lab HL7:      mllp://{settings.mllp_host}:{port}")
+    return listener
+
+
+def cmd_mllp(args: argparse.Namespace) -> int:
+    """Run the HL7 v2 MLLP listener as a standalone process."""
+    import asyncio
+
+    from bot.labs.mllp import MllpListener
+
+    settings = get_settings()
+    port = args.port if args.port is not None else settings.mllp_port
+    host = args.host or settings.mllp_host
+    if not port:
+        raise UsageError("mllp: set CLINICBOT_MLLP_PORT or pass --port")
+    _require_migrated()
+    listener = MllpListener(host=host, port=port)
+    print(f"lab HL7 listener on mllp://{host}:{port}; Ctrl-C stops")
+    try:
+        asyncio.run(listener.serve_forever())
+    except OSError as error:
+        raise UsageError(f"mllp: cannot listen on {host}:{port} ({error.strerror})") from None
+    return 0
+
+
+def cmd_apikey_create(args: argparse.Namespace) -> int:
+    """Create a lab API key and print it once; only its hash is stored."""
+    from bot.db import session_scope
+    from bot.labs.apikeys import ApiKeyError, do_create_key
+
+    _require_migrated()
+    try:
+        with session_scope() as session:
+            row, key = do_create_key(session=session, name=args.name)
+            key_id = row.id
+    except ApiKeyError as error:
+        raise UsageError(f"apikey create: {error}") from None
+    print(f"api key {key_id} {args.name!r} created. Copy it now; it is not shown again:", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def cmd_apikey_list(args: argparse.Namespace) -> int:
+    """List lab API keys (names and prefixes, never the keys)."""
+    from bot.db import session_scope
+    from bot.labs.apikeys import list_keys
+
+    _require_migrated()
+    with session_scope() as session:
+        rows = [
+            (k.id, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at)
+            for k in list_keys(session=session)
+        ]
+    if not rows:
+        print("no API keys; create one with `clinicbot apikey create --name NAME`")
+        return 0
+
+    def when(at: datetime.datetime | None) -> str:
+        return "-" if at is None else f"{at:%Y-%m-%d %H:%M} UTC"
+
+    print(f"{'id':>4}  {'name':<24} {'prefix':<14} {'created':<22} {'last used':<22} revoked")
+    for key_id, name, prefix, created, used, revoked in rows:
+        print(
+            f"{key_id:>4}  {name:<24} {prefix + '…':<14} {when(created):<22} {when(used):<22} {when(revoked)}"
+        )
+    return 0
+
+
+def cmd_apikey_revoke(args: argparse.Namespace) -> int:
+    """Revoke a lab API key by name."""
+    from bot.db import session_scope
+    from bot.labs.apikeys import ApiKeyError, do_revoke_key
+
+    _require_migrated()
+    try:
+        with session_scope() as session:
+            key_id = do_revoke_key(session=session, name=args.name).id
+    except ApiKeyError as error:
+        raise UsageError(f"apikey revoke: {error}") from None
+    print(f"api key {key_id} {args.name!r} revoked")
+    return 0
+
+
+def cmd_labs_import(args: argparse.Namespace) -> int:
+    """Import lab orders from a CSV file: all rows or none; rejected rows listed by line."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from bot.db import session_scope, utcnow
+    from bot.labs.csv_import import (
+        CsvFileError,
+        ImportConflicts,
+        check_records,
+        do_import_orders,
+        read_records,
+    )
+
+    _require_migrated()
+    try:
+        records = read_records(Path(args.file))
+    except CsvFileError as error:
+        raise UsageError(f"labs import: {error}") from None
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        console=Console(stderr=True), transient=False)  # fmt: skip
+    with progress:
+        checking = progress.add_task("checking", total=len(records))
+        orders, rejections = check_records(
+            records, today=utcnow().date(), advance=lambda: progress.advance(checking)
+        )
+        if not rejections:
+            importing = progress.add_task("importing", total=len(orders))
+            try:
+                with session_scope() as session:
+                    counts = do_import_orders(
+                        session=session, orders=orders, advance=lambda: progress.advance(importing)
+                    )
+            except ImportConflicts as conflicts:
+                rejections = conflicts.rejections
+    if rejections:
+        for rejection in sorted(rejections, key=lambda r: r.line):
+            print(f"line {rejection.line}: {rejection.field}: {rejection.problem}")
+        lines = len({r.line for r in rejections})
+        print(f"nothing imported: {lines} of {len(records)} rows rejected", file=sys.stderr)
+        return 2
+    rows = "row" if len(records) == 1 else "rows"
+    print(f"imported {len(records)} {rows}: {counts.created} created, {counts.unchanged} unchanged")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Describe the commands and their options."""
     parser = _Parser(prog="clinicbot", description="Messaging assistant for medical clinics.")
@@ -264,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="start the web server: webhooks, web chat, outbox sender")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-scheduler", action="store_true",
+                       help="do not run the promise sweeps here (run `clinicbot scheduler run` instead)")  # fmt: skip
     serve.add_argument("--telegram-polling", action="store_true",
                        help="fetch Telegram updates by long polling (development, no public URL)")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
@@ -286,6 +593,62 @@ def build_parser() -> argparse.ArgumentParser:
     disable = staff_commands.add_parser("disable", help="disable a staff account and end its sessions")
     disable.add_argument("--email", required=True)
     disable.set_defaults(func=cmd_staff_disable)
+    sched = commands.add_parser(
+        "scheduler", help="the promise sweeps: same-working-day updates, results-ready"
+    )
+    sched_commands = sched.add_subparsers(dest="scheduler_command", required=True, parser_class=_Parser)
+    sched_run = sched_commands.add_parser("run", help="run the sweeps as a standalone process")
+    sched_run.set_defaults(func=cmd_scheduler_run)
+    tick = sched_commands.add_parser("tick", help="one pass of every sweep, then deliver what it queued")
+    tick.add_argument("--at", metavar="ISO", help="run as if at this time (clinic-local without an offset)")
+    tick.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                      help="how long to wait for another scheduler's pass to finish")  # fmt: skip
+    tick.set_defaults(func=cmd_scheduler_tick)
+    doctor = commands.add_parser("doctor", help="check the configuration and say how to fix what is wrong")
+    doctor.set_defaults(func=cmd_doctor)
+    patient = commands.add_parser("patient", help="privacy requests: export or erase one patient's data")
+    patient_commands = patient.add_subparsers(dest="patient_command", required=True, parser_class=_Parser)
+    export = patient_commands.add_parser("export", help="write one patient's data as JSON (audited)")
+    erase = patient_commands.add_parser("erase", help="erase one patient's personal data (audited)")
+    for sub in (export, erase):
+        sub.add_argument("--phone", help="the patient's phone number on file")
+        sub.add_argument("--id", dest="patient_id", type=int, help="the patient's id (e.g. after an erasure)")
+    export.add_argument("--out", metavar="FILE", help="write to a new file instead of standard output")
+    export.set_defaults(func=cmd_patient_export)
+    erase.add_argument("--yes", action="store_true", help="confirm: the erasure cannot be undone")
+    erase.set_defaults(func=cmd_patient_erase)
+    retention = commands.add_parser("retention", help="data retention")
+    retention_commands = retention.add_subparsers(dest="retention_command", required=True, parser_class=_Parser)
+    purge = retention_commands.add_parser(
+        "purge", help="clear message bodies older than CLINICBOT_RETENTION_DAYS (metadata and audit stay)"
+    )
+    purge.add_argument("--days", type=int, help="override CLINICBOT_RETENTION_DAYS")
+    purge.set_defaults(func=cmd_retention_purge)
+    apikey = commands.add_parser("apikey", help="API keys for lab systems (REST /api/v1)")
+    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True, parser_class=_Parser)
+    key_create = apikey_commands.add_parser("create", help="create a key and print it once")
+    key_create.add_argument("--name", required=True, help="who uses the key, e.g. the lab's name")
+    key_create.set_defaults(func=cmd_apikey_create)
+    key_list = apikey_commands.add_parser("list", help="list keys (never the keys themselves)")
+    key_list.set_defaults(func=cmd_apikey_list)
+    key_revoke = apikey_commands.add_parser("revoke", help="revoke a key by name")
+    key_revoke.add_argument("--name", required=True)
+    key_revoke.set_defaults(func=cmd_apikey_revoke)
+    labs = commands.add_parser("labs", help="lab orders")
+    labs_commands = labs.add_subparsers(dest="labs_command", required=True, parser_class=_Parser)
+    labs_import = labs_commands.add_parser(
+        "import", help="import lab orders from a CSV file (all or nothing)"
+    )
+    labs_import.add_argument("file", metavar="FILE",
+                             help="CSV with order_id,external_id,name,date_of_birth,phone,test_name,ordered_at,expected_by")  # fmt: skip
+    labs_import.set_defaults(func=cmd_labs_import)
+    mllp = commands.add_parser(
+        "mllp",
+        help="run the HL7 v2 MLLP listener on its own (serve runs it too when CLINICBOT_MLLP_PORT is set)",
+    )
+    mllp.add_argument("--host", help="default CLINICBOT_MLLP_HOST (127.0.0.1)")
+    mllp.add_argument("--port", type=int, help="default CLINICBOT_MLLP_PORT")
+    mllp.set_defaults(func=cmd_mllp)
     return parser
 
 
@@ -320,16 +683,28 @@ def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit status."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
-        get_settings()
+        _configure_logging(args.command, get_settings())
     except KNOWN_ERRORS as error:
         print(f"clinicbot: error: {error}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     return _guarded(args.func, args)
+
+
+# Processes that run unattended log JSON lines at the configured level; interactive commands stay quiet.
+LONG_RUNNING = frozenset({"serve", "scheduler", "mllp"})
+
+
+def _configure_logging(command: str, settings: Settings) -> None:
+    from bot.logging_setup import configure_logging
+
+    long_running = command in LONG_RUNNING
+    json_lines = settings.log_format == "json" or (settings.log_format == "auto" and long_running)
+    level = settings.log_level if long_running or settings.log_level in {"WARNING", "ERROR"} else "WARNING"
+    configure_logging(level=level, json_lines=json_lines)
 
 
 if __name__ == "__main__":

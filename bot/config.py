@@ -29,6 +29,13 @@ class Settings(BaseSettings):
         default=REPO_ROOT / "dialogues", description="The clinic's words (Rasa format)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "auto": JSON lines for the long-running processes (serve, scheduler), plain text for the rest.
+    log_format: Literal["auto", "json", "text"] = Field(default="auto", description="Log line format.")
+    retention_days: int = Field(
+        default=365, ge=1, description="Message bodies older than this are purged by `retention purge`."
+    )
+    # /readyz answers 503 unless a scheduler (its own process, or one inside serve) beats recently.
+    require_scheduler: bool = Field(default=True, description="Whether /readyz needs a fresh scheduler heartbeat.")
     public_url: str = Field(default="http://127.0.0.1:8000", description="URL patients and providers reach.")
 
     # Routing thresholds: below clarify_threshold the bot asks instead of guessing.
@@ -68,6 +75,22 @@ class Settings(BaseSettings):
         description="Failed sign-ins per client address in the window before it is throttled.",
     )
     staff_login_window_minutes: int = Field(default=15, ge=1, description="The sign-in throttling window.")
+
+    # Promise sweeps (scheduler/): same-working-day updates, results-ready notices, escalations.
+    late_escalation_working_days: int = Field(
+        default=3, ge=1, description="Working days late after which a promise escalates to staff."
+    )
+    scheduler_sweep_seconds: float = Field(default=60.0, gt=0, description="Seconds between promise sweeps.")
+    scheduler_batch_size: int = Field(
+        default=1000, ge=1, description="Promises claimed per sweep transaction."
+    )
+
+    # Lab intake: the HL7 v2 MLLP listener (0 = off) and the turnaround assumed when an order has none.
+    mllp_port: int = Field(default=0, ge=0, le=65535, description="MLLP listener port; 0 leaves it off.")
+    mllp_host: str = Field(default="127.0.0.1", description="Address the MLLP listener binds to.")
+    lab_turnaround_days: int = Field(
+        default=3, ge=1, le=60, description="Working days to a result when an HL7 order gives no OBR-27."
+    )
 
     twilio_account_sid: str = Field(default="", validation_alias=AliasChoices("TWILIO_ACCOUNT_SID"))
     twilio_auth_token: SecretStr = Field(

@@ -13,7 +13,7 @@ from bot.db import utcnow
 from bot.labs.models import LabOrder, LabStatus
 from bot.patients.models import Patient
 from bot.staff import audit
-from bot.staff.models import Role, StaffUser
+from bot.staff.models import CannedReply, Role, StaffUser
 from bot.staff.passwords import hash_password
 
 DEMO_ADMIN_EMAIL = "admin@riverside.example"
@@ -78,6 +78,58 @@ def demo_admin_password() -> str | None:
         return DEMO_ADMIN_PASSWORD if verify_password(user.password_hash, DEMO_ADMIN_PASSWORD) else None
 
 
+DEMO_CANNED_REPLIES = (
+    # title, English, Spanish; placeholders are filled per patient when staff insert the text.
+    (
+        "Results reviewed, nothing to do",
+        "Hi {patient_name}, this is {staff_name} at {clinic_name}. The doctor has reviewed your results and "
+        "there is nothing you need to do. Call us at {clinic_phone} if you have any questions.",
+        "Hola {patient_name}, soy {staff_name} de {clinic_name}. El médico revisó sus resultados y no tiene "
+        "que hacer nada. Llámenos al {clinic_phone} si tiene alguna pregunta.",
+    ),
+    (
+        "Call us to book",
+        "Hi {patient_name}, please call us at {clinic_phone} so we can find an appointment time that works "
+        "for you. {staff_name}, {clinic_name}",
+        "Hola {patient_name}, llámenos al {clinic_phone} para buscar una cita que le convenga. "
+        "{staff_name}, {clinic_name}",
+    ),
+    (
+        "Refill sent to pharmacy",
+        "Hi {patient_name}, your refill has been sent to your pharmacy. It is usually ready within one working "
+        "day. {staff_name}, {clinic_name}",
+        "Hola {patient_name}, enviamos su receta a su farmacia. Normalmente está lista en un día hábil. "
+        "{staff_name}, {clinic_name}",
+    ),
+)
+
+
+def seed_canned_replies(session: Session) -> int:
+    """Add the demo clinic's approved replies that are missing; return how many were added."""
+    added = 0
+    for title, body_en, body_es in DEMO_CANNED_REPLIES:
+        if session.scalars(select(CannedReply.id).where(CannedReply.title == title)).first() is None:
+            session.add(CannedReply(title=title, body_en=body_en, body_es=body_es, active=True))
+            added += 1
+    return added
+
+
+def seed_lab_promises(session: Session, *, order_ids: list[str]) -> None:
+    """Give each demo lab order its lab-result promise (also for demo databases seeded before promises)."""
+    from bot.labs.flows import ensure_lab_promise
+    from bot.patients.models import Channel, ChannelIdentity
+
+    session.flush()
+    for order in session.scalars(select(LabOrder).where(LabOrder.order_id.in_(order_ids))):
+        # Use an SMS identity the patient already has; the demo creates none, so updates pick the channel.
+        identity_id = session.scalars(
+            select(ChannelIdentity.id).where(
+                ChannelIdentity.channel == Channel.SMS, ChannelIdentity.patient_id == order.patient_id
+            )
+        ).first()
+        ensure_lab_promise(session=session, order=order, identity_id=identity_id)
+
+
 def do_seed_demo(*, session: Session) -> SeedReport:
     """Create whatever part of the demo clinic is missing; safe to run again."""
     created = {"clinic": 0, "staff": 0, "patients": 0, "lab_orders": 0}
@@ -130,6 +182,8 @@ def do_seed_demo(*, session: Session) -> SeedReport:
             )
         )
         created["lab_orders"] += 1
-    if any(created.values()):
+    seed_lab_promises(session, order_ids=[order[0] for order in orders])
+    canned = seed_canned_replies(session)
+    if any(created.values()) or canned:
         audit.record(session=session, actor_kind="cli", action="demo.seeded", details=dict(created))
     return SeedReport(**created)

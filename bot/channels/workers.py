@@ -12,6 +12,7 @@ from bot.channels.inbound import InboundProcessor
 from bot.channels.outbox import OutboxSender
 from bot.config import Settings
 from bot.conversations.engine import Engine
+from bot.staff.alerts import run_sla_sweeps
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ class Workers:
             thread = threading.Thread(target=target, args=(self._stop,), name=f"clinicbot-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        # Hand-offs past their response time raise alerts (a plain sweep the scheduler may also call).
+        sweep = threading.Thread(target=run_sla_sweeps, args=(self._stop,), kwargs={"on_queued": self.sender.wake.set},
+                                 name="clinicbot-sla", daemon=True)  # fmt: skip
+        sweep.start()
+        self._threads.append(sweep)
         log.info("workers started; channels: %s", ", ".join(sorted(self.channels)))
 
     def stop(self, *, timeout: float = 10.0) -> None:
@@ -55,3 +61,4 @@ class Workers:
         for thread in self._threads:
             thread.join(timeout=timeout)
         self._threads.clear()
+        self.sender.close()

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from bot.channels.registry import build_channels
@@ -43,7 +42,7 @@ def create_app(*, start_workers: bool = True, telegram_polling: bool = False) ->
 
     app = FastAPI(title="clinicbot", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    from bot.web.routers import staff_login, telegram, twilio, webchat
+    from bot.web.routers import staff_admin, staff_cases, staff_inbox, staff_login, telegram, twilio, webchat
     from bot.web.staff_deps import install_handlers
 
     app.include_router(twilio.router)
@@ -52,10 +51,21 @@ def create_app(*, start_workers: bool = True, telegram_polling: bool = False) ->
     install_handlers(app)
     app.include_router(staff_login.public)
     app.include_router(staff_login.router)
+    app.include_router(staff_inbox.router)
+    app.include_router(staff_cases.router)
+    app.include_router(staff_admin.router)
+    from bot.web.routers import staff_promises
+
+    app.include_router(staff_promises.router)
+    from bot.web.routers.api_v1 import create_api as create_lab_api
+
+    app.mount("/api/v1", create_lab_api())  # the lab REST API, with its own OpenAPI page at /api/v1/docs
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
 
-    @app.get("/healthz", response_class=PlainTextResponse, include_in_schema=False)
-    def healthz() -> str:
-        return "ok"
+    from bot.metrics import WebhookTimer
+    from bot.web.routers import health
+
+    app.include_router(health.router)
+    app.add_middleware(WebhookTimer)
 
     return app
