@@ -17,9 +17,8 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/clinicbot init --demo
 	$(VENV)/bin/clinicbot train
-	@echo "Staff admin (demo): admin@riverside.example / riverside-demo"
 	@echo "Terminal chat instead: .venv/bin/clinicbot chat --as +16175550142"
-	$(VENV)/bin/clinicbot serve
+	CLINICBOT_LOG_FORMAT=$${CLINICBOT_LOG_FORMAT:-text} $(VENV)/bin/clinicbot serve
 
 test: install
 	$(PY) -m pytest -q
