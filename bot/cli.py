@@ -157,7 +157,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Start the web server with the inbound processor and the outbox sender inside."""
+    """Start the web server, with the inbound processor and the outbox sender beside it."""
     import uvicorn
 
     from bot.channels.registry import build_channels
@@ -188,7 +188,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"  channels off: {', '.join(off)} (no credentials; see README)")
     if args.telegram_polling:
         print("  telegram:     long polling (the webhook is removed while this runs)")
-    app = create_app(telegram_polling=args.telegram_polling)
+    import os
+    import subprocess
+    import tempfile
+
+    if args.processors < 0:
+        raise UsageError("--processors must be 0 (in this process) or more")
+    # Routing and sending in their own processes: acknowledgements keep a core and an interpreter lock.
+    wake_dir = tempfile.mkdtemp(prefix="clinicbot-wake-") if args.processors else None
+    wake_paths = [os.path.join(wake_dir, f"worker-{n}.sock") for n in range(args.processors)] if wake_dir else []
+    processors = [
+        subprocess.Popen([sys.executable, "-m", "bot.channels.workers", path, str(os.getpid())])  # noqa: S603 - our own module
+        for path in wake_paths
+    ]
+    if processors:
+        print(f"  workers:      {len(processors)} process(es) route and send (pids {', '.join(str(p.pid) for p in processors)})")
+    app = create_app(telegram_polling=args.telegram_polling, wake_paths=wake_paths or None)
     scheduler = None
     if not args.no_scheduler:
         # bot/ never imports scheduler/ (ARCHITECTURE.md); the CLI is the edge that wires it, lazily.
@@ -206,6 +221,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             scheduler.shutdown(wait=False)
         if mllp is not None:
             mllp.stop_thread()
+        for process in processors:
+            process.terminate()
+        for process in processors:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if wake_dir is not None:
+            import shutil
+
+            shutil.rmtree(wake_dir, ignore_errors=True)
     return 0
 
 
@@ -218,6 +244,37 @@ def cmd_telegram_set_webhook(args: argparse.Namespace) -> int:
     except TelegramSetupError as error:
         raise UsageError(str(error)) from None
     print(f"telegram webhook set: {url}")
+    return 0
+
+
+def cmd_telegram_link(args: argparse.Namespace) -> int:
+    """Print a one-time t.me link that ties the Telegram chat that opens it to a patient's record."""
+    from datetime import timedelta
+
+    from bot.channels.linking import create_link_token
+    from bot.channels.telegram import TelegramSetupError, bot_username
+    from bot.db import session_scope
+    from bot.patients.service import InvalidPhoneError, get_by_phone, normalize_phone
+
+    if not 1 <= args.hours <= 24 * 14:
+        raise UsageError("telegram link: --hours must be 1 to 336")
+    try:
+        phone = normalize_phone(args.phone)
+    except InvalidPhoneError as error:
+        raise UsageError(f"telegram link: --phone: {error}") from None
+    try:
+        username = bot_username(settings=get_settings())
+    except TelegramSetupError as error:
+        raise UsageError(f"telegram link: {error}") from None
+    with session_scope() as session:
+        patient = get_by_phone(session=session, phone=phone)
+        if patient is None:
+            raise UsageError("telegram link: no patient has that phone number on file")
+        token = create_link_token(session=session, patient_id=patient.id, ttl=timedelta(hours=args.hours))
+        patient_id = patient.id
+    # The link is a credential for this patient's record: give it only to the patient.
+    print(f"https://t.me/{username}?start={token}")
+    print(f"one-time link for patient {patient_id}, valid {args.hours} h", file=sys.stderr)
     return 0
 
 
@@ -573,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not run the promise sweeps here (run `clinicbot scheduler run` instead)")  # fmt: skip
     serve.add_argument("--telegram-polling", action="store_true",
                        help="fetch Telegram updates by long polling (development, no public URL)")  # fmt: skip
+    serve.add_argument("--processors", type=int, default=1, metavar="N",
+                       help="worker processes that route messages and send texts (default 1; "
+                            "0 runs them as threads of the web process)")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
     telegram = commands.add_parser("telegram", help="Telegram bot set-up")
     telegram_commands = telegram.add_subparsers(dest="telegram_command", required=True, parser_class=_Parser)
@@ -580,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
         "set-webhook", help="register this server's webhook with Telegram"
     )
     set_webhook.set_defaults(func=cmd_telegram_set_webhook)
+    link = telegram_commands.add_parser("link", help="print a one-time t.me link that links a patient's Telegram chat")
+    link.add_argument("--phone", required=True, help="the patient's phone number on file")
+    link.add_argument("--hours", type=int, default=72, help="how long the link stays valid (default 72)")
+    link.set_defaults(func=cmd_telegram_link)
     staff = commands.add_parser("staff", help="staff accounts for the inbox")
     staff_commands = staff.add_subparsers(dest="staff_command", required=True, parser_class=_Parser)
     add = staff_commands.add_parser("add", help="create a staff account")

@@ -641,6 +641,26 @@ class TelegramPoller:
         self._loop.close(self.bot)
 
 
+def bot_username(*, settings: Settings) -> str:
+    """Ask Telegram for the bot's @username (getMe), for t.me deep links."""
+    bot = make_bot(settings, timeout=15.0)
+
+    async def ask() -> str:
+        async with bot:
+            me = await bot.get_me()
+            return me.username or ""
+
+    try:
+        username = asyncio.run(ask())
+    except InvalidToken:
+        raise TelegramSetupError("Telegram rejected TELEGRAM_BOT_TOKEN; check it with @BotFather") from None
+    except TelegramError as error:
+        raise TelegramSetupError(f"could not ask Telegram for the bot's name ({error.__class__.__name__})") from None
+    if not username:
+        raise TelegramSetupError("Telegram returned no username for this bot")
+    return username
+
+
 def set_webhook(*, settings: Settings) -> str:
     """Register PUBLIC_URL/webhooks/telegram and the secret token with Telegram; return the URL."""
     if not settings.telegram_enabled:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from bot.channels.linking import TelegramLinkToken, create_link_token, hash_token
@@ -156,3 +157,35 @@ def test_plain_start_greets_in_the_patients_language_and_undoes_a_block(telegram
     start = inbound("update:2")
     assert (start.body, start.intent, start.route, start.processed_at is not None) == ("/start", "greeting", "answer", True)
 
+
+
+def test_the_cli_link_for_a_patient_links_the_chat_that_opens_it(
+    telegram_app: TelegramApp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli import main
+
+    assert main(["telegram", "link", "--phone", "(617) 555-0142", "--hours", "24"]) == 0
+    out, err = capsys.readouterr()
+    prefix = "https://t.me/riverside_test_bot?start="
+    assert out.startswith(prefix) and err == f"one-time link for patient {patient_id(JIM)}, valid 24 h\n"
+    telegram_app.post(text_update(1, CHAT, f"/start {out.strip().removeprefix(prefix)}"))
+    telegram_app.settle()
+
+    [reply] = telegram_app.fake.sent
+    assert reply.text[:12] == "Thanks, Jim."
+    assert identity().patient_id == patient_id(JIM)
+    with session_scope() as session:
+        expires = session.scalars(select(TelegramLinkToken.expires_at)).one()
+    assert timedelta(hours=23) < expires - utcnow() <= timedelta(hours=24)
+
+
+def test_the_cli_link_needs_a_patient_on_file(telegram_app: TelegramApp, capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.cli import main
+
+    assert main(["telegram", "link", "--phone", "+16175550999"]) == 2
+    assert main(["telegram", "link", "--phone", "not a phone"]) == 2
+    _, err = capsys.readouterr()
+    assert err.splitlines()[0] == "clinicbot: error: telegram link: no patient has that phone number on file"
+    assert err.splitlines()[1].startswith("clinicbot: error: telegram link: --phone: ")
+    with session_scope() as session:
+        assert session.scalars(select(TelegramLinkToken)).all() == []
