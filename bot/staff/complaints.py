@@ -11,15 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.channels import outbox
-from bot.channels.models import OutboxMessage
 from bot.clinic_settings import load_clinic
 from bot.config import get_settings
 from bot.conversations.models import (
-    Author,
     Conversation,
     ConversationState,
-    Direction,
     Handoff,
     HandoffReason,
     Message,
@@ -27,10 +23,10 @@ from bot.conversations.models import (
 )
 from bot.conversations.rendering import clinic_values
 from bot.db import utcnow
-from bot.patients.models import ChannelIdentity
 from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 from bot.staff.models import ComplaintAction, ComplaintCase, ComplaintStatus, StaffUser
+from bot.staff.outgoing import do_tell_patient
 from bot.when import render_due
 
 if TYPE_CHECKING:
@@ -70,47 +66,11 @@ def render_patient_text(
 
 
 def do_queue_staff_text(
-    *,
-    session: Session,
-    conversation: Conversation,
-    staff_id: int,
-    body: str,
-    key: str,
-    response_key: str | None = None,
+    *, session: Session, conversation: Conversation, staff_id: int, body: str, key: str, response_key: str | None = None
 ) -> Message | None:
     """Store a staff-authored text in the conversation and queue it once under key; None if queued before."""
-    if session.scalars(select(OutboxMessage.id).where(OutboxMessage.key == key)).first() is not None:
-        return None
-    identity = session.get(ChannelIdentity, conversation.identity_id)
-    if identity is None:
-        raise LookupError(f"identity {conversation.identity_id} not found")
-    message = Message(
-        conversation_id=conversation.id,
-        channel=conversation.channel,
-        direction=Direction.OUT,
-        author_kind=Author.STAFF,
-        author_id=staff_id,
-        body=body,
-        lang=conversation.language,
-        response_key=response_key,
-        route=Route.ANSWER,
-    )
-    session.add(message)
-    session.flush()
-    queued = outbox.enqueue(
-        session=session,
-        key=key,
-        identity=identity,
-        body=body,
-        conversation_id=conversation.id,
-        message_id=message.id,
-    )
-    if queued is None:
-        session.delete(message)
-        session.flush()
-        return None
-    conversation.last_message_at = utcnow()
-    return message
+    return do_tell_patient(session=session, conversation=conversation, staff_id=staff_id, body=body, key=key,
+                           response_key=response_key, route=Route.ANSWER)  # fmt: skip
 
 
 def _complaint_promise(*, session: Session, case: ComplaintCase) -> Promise | None:

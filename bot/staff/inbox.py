@@ -34,6 +34,7 @@ from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 from bot.staff.auth import Principal
 from bot.staff.models import ComplaintCase, Role, StaffNote, StaffUser
+from bot.staff.outgoing import STAFF_PRIORITY, do_tell_patient
 from bot.when import render_due
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ MAX_REPLY_CHARS = 1600
 MAX_NOTE_CHARS = 4000
 CLOSED_VIEW_LIMIT = 100
 # Staff replies go out ahead of routine updates, behind emergency instructions.
-STAFF_PRIORITY = 50
 MASK = "••••"
 
 
@@ -601,38 +601,6 @@ def _audit(session: Session, staff: Principal, action: str, conversation: Conver
                         patient_id=conversation.patient_id, details=dict(details))  # fmt: skip
 
 
-def _tell_patient(
-    *,
-    session: Session,
-    conversation: Conversation,
-    identity: ChannelIdentity,
-    key: str,
-    body: str,
-    author_kind: Author,
-    staff_id: int,
-    response_key: str | None = None,
-) -> Message | None:
-    """Store an outbound message and queue it once under key; return None if key was queued before."""
-    if session.scalars(select(OutboxMessage.id).where(OutboxMessage.key == key)).first() is not None:
-        return None
-    message = Message(
-        conversation_id=conversation.id,
-        channel=conversation.channel,
-        direction=Direction.OUT,
-        author_kind=author_kind,
-        author_id=staff_id,
-        body=body,
-        lang=conversation.language,
-        response_key=response_key,
-    )
-    session.add(message)
-    session.flush()
-    outbox.enqueue(session=session, key=key, identity=identity, body=body, conversation_id=conversation.id,
-                   message_id=message.id, priority=STAFF_PRIORITY)  # fmt: skip
-    conversation.last_message_at = message.created_at
-    return message
-
-
 def _render(
     domain: Domain, clinic: ClinicContext, conversation: Conversation, key: str, **values: str
 ) -> str:
@@ -703,7 +671,7 @@ def _do_claim(
     body = _render(
         domain, clinic, conversation, "utter_staff_claimed", staff_name=_staff_name(session, staff.staff_id)
     )
-    _tell_patient(session=session, conversation=conversation, identity=identity, key=f"claim:{handoff.id}:{staff.staff_id}",
+    do_tell_patient(session=session, conversation=conversation, key=f"claim:{handoff.id}:{staff.staff_id}",
                   body=body, author_kind=Author.SYSTEM, staff_id=staff.staff_id, response_key="utter_staff_claimed")  # fmt: skip
     _audit(session, staff, "conversation.claimed", conversation, handoff_id=handoff.id)
     log.info("conversation %s claimed by staff %s (handoff %s)", conversation.id, staff.staff_id, handoff.id)
@@ -871,7 +839,7 @@ def do_transfer(
     session.flush()
     identity, _ = _identity_and_patient(session, conversation)
     body = _render(domain, clinic, conversation, "utter_staff_transferred", staff_name=target.name)
-    _tell_patient(session=session, conversation=conversation, identity=identity,
+    do_tell_patient(session=session, conversation=conversation,
                   key=f"transfer:{handoff.id}:{target.id}:{event.id}", body=body, author_kind=Author.SYSTEM,
                   staff_id=staff.staff_id, response_key="utter_staff_transferred")  # fmt: skip
     return ActionResult("transferred", queued=True)
@@ -915,7 +883,7 @@ def do_hand_back(*, session: Session, conversation_id: int, staff: Principal, do
         if handoff is not None
         else f"handback:conversation:{conversation.id}:{int(now.timestamp())}"
     )
-    _tell_patient(session=session, conversation=conversation, identity=identity, key=key,
+    do_tell_patient(session=session, conversation=conversation, key=key,
                   body=_render(domain, clinic, conversation, "utter_staff_handback"), author_kind=Author.SYSTEM,
                   staff_id=staff.staff_id, response_key="utter_staff_handback")  # fmt: skip
     _audit(session, staff, "conversation.handed_back", conversation,

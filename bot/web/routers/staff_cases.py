@@ -16,6 +16,7 @@ from bot.db import session_scope, utcnow
 from bot.patients.models import Patient
 from bot.staff import alerts, audit, complaints, corrections
 from bot.staff.auth import Principal
+from bot.staff.inbox import human_duration
 from bot.staff.messages import PRIORITY_LABELS
 from bot.staff.models import ComplaintCase, ComplaintStatus, Role, StaffUser
 from bot.web.deps import RuntimeDep, WorkersDep
@@ -40,14 +41,7 @@ Text = Annotated[str, Form(max_length=4000)]
 
 def age_text(since: datetime, now: datetime) -> str:
     """Return a short age such as '45 min', '3 h 10 min' or '2 d 4 h'."""
-    minutes = max(0, int((now - since).total_seconds() // 60))
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
+    return human_duration(now - since)
 
 
 def _local(session: Session):  # type: ignore[no-untyped-def]
