@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench soak lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: install
 
 bench: install
 	$(PY) bench/run.py
+
+# The fault suite on PostgreSQL: ~3 minutes of traffic under faults; SOAK_SECONDS=60 make soak for less.
+soak: install
+	$(PY) bench/soak.py
 
 lint: install
 	$(VENV)/bin/ruff check bot actions scheduler tests bench

@@ -8,25 +8,51 @@ from pathlib import Path
 POSTGRES_URL = os.environ.get("CLINICBOT_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/bench")
 
 
-def postgres_unreachable() -> str | None:
+def postgres_unreachable(url: str = POSTGRES_URL) -> str | None:
     """Return why PostgreSQL cannot be used for the benchmark, or None when it answers."""
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
 
     from bot.db import make_engine
 
-    engine = make_engine(POSTGRES_URL)
+    engine = make_engine(url)
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except OperationalError as error:
-        return f"PostgreSQL not reachable at {POSTGRES_URL} ({error.orig.__class__.__name__})"
+        return f"PostgreSQL not reachable at {url} ({error.orig.__class__.__name__})"
     finally:
         engine.dispose()
     return None
 
 
-def prepare_database(backend: str, workdir: Path, *, name: str, seed_demo: bool) -> str:
+def ensure_database(url: str) -> str | None:
+    """Create the PostgreSQL database a URL names when it is missing; return why it cannot be used, or None."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from bot.db import make_engine
+
+    target = make_url(url)
+    admin = make_engine(target.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            found = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
+            ).first()
+            if found is None:
+                connection.execute(text(f'CREATE DATABASE "{target.database}"'))
+    except OperationalError as error:
+        return f"PostgreSQL not reachable at {target.render_as_string()} ({error.orig.__class__.__name__})"
+    finally:
+        admin.dispose()
+    return None
+
+
+def prepare_database(
+    backend: str, workdir: Path, *, name: str, seed_demo: bool, postgres_url: str = POSTGRES_URL
+) -> str:
     """Create a migrated database (optionally with the demo clinic) for a backend; return its URL."""
     from sqlalchemy import text
 
@@ -34,7 +60,7 @@ def prepare_database(backend: str, workdir: Path, *, name: str, seed_demo: bool)
     from bot.db.migrate import upgrade_to_head
     from bot.demo import do_seed_demo
 
-    url = f"sqlite:///{workdir / name}" if backend == "sqlite" else POSTGRES_URL
+    url = f"sqlite:///{workdir / name}" if backend == "sqlite" else postgres_url
     engine = make_engine(url)
     try:
         if backend == "postgres":
@@ -48,3 +74,22 @@ def prepare_database(backend: str, workdir: Path, *, name: str, seed_demo: bool)
     finally:
         engine.dispose()
     return url
+
+
+def drop_database(url: str) -> None:
+    """Drop the PostgreSQL database a URL names, closing its connections first; quiet when it is gone."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from bot.db import make_engine
+
+    target = make_url(url)
+    admin = make_engine(target.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+    except OperationalError:
+        pass
+    finally:
+        admin.dispose()
