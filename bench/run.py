@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_classifier  # noqa: E402
 import bench_engine  # noqa: E402
 import bench_inbound  # noqa: E402
+import bench_memory  # noqa: E402
 import bench_outbox  # noqa: E402
 import bench_pipeline  # noqa: E402
 import bench_safety  # noqa: E402
@@ -42,6 +43,7 @@ def main() -> int:
         ("Inbound SMS end to end: signed webhook → stored → classified → reply queued", bench_inbound.run()),
         ("Outbox delivery rate to a fake Twilio", bench_outbox.run()),
         ("Promise sweep: 100,000 open promises, 10,000 due", bench_scheduler.run()),
+        ("Memory: peak RSS of `clinicbot serve` under the inbound load", bench_memory.run()),
     ]
     lines = [
         "# Benchmark results",
