@@ -278,12 +278,22 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def proc_cpu(pid: int) -> float:
-    """Return the CPU seconds (user + system) a process has used so far, from /proc."""
+    """Return the CPU seconds (user + system) a process and its live children have used so far, from /proc.
+
+    `clinicbot serve` routes and sends in worker processes (`--processors`): they count as the server.
+    """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(child) for child in task.read_text().split()]
+        except OSError:
+            continue
+    return own + sum(value for value in map(proc_cpu, children) if not math.isnan(value))
 
 
 def load_now() -> str:
@@ -466,7 +476,7 @@ class BackendResult:
     server_cpu: float  # CPU seconds of the server process from the load's start until every reply was sent
 
 
-def measure_backend(backend: str, *, requests: int, concurrency: int) -> BackendResult:
+def measure_backend(backend: str, *, requests: int, concurrency: int, processors: int = 2) -> BackendResult:
     """Run the real server on one backend and measure ack and end-to-end latency."""
     from tests.e2e.server import ServerProcess
     from tests.fakes.fake_twilio import FakeTwilio
@@ -477,7 +487,7 @@ def measure_backend(backend: str, *, requests: int, concurrency: int) -> Backend
     probes: list[Callable[..., object]] = []
     try:
         db_url = prepare_database(backend, workdir, name="bench.db", seed_demo=True)
-        server = ServerProcess(env={})
+        server = ServerProcess(env={}, args=("--processors", str(processors)))
         server.env.update({
             "CLINICBOT_DATABASE_URL": db_url,
             "CLINICBOT_DATA_DIR": str(ROOT / "var"),  # the trained classifier cache is reused
@@ -577,14 +587,16 @@ def _rate(load: LoadResult) -> float:
 
 
 def run(
-    *, requests: int = 800, concurrency: int = 16, backends: tuple[str, ...] = ("sqlite", "postgres")
+    *, requests: int = 800, concurrency: int = 16, backends: tuple[str, ...] = ("sqlite", "postgres"),
+    processors: int = 2,
 ) -> list[tuple[str, str]]:
     """Measure the bare endpoint, then the real server on each backend; return (metric, value) rows."""
     rows: list[tuple[str, str]] = [
         ("load generator", f"{requests} signed `POST /webhooks/twilio/sms` per run, {concurrency} threads × persistent "
                            f"httpx.Client, closed loop, {len(sender_pool())} senders, {len(BODIES)} texts (EN+ES), "
                            f"{WARMUP_REQUESTS} warm-up requests first; client, fake Twilio and server share "
-                           f"{len(os.sched_getaffinity(0))} cores"),
+                           f"{len(os.sched_getaffinity(0))} cores; `clinicbot serve --processors {processors}` (web process "
+                           f"stores and acknowledges; {processors} worker process(es) route and send)"),
     ]  # fmt: skip
     if "postgres" in backends and (reason := postgres_unreachable()):
         rows.append(("PostgreSQL", f"skipped: {reason}"))
@@ -605,7 +617,7 @@ def run(
          "per request"),
     ]  # fmt: skip
     for backend in backends:
-        result = measure_backend(backend, requests=requests, concurrency=concurrency)
+        result = measure_backend(backend, requests=requests, concurrency=concurrency, processors=processors)
         load, name = result.load, {"sqlite": "SQLite", "postgres": "PostgreSQL"}[backend]
         ack_rate = _rate(load)
         span = result.last_queued - result.first_start
@@ -651,6 +663,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--processors", type=int, default=2, help="worker processes beside the web process")
     args = parser.parse_args()
     backends = tuple(name.strip() for name in args.backends.split(",") if name.strip())
     unknown = set(backends) - {"sqlite", "postgres"}
@@ -658,7 +671,7 @@ def main() -> int:
         parser.error(
             f"unknown backend(s): {', '.join(sorted(unknown))}" if unknown else "counts must be positive"
         )
-    rows = run(requests=args.requests, concurrency=args.concurrency, backends=backends)
+    rows = run(requests=args.requests, concurrency=args.concurrency, backends=backends, processors=args.processors)
     print("| metric | value |\n| --- | --- |")
     for metric, value in rows:
         print(f"| {metric} | {value} |")

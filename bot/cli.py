@@ -197,9 +197,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Routing and sending in their own processes: acknowledgements keep a core and an interpreter lock.
     wake_dir = tempfile.mkdtemp(prefix="clinicbot-wake-") if args.processors else None
     wake_paths = [os.path.join(wake_dir, f"worker-{n}.sock") for n in range(args.processors)] if wake_dir else []
+    # The first worker also sends (one sender keeps each patient's texts in order); the others wake it.
     processors = [
-        subprocess.Popen([sys.executable, "-m", "bot.channels.workers", path, str(os.getpid())])  # noqa: S603 - our own module
-        for path in wake_paths
+        subprocess.Popen(  # noqa: S603 - our own module
+            [sys.executable, "-m", "bot.channels.workers", path, str(os.getpid()), *([wake_paths[0]] if n else [])]
+        )
+        for n, path in enumerate(wake_paths)
     ]
     if processors:
         print(f"  workers:      {len(processors)} process(es) route and send (pids {', '.join(str(p.pid) for p in processors)})")
@@ -630,9 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not run the promise sweeps here (run `clinicbot scheduler run` instead)")  # fmt: skip
     serve.add_argument("--telegram-polling", action="store_true",
                        help="fetch Telegram updates by long polling (development, no public URL)")  # fmt: skip
-    serve.add_argument("--processors", type=int, default=1, metavar="N",
-                       help="worker processes that route messages and send texts (default 1; "
-                            "0 runs them as threads of the web process)")  # fmt: skip
+    serve.add_argument("--processors", type=int, default=2, metavar="N",
+                       help="worker processes that route messages (the first also sends texts; default 2; "
+                            "0 runs routing and sending as threads of the web process)")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
     telegram = commands.add_parser("telegram", help="Telegram bot set-up")
     telegram_commands = telegram.add_subparsers(dest="telegram_command", required=True, parser_class=_Parser)

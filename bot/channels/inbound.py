@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
 from bot.conversations import flows
@@ -15,6 +15,7 @@ from bot.conversations.engine import Engine, Outcome
 from bot.conversations.models import Conversation, Direction, HandoffReason, Message, Route
 from bot.conversations.service import open_conversation, store_inbound
 from bot.db import session_scope, utcnow
+from bot.patients.models import ChannelIdentity
 from bot.patients.service import get_or_create_identity
 
 log = logging.getLogger(__name__)
@@ -74,15 +75,39 @@ class InboundProcessor:
         self.wake = threading.Event()
 
     def _next_pending(self, session: Session) -> Message | None:
+        """Claim the oldest unprocessed message whose conversation no other worker is routing.
+
+        Its conversation and identity load in the same query (the engine reads them next). On
+        PostgreSQL both rows are locked, and a message whose conversation is locked, or which has an
+        earlier unprocessed message, is skipped: a conversation's messages are routed one at a time and
+        in order across processes. On SQLite whole transactions are serialised (bot.db), so the
+        oldest pending message is always the next one.
+        """
         query = (
-            select(Message)
+            select(Message, Conversation, ChannelIdentity)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
             .where(Message.direction == Direction.IN, Message.processed_at.is_(None))
             .order_by(Message.id)
             .limit(1)
         )
         if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        return session.scalars(query).first()
+            # Another worker may have claimed an earlier message of this conversation and not committed
+            # yet; lock-skipping alone could let this one overtake it, so it waits for the next round.
+            earlier = aliased(Message)
+            pending_before = (
+                select(earlier.id)
+                .where(
+                    earlier.conversation_id == Message.conversation_id,
+                    earlier.direction == Direction.IN,
+                    earlier.processed_at.is_(None),
+                    earlier.id < Message.id,
+                )
+                .exists()
+            )
+            query = query.where(~pending_before).with_for_update(skip_locked=True, of=(Message, Conversation))
+        row = session.execute(query).first()
+        return row[0] if row is not None else None
 
     def process_one(self) -> Outcome | None:
         """Process the oldest unprocessed message; return None when there is none."""
@@ -93,10 +118,6 @@ class InboundProcessor:
                 if message is None:
                     return None
                 message_id = message.id
-                # Serialise per conversation across processes: replies keep the order of the messages.
-                session.execute(
-                    select(Conversation.id).where(Conversation.id == message.conversation_id).with_for_update()
-                )
                 outcome = self.engine.process(session=session, message=message)
         except Exception:
             if message_id is None:

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot import metrics
 from bot.channels.base import Channel, Delivery, OutgoingText, SendResult
 from bot.channels.models import STATUS_RANK, OutboxMessage, OutboxStatus
-from bot.db import session_scope, utcnow
+from bot.db import insert_or_ignore, session_scope, utcnow
 from bot.patients.models import ChannelIdentity
 from bot.staff import audit
 
@@ -44,24 +43,18 @@ def enqueue(
     bypass_opt_out: bool = False,
 ) -> OutboxMessage | None:
     """Queue one text under a unique key; return None when that key was queued before."""
-    if session.scalars(select(OutboxMessage.id).where(OutboxMessage.key == key)).first() is not None:
-        return None
-    row = OutboxMessage(
-        key=key,
-        channel=identity.channel,
-        identity_id=identity.id,
-        conversation_id=conversation_id,
-        message_id=message_id,
-        body=body,
-        buttons=list(buttons),
-        priority=priority,
-        bypass_opt_out=bypass_opt_out,
-    )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        return None
+    values = {
+        "key": key,
+        "channel": identity.channel,
+        "identity_id": identity.id,
+        "conversation_id": conversation_id,
+        "message_id": message_id,
+        "body": body,
+        "buttons": list(buttons),
+        "priority": priority,
+        "bypass_opt_out": bypass_opt_out,
+    }
+    row: OutboxMessage | None = insert_or_ignore(session=session, model=OutboxMessage, values=values, conflict=["key"])
     return row
 
 

@@ -147,7 +147,7 @@ class TwilioSmsChannel:
     # Carriers care about the rate per sending number, not per recipient.
     min_interval_per_address = 0.0
     # Texts to different numbers may be in flight at once (the sender keeps one number's texts in order).
-    parallel_sends = 4
+    parallel_sends = 8
 
     def __init__(
         self,

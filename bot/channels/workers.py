@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import socket
 import threading
 from collections.abc import Mapping
 from datetime import timedelta
@@ -16,11 +20,44 @@ from bot.staff.alerts import run_sla_sweeps
 
 log = logging.getLogger(__name__)
 
+# One byte per wake-up datagram: what was stored. A lost datagram costs at most one poll interval.
+WAKE_INBOUND, WAKE_OUTBOX = b"i", b"o"
+
+
+class Waker:
+    """Wake worker processes from the web process: one UNIX datagram each, never blocking the sender."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = list(paths)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+
+    def send(self, what: bytes) -> None:
+        for path in self.paths:
+            # A worker still starting (or restarting) polls the table anyway: a missed wake-up is harmless.
+            with contextlib.suppress(OSError):
+                self._sock.sendto(what, path)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _WakeSender:
+    """Stand in for the sender's wake event when the sender runs in another worker process."""
+
+    def __init__(self, waker: Waker) -> None:
+        self.waker = waker
+
+    def set(self) -> None:
+        self.waker.send(WAKE_OUTBOX)
+
 
 class Workers:
     """Run the inbound processor and the outbox sender in threads, woken as work arrives."""
 
-    def __init__(self, *, engine: Engine, channels: Mapping[str, Channel], settings: Settings) -> None:
+    def __init__(
+        self, *, engine: Engine, channels: Mapping[str, Channel], settings: Settings, waker: Waker | None = None
+    ) -> None:
         self.sender = OutboxSender(
             channels=channels,
             max_attempts=settings.outbox_max_attempts,
@@ -31,21 +68,66 @@ class Workers:
         self.channels = dict(channels)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Set when the loops run in other processes: notifications go to them instead.
+        self.waker = waker
+        self._listener: socket.socket | None = None
 
     def notify_inbound(self) -> None:
         """Wake the processor: a message was stored."""
-        self.processor.wake.set()
+        if self.waker is not None:
+            self.waker.send(WAKE_INBOUND)
+        else:
+            self.processor.wake.set()
 
     def notify_outbox(self) -> None:
         """Wake the sender: a text was queued outside the processor (staff replies, updates)."""
-        self.sender.wake.set()
+        if self.waker is not None:
+            self.waker.send(WAKE_OUTBOX)
+        else:
+            self.sender.wake.set()
 
-    def start(self) -> None:
-        """Start both loops; messages stored before a crash are picked up at once."""
-        for name, target in (("inbound", self.processor.run_forever), ("outbox", self.sender.run_forever)):
+    def listen(self, path: str) -> None:
+        """Take wake-ups from a web process on a UNIX datagram socket at `path`."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(path)
+        listener.settimeout(0.5)
+        self._listener = listener
+
+        def receive() -> None:
+            while not self._stop.is_set():
+                try:
+                    what = listener.recv(16)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if WAKE_INBOUND in what:
+                    self.processor.wake.set()
+                if WAKE_OUTBOX in what:
+                    self.sender.wake.set()
+
+        thread = threading.Thread(target=receive, name="clinicbot-wake", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def start(self, *, send: bool = True) -> None:
+        """Start the loops; messages stored before a crash are picked up at once.
+
+        `send=False` runs only the inbound processor: one sender per server keeps a patient's texts
+        in order (two senders could each claim one of a patient's consecutive texts).
+        """
+        loops = [("inbound", self.processor.run_forever)]
+        if send:
+            loops.append(("outbox", self.sender.run_forever))
+        for name, target in loops:
             thread = threading.Thread(target=target, args=(self._stop,), name=f"clinicbot-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if not send:
+            log.info("workers started: routing only, another process sends")
+            return
         # Hand-offs past their response time raise alerts (a plain sweep the scheduler may also call).
         sweep = threading.Thread(target=run_sla_sweeps, args=(self._stop,), kwargs={"on_queued": self.sender.wake.set},
                                  name="clinicbot-sla", daemon=True)  # fmt: skip
@@ -62,3 +144,62 @@ class Workers:
             thread.join(timeout=timeout)
         self._threads.clear()
         self.sender.close()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self.waker is not None:
+            self.waker.close()
+
+
+def run_worker_process(*, wake_path: str, parent_pid: int, sender_path: str | None = None) -> int:
+    """Run the inbound processor and the outbox sender in this process until told to stop.
+
+    `clinicbot serve --processors N` starts N of these beside the web server, so routing and sending
+    get their own core and interpreter lock while the web process only verifies, stores and acknowledges.
+    Several may route at once (claims are per row and per conversation: SKIP LOCKED on PostgreSQL,
+    one writer on SQLite); only the one given no `sender_path` sends, and the others wake it there.
+    """
+    from bot.channels.registry import build_channels
+    from bot.config import get_settings
+    from bot.runtime import get_runtime
+
+    settings = get_settings()
+    runtime = get_runtime()
+    workers = Workers(engine=runtime.engine, channels=build_channels(settings), settings=settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    peer = Waker([sender_path]) if sender_path else None
+    if peer is not None:
+        workers.processor.on_replies = _WakeSender(peer)  # type: ignore[assignment]
+    workers.listen(wake_path)
+    workers.start(send=peer is None)
+    # Without its web process nothing wakes this one: it leaves with it, even after a kill -9.
+    while not stop.wait(0.5):
+        if os.getppid() != parent_pid:
+            log.warning("web process %s is gone; worker %s stops", parent_pid, os.getpid())
+            break
+    workers.stop()
+    if peer is not None:
+        peer.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(wake_path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a worker process: `python -m bot.channels.workers WAKE_PATH PARENT_PID [SENDER_PATH]`."""
+    import sys
+
+    from bot.config import get_settings
+    from bot.logging_setup import configure_logging
+
+    args = sys.argv[1:] if argv is None else argv
+    settings = get_settings()
+    # Logged like `clinicbot serve`, its parent: JSON lines unless text was asked for.
+    configure_logging(level=settings.log_level, json_lines=settings.log_format in {"json", "auto"})
+    return run_worker_process(wake_path=args[0], parent_pid=int(args[1]), sender_path=args[2] if len(args) > 2 else None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

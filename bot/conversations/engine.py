@@ -143,9 +143,10 @@ class Engine:
         identity = session.get(ChannelIdentity, conversation.identity_id)
         assert identity is not None
         patient = session.get(Patient, identity.patient_id) if identity.is_verified else None
+        # Read before anything changes, so this query does not flush: the message's changes flush once, below.
+        clinic = self.clinic(session=session)
         # Kept off the acknowledgement path: storing a webhook writes only the message row.
         identity.last_seen_at = conversation.last_message_at = message.created_at
-        clinic = self.clinic(session=session)
         text = message.body or ""
         analysis = self.nlu.analyse(text)
         lang = self._language(analysis=analysis, text=text, conversation=conversation)
@@ -155,9 +156,8 @@ class Engine:
         route, intent, confidence = turn.run()
         message.lang, message.intent, message.confidence, message.route = lang, intent, confidence, route
         message.processed_at = utcnow()
-        replies = []
-        for index, reply in enumerate(turn.replies):
-            out = Message(
+        outs = [
+            Message(
                 conversation_id=conversation.id,
                 channel=conversation.channel,
                 direction=Direction.OUT,
@@ -167,8 +167,13 @@ class Engine:
                 response_key=reply.response_key,
                 route=route,
             )
-            session.add(out)
-            session.flush()
+            for reply in turn.replies
+        ]
+        session.add_all(outs)
+        # One flush for the message, the conversation and every reply; the outbox rows follow it.
+        session.flush()
+        replies = []
+        for index, (reply, out) in enumerate(zip(turn.replies, outs, strict=True)):
             # The key ties each reply to its inbound message: reprocessing can never send it twice.
             outbox.enqueue(
                 session=session,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import unicodedata
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.conversations.models import Conversation, ConversationState, Direction, Message
+from bot.db import insert_or_ignore
 from bot.patients.models import ChannelIdentity
 
 MAX_BODY_CHARS = 20_000
@@ -51,27 +51,18 @@ def store_inbound(
     *, session: Session, conversation: Conversation, text: str, provider_message_id: str
 ) -> Message | None:
     """Store an inbound message once; return None when this provider id was already stored."""
-    existing = session.scalars(
-        select(Message.id).where(
-            Message.channel == conversation.channel, Message.provider_message_id == provider_message_id
-        )
-    ).first()
-    if existing is not None:
-        return None
-    message = Message(
-        conversation_id=conversation.id,
-        channel=conversation.channel,
-        provider_message_id=provider_message_id,
-        direction=Direction.IN,
-        author_kind="patient",
-        body=clean_text(text),
+    values = {
+        "conversation_id": conversation.id,
+        "channel": conversation.channel,
+        "provider_message_id": provider_message_id,
+        "direction": Direction.IN,
+        "author_kind": "patient",
+        "body": clean_text(text),
+    }
+    # A duplicate (a provider retry, or a concurrent copy that won the race) inserts nothing.
+    message: Message | None = insert_or_ignore(
+        session=session, model=Message, values=values, conflict=["channel", "provider_message_id"]
     )
-    try:
-        with session.begin_nested():
-            session.add(message)
-    except IntegrityError:
-        # A concurrent duplicate won the race; theirs is the stored one.
-        return None
     return message
 
 

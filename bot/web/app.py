@@ -10,21 +10,28 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from bot.channels.registry import build_channels
-from bot.channels.workers import Workers
+from bot.channels.workers import Waker, Workers
 from bot.config import get_settings
 from bot.runtime import get_runtime
 
 
-def create_app(*, start_workers: bool = True, telegram_polling: bool = False) -> FastAPI:
-    """Build the app; workers start with it unless a test drives them by hand."""
+def create_app(
+    *, start_workers: bool = True, telegram_polling: bool = False, wake_paths: list[str] | None = None
+) -> FastAPI:
+    """Build the app; workers start with it unless a test drives them by hand.
+
+    With `wake_paths` the processor and sender run in worker processes (`serve --processors N`):
+    this process only stores and acknowledges, and wakes them through those sockets.
+    """
     settings = get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = get_runtime()
-        workers = Workers(engine=runtime.engine, channels=build_channels(settings), settings=settings)
+        waker = Waker(wake_paths) if wake_paths else None
+        workers = Workers(engine=runtime.engine, channels=build_channels(settings), settings=settings, waker=waker)
         app.state.runtime, app.state.workers = runtime, workers
-        if start_workers:
+        if start_workers and waker is None:
             workers.start()
         poller = None
         if telegram_polling:

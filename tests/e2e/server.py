@@ -25,8 +25,9 @@ def free_port() -> int:
 class ServerProcess:
     """One `clinicbot serve` process on loopback, in its own process group."""
 
-    def __init__(self, *, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, *, env: dict[str, str], port: int | None = None, args: tuple[str, ...] = ()) -> None:
         self.env = {**os.environ, **env}
+        self.args = args
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="clinicbot-serve-", suffix=".log")[1])
@@ -39,7 +40,7 @@ class ServerProcess:
         """Start the server and wait until /healthz answers."""
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port), *self.args],
                 cwd=REPO_ROOT,
                 env=self.env,
                 stdout=log,

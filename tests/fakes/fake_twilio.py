@@ -152,6 +152,12 @@ def _parse_when(value: str) -> datetime | None:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeTwilio/1.0"
+    # Keep-alive, as Twilio's API does: a new TCP connection per create would be the bottleneck.
+    protocol_version = "HTTP/1.1"
+    # An idle kept-alive connection is closed after this long, ending its thread.
+    timeout = 30
+    # Headers and body go out as two writes: with Nagle on, the body waits for the client's delayed ACK (40 ms).
+    disable_nagle_algorithm = True
     state: _State  # set on the subclass made per server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
@@ -228,13 +234,15 @@ class _Handler(BaseHTTPRequestHandler):
     # -- endpoints ------------------------------------------------------------------------------
 
     def do_POST(self) -> None:
+        # Read the whole body first: on a kept-alive connection an unread body would garble the next request.
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length).decode()
         route = self._route()
         if route is None:
             self._error(404, 20404)
             return
         account_sid, _ = route
-        length = int(self.headers.get("Content-Length") or 0)
-        form = {k: v[-1] for k, v in parse_qs(self.rfile.read(length).decode(), keep_blank_values=True).items()}
+        form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
         with self.state.lock:
             self.state.requests.append(("POST", self.path))
         if not self._authorised(account_sid):
@@ -279,6 +287,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(201, message.as_json() | {"status": "queued", "date_sent": None})
 
     def do_GET(self) -> None:
+        if self.path == "/_fake/stats":
+            # Not Twilio's: lets a benchmark running the fake in another process count what arrived.
+            with self.state.lock:
+                bodies = [m.body for m in self.state.messages]
+            self._json(200, {"messages": len(bodies), "distinct_bodies": len(set(bodies))})
+            return
         route = self._route()
         if route is None:
             self._error(404, 20404)
@@ -328,6 +342,11 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
 
+class _Server(ThreadingHTTPServer):
+    # The stdlib's backlog of 5 drops connections when several send threads connect at once.
+    request_queue_size = 128
+
+
 class FakeTwilio:
     """A real HTTP server on 127.0.0.1 (random port) answering like Twilio's Messages API."""
 
@@ -341,7 +360,7 @@ class FakeTwilio:
     ) -> None:
         self.state = _State(account_sid=account_sid, auth_token=auth_token)
         handler = type(f"_Handler{next(self._ids)}", (_Handler,), {"state": self.state})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = _Server(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-twilio", daemon=True
@@ -430,3 +449,21 @@ class FakeTwilio:
         """How many programmed faults have not been used yet."""
         with self.state.lock:
             return sum(len(queue) for queue in self.state.faults.values())
+
+
+def main() -> None:
+    """Serve a fake on its own (`python -m tests.fakes.fake_twilio SID TOKEN`), printing its base URL.
+
+    A benchmark runs it in another process so it does not share the sender's interpreter lock; it
+    stops when its standard input closes.
+    """
+    import sys
+
+    fake = FakeTwilio(account_sid=sys.argv[1], auth_token=sys.argv[2]).start()
+    print(fake.base_url, flush=True)
+    sys.stdin.read()
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()
