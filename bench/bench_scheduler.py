@@ -3,7 +3,7 @@
 The demo clinic is seeded, then 10,000 patients with verified SMS numbers and 100,000 open promises
 (10,000 due at noon on a working Tuesday, the rest due in December) are bulk-inserted. A fresh child
 process then runs one pass of every sweep (`do_run_sweeps`) as if at 16:30 that Tuesday, and reports
-the pass's wall time and the process's peak resident memory (getrusage ru_maxrss, which includes the
+the pass's wall time and the process's peak resident memory (VmHWM from /proc, which includes the
 interpreter and every import). Targets: ≤ 5 s and ≤ 300 MB.
 
     .venv/bin/python bench/bench_scheduler.py [--promises 100000] [--due 10000] [--backends sqlite,postgres]
@@ -86,6 +86,21 @@ def seed(url: str, *, promises: int, due: int) -> None:
     engine.dispose()
 
 
+def peak_rss_mb() -> float:
+    """Return this process's peak resident memory in MB.
+
+    /proc/self/status VmHWM belongs to this program alone; getrusage's ru_maxrss on Linux also keeps the
+    parent's peak from before exec (under `make bench` that is the whole benchmark runner).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(url: str) -> None:
     """Run one pass in this fresh process and print its figures as JSON."""
     os.environ["CLINICBOT_DATABASE_URL"] = url
@@ -100,12 +115,12 @@ def child(url: str) -> None:
     with session_scope() as session:
         calendar = load_clinic(session=session).calendar
     now = calendar.at_local(SWEEP_DAY, SWEEP_AT)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mb()
     started = time.perf_counter()
     counts = do_run_sweeps(domain=domain, now=now, escalation_working_days=settings.late_escalation_working_days,
                            batch_size=settings.scheduler_batch_size)  # fmt: skip
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     started = time.perf_counter()
     again = do_run_sweeps(domain=domain, now=now, escalation_working_days=settings.late_escalation_working_days,
                           batch_size=settings.scheduler_batch_size)  # fmt: skip
