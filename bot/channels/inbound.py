@@ -10,13 +10,25 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
+from bot.channels import outbox
+from bot.clinic_settings import load_clinic
 from bot.conversations import flows
 from bot.conversations.engine import Engine, Outcome
-from bot.conversations.models import Conversation, Direction, HandoffReason, Message, Route
+from bot.conversations.models import (
+    Author,
+    Conversation,
+    ConversationState,
+    Direction,
+    HandoffReason,
+    Message,
+    Route,
+)
+from bot.conversations.rendering import clinic_values
 from bot.conversations.service import open_conversation, store_inbound
 from bot.db import session_scope, utcnow
 from bot.patients.models import ChannelIdentity
 from bot.patients.service import get_or_create_identity
+from bot.when import render_due
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +141,7 @@ class InboundProcessor:
             self.on_replies.set()
         return outcome
 
-    @staticmethod
-    def _count_failure(message_id: int) -> None:
+    def _count_failure(self, message_id: int) -> None:
         """Count a failure; a message that keeps failing goes to staff rather than blocking the queue."""
         with session_scope() as session:
             message = session.get(Message, message_id)
@@ -139,7 +150,38 @@ class InboundProcessor:
             message.process_errors += 1
             if message.process_errors >= MAX_PROCESS_ERRORS:
                 message.processed_at, message.route = utcnow(), "error"
-                flows.do_handoff(session=session, conversation_id=message.conversation_id, reason=HandoffReason.UNCLEAR)
+                conversation = session.get(Conversation, message.conversation_id)
+                bot_answers = conversation is not None and conversation.state == ConversationState.BOT
+                result = flows.do_handoff(
+                    session=session, conversation_id=message.conversation_id, reason=HandoffReason.UNCLEAR
+                )
+                if bot_answers:
+                    # Never a silent drop: the patient is told a person will reply, and by when. (When staff
+                    # already own the chat the bot stays silent; they see the message in the transcript.)
+                    self._tell_handed_off(session=session, message=message, result=result)
+
+    def _tell_handed_off(self, *, session: Session, message: Message, result: flows.HandoffResult) -> None:
+        conversation = session.get(Conversation, message.conversation_id)
+        identity = session.get(ChannelIdentity, conversation.identity_id) if conversation else None
+        if conversation is None or identity is None:
+            return
+        clinic, lang, now = load_clinic(session=session), conversation.language or "en", utcnow()
+        domain = self.engine.domain
+        values = {
+            **clinic_values(clinic=clinic, lang=lang, patient=None, now=now),
+            "team": domain.render(f"utter_team_{result.team}", lang=lang, slots={}, values={}),
+            "due": render_due(due=result.due_at, now=now, tz=clinic.calendar.tz, lang=lang),
+        }
+        key = "utter_handoff_unclear"
+        text = domain.render(key, lang=lang, slots={}, values=values)
+        out = Message(conversation_id=conversation.id, channel=conversation.channel, direction=Direction.OUT,
+                      author_kind=Author.BOT, body=text, lang=lang, response_key=key, route=Route.HANDOFF)  # fmt: skip
+        session.add(out)
+        session.flush()
+        outbox.enqueue(session=session, key=f"reply:{message.id}:failed", identity=identity, body=text,
+                       conversation_id=conversation.id, message_id=out.id)  # fmt: skip
+        if self.on_replies is not None:
+            self.on_replies.set()
 
     def drain(self, *, limit: int = 10_000) -> int:
         """Process every pending message; return how many."""

@@ -69,3 +69,25 @@ def test_a_message_that_keeps_failing_goes_to_staff(runtime, monkeypatch) -> Non
     assert (poison.process_errors, poison.route, poison.processed_at is not None) == (3, "error", True)
     assert (handoff.conversation_id, handoff.reason) == (poison.conversation_id, "unclear")
     assert after.processed_at is not None
+    # Never a silent drop: the patient is told a person will reply, once.
+    with session_scope() as session:
+        told = session.execute(
+            select(OutboxMessage.key, OutboxMessage.body, Message.response_key)
+            .join(Message, Message.id == OutboxMessage.message_id)
+            .where(OutboxMessage.key.like(f"reply:{message_id}:%"))
+        ).all()
+    assert [(key, response_key) for key, _, response_key in told] == [(f"reply:{message_id}:failed", "utter_handoff_unclear")]
+    assert told[0][1].startswith("Sorry, I couldn't understand that, so I've passed your message to our front desk team.")
+
+
+def test_a_failing_message_in_a_staff_owned_chat_stays_silent(runtime, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    message_id = accept("what are your hours", "SM-poison")
+    with session_scope() as session:
+        conversation = session.get(Message, message_id).conversation
+        conversation.state = "staff"
+    monkeypatch.setattr(runtime.engine, "process", lambda **_: (_ for _ in ()).throw(RuntimeError("bug")))
+    InboundProcessor(engine=runtime.engine).drain()
+    with session_scope() as session:
+        poison = session.get(Message, message_id)
+        queued = session.scalars(select(OutboxMessage.key)).all()
+    assert (poison.route, queued) == ("error", [])
