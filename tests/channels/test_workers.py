@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from bot.channels.workers import WAKE_INBOUND, WAKE_OUTBOX, Waker
@@ -23,6 +24,14 @@ def test_a_wake_up_from_the_web_process_reaches_the_workers_loops(make_app, tmp_
 
 
 def test_waking_a_worker_that_is_not_listening_is_harmless(tmp_path: Path) -> None:
-    waker = Waker([str(tmp_path / "nobody.sock")])
-    waker.send(WAKE_INBOUND)  # the worker's poll finds the message anyway
-    waker.close()
+    path = str(tmp_path / "late.sock")
+    waker = Waker([path])
+    try:
+        waker.send(WAKE_INBOUND)  # nobody listens yet: no error; the worker's poll finds the message anyway
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+            listener.bind(path)
+            listener.settimeout(5)
+            waker.send(WAKE_INBOUND)  # a worker that starts later gets the next wake-up
+            assert listener.recv(16) == WAKE_INBOUND
+    finally:
+        waker.close()
