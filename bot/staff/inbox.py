@@ -601,6 +601,23 @@ def _audit(session: Session, staff: Principal, action: str, conversation: Conver
                         patient_id=conversation.patient_id, details=dict(details))  # fmt: skip
 
 
+def _claimed_handoff(
+    *, session: Session, conversation: Conversation, clinic: ClinicContext, staff_id: int, now: datetime
+) -> Handoff:
+    """Return the chat's open hand-off, claimed; staff stepping into a bot chat open one claimed at once."""
+    handoff = _open_handoff(session, conversation.id)
+    if handoff is None:
+        due_at = clinic.calendar.add_working_minutes(now, get_settings().sla_human_minutes)
+        handoff = Handoff(conversation_id=conversation.id, reason=HandoffReason.HUMAN, priority=Priority.NORMAL,
+                          team="front_desk", due_at=due_at, created_at=now)  # fmt: skip
+        session.add(handoff)
+        conversation.reason = conversation.reason or HandoffReason.HUMAN
+        conversation.active_form = None
+    if handoff.claimed_at is None:
+        handoff.claimed_at, handoff.claimed_by_id = now, staff_id
+    return handoff
+
+
 def _render(
     domain: Domain, clinic: ClinicContext, conversation: Conversation, key: str, **values: str
 ) -> str:
@@ -655,17 +672,7 @@ def _do_claim(
                       patient_id=conversation.patient_id)  # fmt: skip
     session.refresh(conversation)
     clinic = load_clinic(session=session)
-    handoff = _open_handoff(session, conversation.id)
-    if handoff is None:
-        # Staff stepped into a chat the bot was handling: record it as a hand-off claimed at once.
-        due_at = clinic.calendar.add_working_minutes(now, get_settings().sla_human_minutes)
-        handoff = Handoff(conversation_id=conversation.id, reason=HandoffReason.HUMAN, priority=Priority.NORMAL,
-                          team="front_desk", due_at=due_at, created_at=now)  # fmt: skip
-        session.add(handoff)
-        conversation.reason = conversation.reason or HandoffReason.HUMAN
-        conversation.active_form = None
-    if handoff.claimed_at is None:
-        handoff.claimed_at, handoff.claimed_by_id = now, staff.staff_id
+    handoff = _claimed_handoff(session=session, conversation=conversation, clinic=clinic, staff_id=staff.staff_id, now=now)
     session.flush()
     identity, _ = _identity_and_patient(session, conversation)
     body = _render(
@@ -822,15 +829,7 @@ def do_transfer(
                       outcome="invalid", patient_id=conversation.patient_id)  # fmt: skip
     now = utcnow()
     clinic = load_clinic(session=session)
-    handoff = _open_handoff(session, conversation.id)
-    if handoff is None:
-        due_at = clinic.calendar.add_working_minutes(now, get_settings().sla_human_minutes)
-        handoff = Handoff(conversation_id=conversation.id, reason=HandoffReason.HUMAN, priority=Priority.NORMAL,
-                          team="front_desk", due_at=due_at, created_at=now)  # fmt: skip
-        session.add(handoff)
-        conversation.reason = conversation.reason or HandoffReason.HUMAN
-    if handoff.claimed_at is None:
-        handoff.claimed_at, handoff.claimed_by_id = now, target.id
+    handoff = _claimed_handoff(session=session, conversation=conversation, clinic=clinic, staff_id=target.id, now=now)
     previous = conversation.assigned_staff_id
     conversation.state, conversation.assigned_staff_id = ConversationState.STAFF, target.id
     session.flush()
