@@ -43,7 +43,7 @@ def snapshot() -> tuple[int, ...]:
         return tuple(session.scalar(select(func.count()).select_from(model)) or 0 for model in STORED)
 
 
-def check(response: Any, before: tuple[int, ...], *, allowed: set[int]) -> None:
+def assert_safe_answer(response: Any, before: tuple[int, ...], *, allowed: set[int]) -> None:
     """No server error; an answer outside `allowed` is a bug; a rejection stores nothing."""
     assert response.status_code < 500, response.text
     assert response.status_code in allowed, (response.status_code, response.text)
@@ -118,7 +118,7 @@ def test_signed_twilio_webhooks_with_random_fields(sms_client) -> None:  # type:
             content=urlencode(pairs),
             headers={"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature},
         )
-        check(response, before, allowed={200, 400})
+        assert_safe_answer(response, before, allowed={200, 400})
 
     run()
 
@@ -135,7 +135,7 @@ def test_unsigned_or_badly_signed_twilio_webhooks_store_nothing(sms_client) -> N
         body = raw if raw is not None else urlencode(pairs).encode()
         for path in ("/webhooks/twilio/sms", "/webhooks/twilio/status"):
             response = sms_client.post(path, content=body, headers=headers)
-            check(response, before, allowed={400, 403})
+            assert_safe_answer(response, before, allowed={400, 403})
 
     run()
 
@@ -152,7 +152,7 @@ def test_random_telegram_updates_with_the_secret(make_app, fake_telegram) -> Non
         response = client.post(
             "/webhooks/telegram", content=content, headers={"X-Telegram-Bot-Api-Secret-Token": SECRET}
         )
-        check(response, before, allowed={200, 400, 413})
+        assert_safe_answer(response, before, allowed={200, 400, 413})
 
     try:
         run()
@@ -174,7 +174,7 @@ def test_random_web_chat_messages(make_app) -> None:  # type: ignore[no-untyped-
             content=content,
             headers={"Origin": "http://testserver", "Content-Type": "application/json"},
         )
-        check(response, before, allowed={202, 400, 413, 422})
+        assert_safe_answer(response, before, allowed={202, 400, 413, 422})
 
     run()
 
@@ -208,6 +208,6 @@ def fuzz_operation(operation: Any, auth: dict[str, str]) -> None:
     def run(case: Any) -> None:
         before = snapshot()
         response = case.call(headers=auth)
-        check(response, before, allowed={200, 201, 400, 401, 404, 409, 413, 415, 422})
+        assert_safe_answer(response, before, allowed={200, 201, 400, 401, 404, 409, 413, 415, 422})
 
     run()
