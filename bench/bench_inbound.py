@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,22 @@ LOAD_TIME_LIMIT = 120.0  # seconds; one load phase never runs longer
 E2E_WAIT_LIMIT = 120.0  # seconds after the load for every reply to be queued
 DELIVERY_WAIT_LIMIT = 60.0  # seconds after that for every queued reply to reach the fake Twilio
 WARMUP_REQUESTS = 48
+
+
+def server_env(*, db_url: str, server_url: str, fake: Any) -> dict[str, str]:
+    """Return the environment of a benchmarked `clinicbot serve`: this database, SMS to the fake Twilio."""
+    return {
+        "CLINICBOT_DATABASE_URL": db_url,
+        "CLINICBOT_DATA_DIR": str(ROOT / "var"),  # the trained classifier cache is reused
+        "CLINICBOT_PUBLIC_URL": server_url,
+        "TWILIO_ACCOUNT_SID": fake.account_sid,
+        "TWILIO_AUTH_TOKEN": fake.auth_token,
+        "TWILIO_FROM_NUMBER": CLINIC_NUMBER,
+        "TWILIO_MESSAGING_SERVICE_SID": "",
+        "TWILIO_API_BASE_URL": fake.base_url,
+        "CLINICBOT_OUTBOX_PACING": "false",
+        "TELEGRAM_BOT_TOKEN": "",
+    }
 
 
 def sender_pool(size: int = 200, *, first: int = 2000) -> list[str]:
@@ -488,18 +505,7 @@ def measure_backend(backend: str, *, requests: int, concurrency: int, processors
     try:
         db_url = prepare_database(backend, workdir, name="bench.db", seed_demo=True)
         server = ServerProcess(env={}, args=("--processors", str(processors)))
-        server.env.update({
-            "CLINICBOT_DATABASE_URL": db_url,
-            "CLINICBOT_DATA_DIR": str(ROOT / "var"),  # the trained classifier cache is reused
-            "CLINICBOT_PUBLIC_URL": server.url,
-            "TWILIO_ACCOUNT_SID": fake.account_sid,
-            "TWILIO_AUTH_TOKEN": fake.auth_token,
-            "TWILIO_FROM_NUMBER": CLINIC_NUMBER,
-            "TWILIO_MESSAGING_SERVICE_SID": "",
-            "TWILIO_API_BASE_URL": fake.base_url,
-            "CLINICBOT_OUTBOX_PACING": "false",
-            "TELEGRAM_BOT_TOKEN": "",
-        })  # fmt: skip
+        server.env.update(server_env(db_url=db_url, server_url=server.url, fake=fake))
         server.start(timeout=120)
         assert server.process is not None
         outbox = outbox_counts(db_url)

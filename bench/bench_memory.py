@@ -25,12 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_inbound import (  # noqa: E402
-    CLINIC_NUMBER,
     INBOUND_PATH,
     fire,
     outbox_counts,
     plan,
     sender_pool,
+    server_env,
     wait_for_delivery,
 )
 from bench.common import ensure_database, prepare_database  # noqa: E402
@@ -131,18 +131,7 @@ def measure(backend: str, *, requests: int) -> MemoryResult:
             backend, workdir, name="memory.db", seed_demo=True, postgres_url=POSTGRES_URL
         )
         server = ServerProcess(env={})
-        server.env.update({
-            "CLINICBOT_DATABASE_URL": db_url,
-            "CLINICBOT_DATA_DIR": str(ROOT / "var"),
-            "CLINICBOT_PUBLIC_URL": server.url,
-            "TWILIO_ACCOUNT_SID": fake.account_sid,
-            "TWILIO_AUTH_TOKEN": fake.auth_token,
-            "TWILIO_FROM_NUMBER": CLINIC_NUMBER,
-            "TWILIO_MESSAGING_SERVICE_SID": "",
-            "TWILIO_API_BASE_URL": fake.base_url,
-            "CLINICBOT_OUTBOX_PACING": "false",
-            "TELEGRAM_BOT_TOKEN": "",
-        })  # fmt: skip
+        server.env.update(server_env(db_url=db_url, server_url=server.url, fake=fake))
         server.start(timeout=120)
         assert server.process is not None
         pid = server.process.pid
