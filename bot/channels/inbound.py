@@ -6,7 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
@@ -24,8 +24,9 @@ from bot.conversations.models import (
     Route,
 )
 from bot.conversations.rendering import clinic_values
-from bot.conversations.service import open_conversation, store_inbound
-from bot.db import session_scope, utcnow
+from bot.conversations.service import clean_text, open_conversation, store_inbound
+from bot.db import get_engine, insert_or_ignore_id, session_scope, utcnow
+from bot.nlu.pipeline import Analysis
 from bot.patients.models import ChannelIdentity
 from bot.patients.service import get_or_create_identity
 from bot.when import render_due
@@ -33,6 +34,9 @@ from bot.when import render_due
 log = logging.getLogger(__name__)
 
 MAX_PROCESS_ERRORS = 3
+# Messages routed per transaction: enough to share the claim and the commit, few enough that a batch
+# holds SQLite's single writer only briefly (acknowledgements wait for it).
+BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -61,39 +65,68 @@ def media_note(urls: tuple[str, ...]) -> str:
     return "".join(f"\n[media] {url}" for url in urls)
 
 
+# Nearly every text comes from an address seen before with a conversation open: one read (built once,
+# so compiled once) finds both, and one Core insert stores the message or finds it already stored.
+# First contact takes the general path below.
+_OPEN_CONVERSATION = (
+    select(ChannelIdentity.id, Conversation.id, Conversation.channel)
+    .join(Conversation, Conversation.identity_id == ChannelIdentity.id)
+    .where(
+        ChannelIdentity.channel == bindparam("channel"),
+        ChannelIdentity.address == bindparam("address"),
+        Conversation.state != ConversationState.CLOSED,
+    )
+    .order_by(Conversation.id.desc())
+    .limit(1)
+)
+
+
 def do_accept_inbound(*, session: Session, inbound: InboundText) -> Accepted:
     """Store an inbound message exactly once (the caller commits, then acknowledges)."""
-    identity = get_or_create_identity(session=session, channel=inbound.channel, address=inbound.address)
-    conversation = open_conversation(session=session, identity=identity)
-    message = store_inbound(
-        session=session,
-        conversation=conversation,
-        text=inbound.text + media_note(inbound.media_urls),
-        provider_message_id=inbound.provider_message_id,
-    )
-    if message is not None:
-        session.flush()
-        log.info("inbound %s stored (conversation %s, %s)", message.id, conversation.id, inbound.channel)
+    text_ = inbound.text + media_note(inbound.media_urls)
+    row = session.connection().execute(_OPEN_CONVERSATION, {"channel": inbound.channel, "address": inbound.address}).first()
+    if row is not None:
+        identity_id, conversation_id, channel = row
+        # A duplicate (a provider retry, or a concurrent copy that won the race) inserts nothing.
+        message_id = insert_or_ignore_id(session=session, table=Message.__table__, conflict=["channel", "provider_message_id"],
+                                         values={"conversation_id": conversation_id, "channel": channel,
+                                                 "provider_message_id": inbound.provider_message_id, "direction": Direction.IN,
+                                                 "author_kind": Author.PATIENT, "body": clean_text(text_)})  # fmt: skip
+        accepted = Accepted(message_id is not None, message_id, conversation_id, identity_id)
+    else:
+        identity = get_or_create_identity(session=session, channel=inbound.channel, address=inbound.address)
+        conversation = open_conversation(session=session, identity=identity)
+        message = store_inbound(session=session, conversation=conversation, text=text_,
+                                provider_message_id=inbound.provider_message_id)  # fmt: skip
+        if message is not None:
+            session.flush()
+        accepted = Accepted(message is not None, message.id if message else None, conversation.id, identity.id)
+    if accepted.stored:
+        log.info("inbound %s stored (conversation %s, %s)", accepted.message_id, accepted.conversation_id, inbound.channel)
         metrics.message_accepted(inbound.channel)
-    return Accepted(message is not None, message.id if message else None, conversation.id, identity.id)
+    return accepted
 
 
 class InboundProcessor:
     """Process stored messages in order, one conversation at a time; safe in several processes."""
 
-    def __init__(self, *, engine: Engine, on_replies: threading.Event | None = None) -> None:
+    def __init__(self, *, engine: Engine, on_replies: threading.Event | None = None, batch: int = BATCH) -> None:
         self.engine = engine
+        self.batch = batch
         self.on_replies = on_replies
         self.wake = threading.Event()
 
-    def _next_pending(self, session: Session) -> Message | None:
-        """Claim the oldest unprocessed message whose conversation no other worker is routing.
+    def _pending(
+        self, session: Session, *, limit: int = 1, only: int | None = None
+    ) -> list[tuple[Message, Conversation, ChannelIdentity]]:
+        """Claim the oldest unprocessed messages whose conversations no other worker is routing.
 
-        Its conversation and identity load in the same query (the engine reads them next). On
-        PostgreSQL both rows are locked, and a message whose conversation is locked, or which has an
+        Their conversations and identities load in the same query (the engine reads them next). On
+        PostgreSQL those rows are locked, and a message whose conversation is locked, or which has an
         earlier unprocessed message, is skipped: a conversation's messages are routed one at a time and
-        in order across processes. On SQLite whole transactions are serialised (bot.db), so the
-        oldest pending message is always the next one.
+        in order across processes (so a batch holds at most one message per conversation). On SQLite
+        whole transactions are serialised (bot.db), so the oldest pending messages are the next ones,
+        routed in order within the batch.
         """
         query = (
             select(Message, Conversation, ChannelIdentity)
@@ -101,8 +134,10 @@ class InboundProcessor:
             .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
             .where(Message.direction == Direction.IN, Message.processed_at.is_(None))
             .order_by(Message.id)
-            .limit(1)
+            .limit(limit)
         )
+        if only is not None:
+            query = query.where(Message.id == only)
         if session.get_bind().dialect.name == "postgresql":
             # Another worker may have claimed an earlier message of this conversation and not committed
             # yet; lock-skipping alone could let this one overtake it, so it waits for the next round.
@@ -118,17 +153,88 @@ class InboundProcessor:
                 .exists()
             )
             query = query.where(~pending_before).with_for_update(skip_locked=True, of=(Message, Conversation))
-        row = session.execute(query).first()
-        return row[0] if row is not None else None
+        # Rows, not just messages: the session holds loaded objects weakly, and the engine's lookups of
+        # these conversations and identities must find them there rather than query again.
+        return [(row[0], row[1], row[2]) for row in session.execute(query)]
 
-    def process_one(self) -> Outcome | None:
-        """Process the oldest unprocessed message; return None when there is none."""
+    def _read_ahead(self, *, limit: int) -> dict[int, tuple[str, Analysis]]:
+        """Analyse the next pending messages before taking SQLite's single write turn.
+
+        The NLU reads only the text, so its work need not hold the writer: a plain read (WAL lets it
+        run beside the writer) and the analysis happen first, and the transaction that routes them
+        is that much shorter. The claim inside it decides what is routed; an analysis is used only
+        for the same message with the same body.
+        """
+        engine = get_engine()
+        if engine.dialect.name != "sqlite":
+            return {}
+        query = (
+            select(Message.id, Message.body)
+            .where(Message.direction == Direction.IN, Message.processed_at.is_(None))
+            .order_by(Message.id)
+            .limit(limit)
+        )
+        with engine.connect() as connection:
+            rows = connection.execute(query).all()
+        ahead = {}
+        for row in rows:
+            try:
+                ahead[row.id] = (row.body or "", self.engine.nlu.analyse(row.body or ""))
+            except Exception:
+                # Routing analyses it again inside the transaction, where a failure is counted.
+                log.exception("analysing inbound %s ahead of routing failed", row.id)
+        return ahead
+
+    def process_batch(self, *, limit: int = BATCH) -> list[Outcome]:
+        """Route up to `limit` pending messages in one transaction; return their outcomes.
+
+        One claim, one flush per message and one commit for the batch. If any message fails the
+        batch rolls back and its messages are routed one by one, so a failure is counted against the
+        message that caused it and never holds back the others.
+        """
+        ahead = self._read_ahead(limit=limit) if limit > 1 else {}
+        outcomes: list[Outcome] = []
+        claimed_ids: dict[int, int] = {}  # message id -> conversation id, in routing order
+        try:
+            with session_scope() as session:
+                claimed = self._pending(session, limit=limit)
+                claimed_ids = {message.id: message.conversation_id for message, _, _ in claimed}
+                for message, _conversation, _identity in claimed:
+                    body, analysis = ahead.get(message.id, (None, None))
+                    if body != (message.body or ""):
+                        analysis = None
+                    outcomes.append(self.engine.process(session=session, message=message, analysis=analysis))
+        except Exception:
+            if not claimed_ids:
+                raise  # nothing was claimed: the database itself failed, and the caller waits and retries
+            log.warning("routing a batch of %d failed; routing its messages one by one", len(claimed_ids))
+            # Each once: a message that fails again has its failure counted, and the next batch retries it.
+            # A later message of a conversation whose earlier one failed waits too: never answered out of order.
+            outcomes, failed = [], set()
+            for message_id, conversation_id in claimed_ids.items():
+                if conversation_id in failed:
+                    continue
+                outcome = self.process_one(only=message_id)
+                if outcome is not None and outcome.failed:
+                    failed.add(conversation_id)
+                if outcome is not None:
+                    outcomes.append(outcome)
+            if any(outcome.replies for outcome in outcomes) and self.on_replies is not None:
+                self.on_replies.set()
+            return outcomes
+        if any(outcome.replies for outcome in outcomes) and self.on_replies is not None:
+            self.on_replies.set()
+        return outcomes
+
+    def process_one(self, *, only: int | None = None) -> Outcome | None:
+        """Process the oldest unprocessed message (or message `only`); return None when there is none."""
         message_id = None
         try:
             with session_scope() as session:
-                message = self._next_pending(session)
-                if message is None:
+                claimed = self._pending(session, only=only)
+                if not claimed:
                     return None
+                message = claimed[0][0]
                 message_id = message.id
                 outcome = self.engine.process(session=session, message=message)
         except Exception:
@@ -136,7 +242,7 @@ class InboundProcessor:
                 raise
             log.exception("processing inbound %s failed", message_id)
             self._count_failure(message_id)
-            return Outcome(message_id, None, Route.SILENT, None, None, "en")
+            return Outcome(message_id, None, Route.SILENT, None, None, "en", failed=True)
         if outcome.replies and self.on_replies is not None:
             self.on_replies.set()
         return outcome
@@ -186,15 +292,18 @@ class InboundProcessor:
     def drain(self, *, limit: int = 10_000) -> int:
         """Process every pending message; return how many."""
         count = 0
-        while count < limit and self.process_one() is not None:
-            count += 1
+        while count < limit:
+            done = len(self.process_batch(limit=min(self.batch, limit - count)))
+            if done == 0:
+                break
+            count += done
         return count
 
     def run_forever(self, stop: threading.Event, *, poll_seconds: float = 1.0) -> None:
         """Process until stopped; wake early when a message is stored."""
         while not stop.is_set():
             try:
-                if self.process_one() is None:
+                if not self.process_batch(limit=self.batch):
                     self.wake.wait(poll_seconds)
                     self.wake.clear()
             except Exception:

@@ -226,8 +226,8 @@ def reply_language(*, session: Session, conversation: Conversation, patient: Pat
 def do_queue_reply(
     *, session: Session, domain: Domain, identity: ChannelIdentity, conversation: Conversation, key: str,
     lang: str, outbox_key: str,
-) -> OutboxMessage | None:  # fmt: skip
-    """Store a bot reply in the conversation and queue it once under outbox_key."""
+) -> int | None:  # fmt: skip
+    """Store a bot reply in the conversation and queue it once under outbox_key; return the outbox id."""
     patient = session.get(Patient, identity.patient_id) if identity.is_verified else None
     body = render(session=session, domain=domain, key=key, lang=lang, patient=patient)
     out = Message(

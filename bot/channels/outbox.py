@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from bot import metrics
 from bot.channels.base import Channel, Delivery, OutgoingText, SendResult
 from bot.channels.models import STATUS_RANK, OutboxMessage, OutboxStatus
-from bot.db import insert_or_ignore, session_scope, utcnow
+from bot.db import insert_or_ignore_id, session_scope, utcnow
 from bot.patients.models import ChannelIdentity
 from bot.staff import audit
 
@@ -41,8 +41,8 @@ def enqueue(
     buttons: tuple[dict[str, str], ...] | list[dict[str, str]] = (),
     priority: int = 0,
     bypass_opt_out: bool = False,
-) -> OutboxMessage | None:
-    """Queue one text under a unique key; return None when that key was queued before."""
+) -> int | None:
+    """Queue one text under a unique key; return its outbox id, or None when that key was queued before."""
     values = {
         "key": key,
         "channel": identity.channel,
@@ -54,8 +54,7 @@ def enqueue(
         "priority": priority,
         "bypass_opt_out": bypass_opt_out,
     }
-    row: OutboxMessage | None = insert_or_ignore(session=session, model=OutboxMessage, values=values, conflict=["key"])
-    return row
+    return insert_or_ignore_id(session=session, table=OutboxMessage.__table__, values=values, conflict=["key"])
 
 
 def cancel_pending(*, session: Session, identity_id: int, reason: str) -> int:

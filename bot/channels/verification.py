@@ -183,13 +183,13 @@ def do_start_verification(
         sms = get_or_create_identity(session=session, channel=Channel.SMS, address=phone)
         queued = outbox.enqueue(session=session, key=f"otp:{row.id}", identity=sms, body=text, priority=50)
         if queued is not None:
-            sent_to.append(queued.id)
+            sent_to.append(queued)
         for telegram in _verified_identities(session=session, patient_id=patient.id, channel=Channel.TELEGRAM):
             queued = outbox.enqueue(
                 session=session, key=f"otp:{row.id}:telegram:{telegram.id}", identity=telegram, body=text, priority=50
             )
             if queued is not None:
-                sent_to.append(queued.id)
+                sent_to.append(queued)
     audit.record(
         session=session,
         actor_kind="patient",

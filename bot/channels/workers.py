@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from bot.channels.base import Channel
 from bot.channels.inbound import InboundProcessor
+from bot.channels.intake import Intake
 from bot.channels.outbox import OutboxSender
 from bot.config import Settings
 from bot.conversations.engine import Engine
@@ -65,6 +66,8 @@ class Workers:
             stale_after=timedelta(seconds=settings.outbox_stale_seconds),
         )
         self.processor = InboundProcessor(engine=engine, on_replies=self.sender.wake)
+        # The acknowledgement path's writer: webhooks that arrive together are stored in one transaction.
+        self.intake = Intake()
         self.channels = dict(channels)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -137,6 +140,7 @@ class Workers:
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """Stop both loops after their current item."""
+        self.intake.stop(timeout=timeout)
         self._stop.set()
         self.processor.wake.set()
         self.sender.wake.set()

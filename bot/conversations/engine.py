@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,14 +73,25 @@ class Outcome:
     lang: str
     replies: list[Reply] = field(default_factory=list)
     duplicate: bool = False
+    failed: bool = False  # routing raised; the failure was counted and the message stays queued
+
+
+_loops = threading.local()
 
 
 def run_coroutine(coroutine: Any) -> Any:
-    """Run a coroutine to completion from synchronous code, even under a running loop."""
+    """Run a coroutine to completion from synchronous code, even under a running loop.
+
+    Each thread keeps one event loop for this: a fresh loop per action (`asyncio.run`) cost more
+    than the action itself.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coroutine)
+        loop = getattr(_loops, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = _loops.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(coroutine)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
 
@@ -136,8 +148,12 @@ class Engine:
         session.flush()
         return self.process(session=session, message=message)
 
-    def process(self, *, session: Session, message: Message) -> Outcome:
-        """Route a stored inbound message and store the replies."""
+    def process(self, *, session: Session, message: Message, analysis: Analysis | None = None) -> Outcome:
+        """Route a stored inbound message and store the replies.
+
+        `analysis` is the NLU's reading of this message's body when the caller made it beforehand
+        (outside the database's write turn); it is a pure function of the text.
+        """
         conversation = session.get(Conversation, message.conversation_id)
         assert conversation is not None
         identity = session.get(ChannelIdentity, conversation.identity_id)
@@ -148,7 +164,8 @@ class Engine:
         # Kept off the acknowledgement path: storing a webhook writes only the message row.
         identity.last_seen_at = conversation.last_message_at = message.created_at
         text = message.body or ""
-        analysis = self.nlu.analyse(text)
+        if analysis is None:
+            analysis = self.nlu.analyse(text)
         lang = self._language(analysis=analysis, text=text, conversation=conversation)
         conversation.language = lang
         turn = _Turn(engine=self, session=session, conversation=conversation, identity=identity,

@@ -64,7 +64,8 @@ class Conversation(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
-    identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"))
+    # Every inbound text looks up its identity's open conversation: without this index, a scan.
+    identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"), index=True)
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id", ondelete="SET NULL"), index=True)
     state: Mapped[str] = mapped_column(String(16), default=ConversationState.BOT)
     priority: Mapped[int] = mapped_column(default=Priority.NORMAL)

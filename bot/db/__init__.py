@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event, insert, text
+from sqlalchemy import JSON, DateTime, Engine, MetaData, Table, create_engine, event, insert, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -79,6 +79,25 @@ def insert_or_ignore(*, session: Session, model: type[Base], values: dict[str, A
     # SQLAlchemy 2.0 never caches (each one compiled afresh, ~0.7 ms); a text clause keeps the cache.
     statement._post_values_clause = text(f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING")
     return session.scalars(statement).first()
+
+
+_INSERTS: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def insert_or_ignore_id(*, session: Session, table: Table, values: dict[str, Any], conflict: list[str]) -> int | None:
+    """Insert one row unless its unique key exists; return the new row's id, or None for a duplicate.
+
+    The lean form of `insert_or_ignore` for hot paths that need only the id: one Core statement,
+    built once per table and key (so compiled once), and no ORM object loaded from the result.
+    Pending ORM changes are flushed first, as an ORM statement's autoflush would.
+    """
+    statement = _INSERTS.get((table.name, tuple(conflict)))
+    if statement is None:
+        statement = insert(table).returning(table.c.id)
+        statement._post_values_clause = text(f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING")
+        _INSERTS[(table.name, tuple(conflict))] = statement
+    session.flush()
+    return session.execute(statement, values).scalar()
 
 
 def make_engine(url: str) -> Engine:

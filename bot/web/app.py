@@ -31,6 +31,7 @@ def create_app(
         waker = Waker(wake_paths) if wake_paths else None
         workers = Workers(engine=runtime.engine, channels=build_channels(settings), settings=settings, waker=waker)
         app.state.runtime, app.state.workers = runtime, workers
+        workers.intake.start()  # storing webhooks is this process's job even when another one routes
         if start_workers and waker is None:
             workers.start()
         poller = None

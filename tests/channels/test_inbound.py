@@ -54,10 +54,10 @@ def test_a_message_that_keeps_failing_goes_to_staff(runtime, monkeypatch) -> Non
     later = accept("hello", "SM-after", address="+16175550124")
     processor = InboundProcessor(engine=runtime.engine)
 
-    def broken(*, session, message):  # type: ignore[no-untyped-def]
+    def broken(*, session, message, **kwargs):  # type: ignore[no-untyped-def]
         if message.id == message_id:
             raise RuntimeError("bug")
-        return original(session=session, message=message)
+        return original(session=session, message=message, **kwargs)
 
     original = runtime.engine.process
     monkeypatch.setattr(runtime.engine, "process", broken)
@@ -91,3 +91,39 @@ def test_a_failing_message_in_a_staff_owned_chat_stays_silent(runtime, monkeypat
         poison = session.get(Message, message_id)
         queued = session.scalars(select(OutboxMessage.key)).all()
     assert (poison.route, queued) == ("error", [])
+
+
+def test_a_batch_routes_several_conversations_at_once(runtime, database_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    ids = [accept("what are your hours", f"SM-batch-{n}", address=f"+1617555{2200 + n:04d}") for n in range(5)]
+    analysed_ahead: list[bool] = []
+    original = runtime.engine.process
+
+    def spy(*, session, message, analysis=None):  # type: ignore[no-untyped-def]
+        analysed_ahead.append(analysis is not None)
+        return original(session=session, message=message, analysis=analysis)
+
+    monkeypatch.setattr(runtime.engine, "process", spy)
+    outcomes = InboundProcessor(engine=runtime.engine).process_batch(limit=8)
+    assert sorted(outcome.message_id for outcome in outcomes) == sorted(ids)
+    assert all(outcome.replies for outcome in outcomes)
+    # On SQLite the classifier reads each text before the write turn starts; PostgreSQL has no such turn.
+    assert analysed_ahead == [database_url.startswith("sqlite")] * 5
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 5
+
+
+def test_a_poisoned_batch_still_routes_the_rest(runtime, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    good = [accept("hello", f"SM-good-{n}", address=f"+1617555{2300 + n:04d}") for n in range(3)]
+    poison = accept("what are your hours", "SM-poison-2", address="+16175552399")
+    original = runtime.engine.process
+
+    def broken(*, session, message, **kwargs):  # type: ignore[no-untyped-def]
+        if message.id == poison:
+            raise RuntimeError("bug")
+        return original(session=session, message=message, **kwargs)
+
+    monkeypatch.setattr(runtime.engine, "process", broken)
+    InboundProcessor(engine=runtime.engine).process_batch(limit=8)
+    with session_scope() as session:
+        routed = {m.id: (m.processed_at is not None, m.process_errors) for m in session.scalars(select(Message).where(Message.id.in_([*good, poison])))}
+    assert routed == {**{n: (True, 0) for n in good}, poison: (False, 1)}

@@ -46,9 +46,9 @@ class ScriptedChannel:
 def queue(key: str = "k1", *, address: str = "+16175550123", **kwargs) -> int:  # type: ignore[no-untyped-def]
     with session_scope() as session:
         identity = get_or_create_identity(session=session, channel="sms", address=address)
-        row = outbox.enqueue(session=session, key=key, identity=identity, body="hello", **kwargs)
-        session.flush()
-        return row.id
+        row_id = outbox.enqueue(session=session, key=key, identity=identity, body="hello", **kwargs)
+        assert row_id is not None
+        return row_id
 
 
 def row(outbox_id: int) -> OutboxMessage:

@@ -6,7 +6,6 @@ import hmac
 import logging
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Request
-from starlette.concurrency import run_in_threadpool
 
 from bot.channels.telegram import (
     MAX_UPDATE_BYTES,
@@ -64,7 +63,7 @@ async def telegram_webhook(
     except InvalidUpdate as error:
         log.warning("telegram webhook refused a malformed update")
         raise HTTPException(status_code=400, detail=str(error)) from None
-    event, handled = await run_in_threadpool(accept_update, update, domain=runtime.domain)
+    event, handled = await workers.intake.run(accept_update, update, domain=runtime.domain)
     notify(workers, handled)
     channel = workers.channels.get(Channel.TELEGRAM)
     if event.callback_query_id and isinstance(channel, TelegramChannel):

@@ -103,7 +103,7 @@ async def twilio_sms(request: Request, settings: SettingsDep, workers: WorkersDe
     """Store an inbound text once, wake the processor, and answer empty TwiML (replies go out via the API)."""
     params = await _signed_form(request, settings)
     inbound = _inbound_from(params)
-    accepted = await run_in_threadpool(_store, inbound)
+    accepted = await workers.intake.run(_store, inbound)
     if accepted.stored:
         workers.notify_inbound()
     else:

@@ -455,7 +455,7 @@ async def post_message(request: Request, settings: SettingsDep, workers: Workers
         visitor, body = await _admit(request, settings, limiter="messages", model=MessageIn)
     except Refused as refused:
         return refused.response()
-    stored, identity_id = await run_in_threadpool(_accept, visitor.address, body)
+    stored, identity_id = await workers.intake.run(_accept, visitor.address, body)
     if stored:
         workers.notify_inbound()
     log.info("web chat message from identity %s %s", identity_id, "stored" if stored else "was a duplicate")

@@ -56,7 +56,7 @@ def test_a_blocked_bot_opts_the_chat_out_and_cancels_what_is_pending(telegram_ap
         identity = session.scalars(select(ChannelIdentity)).one()
         later = outbox.enqueue(session=session, key="test:later", identity=identity, body="An update for you.")
         assert later is not None
-        later.next_attempt_at = utcnow() + timedelta(hours=1)
+        session.get(OutboxMessage, later).next_attempt_at = utcnow() + timedelta(hours=1)
     telegram_app.fake.block()
     telegram_app.settle()
 

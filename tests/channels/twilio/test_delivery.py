@@ -24,9 +24,9 @@ LONG_TEXT = " ".join(
 def queue_text(body: str, *, key: str = "test:1", address: str = JIM) -> int:
     with session_scope() as session:
         identity = get_or_create_identity(session=session, channel="sms", address=address)
-        row = outbox.enqueue(session=session, key=key, identity=identity, body=body)
-        session.flush()
-        return row.id
+        row_id = outbox.enqueue(session=session, key=key, identity=identity, body=body)
+        assert row_id is not None
+        return row_id
 
 
 def test_a_provider_error_is_retried_and_sent_once(sms_app: SmsApp) -> None:

@@ -100,7 +100,8 @@ def test_a_reply_is_held_back_until_every_earlier_one_is_delivered(visitor: Visi
         first = outbox.enqueue(session=session, key="test:first", identity=identity, body="first")
         second = outbox.enqueue(session=session, key="test:second", identity=identity, body="second")
         assert first is not None and second is not None
-        second.status, second.sent_at = OutboxStatus.SENT, utcnow()
+        later = session.get(OutboxMessage, second)
+        later.status, later.sent_at = OutboxStatus.SENT, utcnow()
     # The later row went out first (as an emergency would); the stream must not skip past the earlier one.
     assert visitor.replies(last_event_id=last_id) == []
     visitor.app.settle()
@@ -115,7 +116,7 @@ def test_cancelled_reply_is_passed_over(visitor: Visitor) -> None:
         dropped = outbox.enqueue(session=session, key="test:dropped", identity=identity, body="dropped")
         outbox.enqueue(session=session, key="test:kept", identity=identity, body="kept")
         assert dropped is not None
-        dropped.status = OutboxStatus.CANCELLED
+        session.get(OutboxMessage, dropped).status = OutboxStatus.CANCELLED
     visitor.app.settle()
     assert visitor.replies() == ["kept"]
 
