@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 MAX_PROCESS_ERRORS = 3
 # Messages routed per transaction: enough to share the claim and the commit, few enough that a batch
 # holds SQLite's single writer only briefly (acknowledgements wait for it).
-BATCH = 8
+BATCH = 16
 
 
 @dataclass(frozen=True)
