@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
 from bot.channels.base import Channel, Delivery, OutgoingText, SendResult
@@ -169,6 +169,21 @@ class OutboxSender:
                 .where(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.updated_at < stale)
                 .values(status=OutboxStatus.UNKNOWN, updated_at=now)
             )
+            # A patient's texts go out in order even when several senders run (app replicas): a text
+            # waits while an earlier one to the same address is in flight with another sender. (Within
+            # one claim, texts to one address keep their order on one thread.) Higher priority jumps
+            # the queue: emergency instructions never wait behind a routine text.
+            earlier = aliased(OutboxMessage)
+            waits_for_earlier = (
+                select(earlier.id)
+                .where(
+                    earlier.identity_id == OutboxMessage.identity_id,
+                    earlier.id < OutboxMessage.id,
+                    earlier.priority >= OutboxMessage.priority,
+                    earlier.status == OutboxStatus.SENDING,
+                )
+                .exists()
+            )
             query = (
                 select(OutboxMessage, ChannelIdentity)
                 .join(ChannelIdentity, ChannelIdentity.id == OutboxMessage.identity_id)
@@ -176,13 +191,18 @@ class OutboxSender:
                     OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.UNKNOWN)),
                     OutboxMessage.next_attempt_at <= now,
                     OutboxMessage.channel.in_(self.channels),
+                    ~waits_for_earlier,
                 )
                 .order_by(OutboxMessage.priority.desc(), OutboxMessage.id)
                 .limit(limit)
             )
-            if session.get_bind().dialect.name == "postgresql":
+            postgres = session.get_bind().dialect.name == "postgresql"
+            if postgres:
                 query = query.with_for_update(skip_locked=True, of=OutboxMessage)
-            for row, identity in session.execute(query).tuples():
+            rows = list(session.execute(query).tuples())
+            if postgres:
+                rows = self._without_overtaking(session, rows, now=now)
+            for row, identity in rows:
                 if identity.opted_out_at is not None and not row.bypass_opt_out:
                     row.status, row.error_code = OutboxStatus.CANCELLED, "opted_out"
                     continue
@@ -207,6 +227,38 @@ class OutboxSender:
                     )
                 )
         return claimed
+
+    @staticmethod
+    def _without_overtaking(
+        session: Session, rows: list[tuple[OutboxMessage, ChannelIdentity]], *, now: datetime
+    ) -> list[tuple[OutboxMessage, ChannelIdentity]]:
+        """Drop claimed texts that would overtake an earlier due text to the same address.
+
+        SKIP LOCKED passes over rows another sender is claiming at this moment; a later text to the
+        same patient must not go out ahead of them. The dropped rows stay pending for the next claim.
+        """
+        if not rows:
+            return rows
+        claimed = [row.id for row, _ in rows]
+        unclaimed = session.execute(
+            select(OutboxMessage.identity_id, OutboxMessage.id, OutboxMessage.priority).where(
+                OutboxMessage.identity_id.in_({row.identity_id for row, _ in rows}),
+                OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.UNKNOWN)),
+                OutboxMessage.next_attempt_at <= now,
+                OutboxMessage.id.not_in(claimed),
+                OutboxMessage.id < max(claimed),
+            )
+        ).all()
+        if not unclaimed:
+            return rows
+        return [
+            (row, identity)
+            for row, identity in rows
+            if not any(
+                other.identity_id == row.identity_id and other.id < row.id and other.priority >= row.priority
+                for other in unclaimed
+            )
+        ]
 
     def deliver(self, text: OutgoingText) -> SendResult:
         """Send or reconcile one claimed text and record the outcome."""

@@ -248,3 +248,34 @@ def test_parallel_sends_stop_an_address_that_opted_out_mid_wave(database_url: st
     sent = sorted(t.key for t in channel.sent)
     assert (sent, [row(i).status for i in (first, second)], row(other).status) == (
         ["a1", "b1"], ["failed", "cancelled"], "sent")  # fmt: skip
+
+
+def test_a_text_waits_while_an_earlier_one_to_the_same_patient_is_in_flight_elsewhere(database_url: str) -> None:
+    in_flight = queue("x1", address="+16175552001")
+    later = queue("x2", address="+16175552001")
+    emergency = queue("x3", address="+16175552001", priority=100, bypass_opt_out=True)
+    other = queue("y1", address="+16175552002")
+    with session_scope() as session:
+        # Another sender (an app replica) claimed the first text and is sending it now.
+        session.get(OutboxMessage, in_flight).status = OutboxStatus.SENDING
+    claimed = OutboxSender(channels={"sms": ScriptedChannel()}, pacing=False).claim()
+    # The emergency instructions jump the queue; the routine text waits its turn.
+    assert sorted(text.outbox_id for text in claimed) == sorted([emergency, other])
+    assert row(later).status == "pending"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_sender_never_overtakes_a_text_another_sender_is_claiming(database_url: str) -> None:
+    first = queue("p1", address="+16175552011")
+    second = queue("p2", address="+16175552011")
+    other = queue("q1", address="+16175552012")
+    from bot.db import get_engine
+
+    # Another sender's claim holds the first text locked (SKIP LOCKED passes over it) but has not committed.
+    with get_engine().connect() as other_sender:
+        other_sender.execute(select(OutboxMessage.id).where(OutboxMessage.id == first).with_for_update())
+        claimed = OutboxSender(channels={"sms": ScriptedChannel()}, pacing=False).claim()
+        other_sender.rollback()
+    assert [text.outbox_id for text in claimed] == [other]
+    assert (row(first).status, row(second).status) == ("pending", "pending")
