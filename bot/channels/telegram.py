@@ -204,6 +204,36 @@ class _Loop:
                 self.loop.close()
 
 
+# The Bot API takes at most 4,096 characters (UTF-16 code units) in one message.
+MAX_MESSAGE_UNITS = 4096
+
+
+def _units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def split_message(text: str, *, limit: int = MAX_MESSAGE_UNITS) -> list[str]:
+    """Split a text Telegram would refuse into parts it takes, at paragraph, line, sentence or word ends."""
+    parts: list[str] = []
+    rest = text
+    while _units(rest) > limit:
+        # The longest prefix within the limit, then back to the last natural break inside it.
+        cut = limit
+        while _units(rest[:cut]) > limit:
+            cut -= 1
+        window = rest[:cut]
+        for separator in ("\n\n", "\n", ". ", " "):
+            at = window.rfind(separator)
+            if at > cut // 2:
+                cut = at + len(separator)
+                break
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest or not parts:
+        parts.append(rest)
+    return parts
+
+
 class TelegramChannel:
     """Deliver texts to Telegram chats with python-telegram-bot."""
 
@@ -242,15 +272,27 @@ class TelegramChannel:
             result = classify_error(error)
             log.warning("telegram outbox %s not sent: getMe failed (%s)", text.outbox_id, type(error).__name__)
             return SendResult(Delivery.RETRY, error_code=result.error_code, retry_after=result.retry_after)
-        try:
-            sent = self._loop.run(
-                lambda: self.bot.send_message(chat_id=chat_id, text=text.text, reply_markup=markup)
-            )
-        except TelegramError as error:
-            result = classify_error(error)
-            log.warning("telegram outbox %s %s (%s)", text.outbox_id, result.outcome, type(error).__name__)
-            return result
-        return SendResult(Delivery.SENT, provider_message_id=f"{sent.chat_id}:{sent.message_id}")
+        parts = split_message(text.text)
+        first_id: str | None = None
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            try:
+                sent = self._loop.run(
+                    # Buttons belong under the last part, where the patient's reading ends.
+                    lambda part=part, last=last: self.bot.send_message(
+                        chat_id=chat_id, text=part, reply_markup=markup if last else None
+                    )
+                )
+            except TelegramError as error:
+                result = classify_error(error)
+                log.warning("telegram outbox %s %s (%s)", text.outbox_id, result.outcome, type(error).__name__)
+                if first_id is not None and result.outcome in (Delivery.RETRY, Delivery.UNKNOWN):
+                    # Part of it reached the patient: sending it all again would repeat that part.
+                    # Unknown is never resent blindly; staff see it and finish the conversation.
+                    return SendResult(Delivery.UNKNOWN, error_code=result.error_code, retry_after=result.retry_after)
+                return result
+            first_id = first_id or f"{sent.chat_id}:{sent.message_id}"
+        return SendResult(Delivery.SENT, provider_message_id=first_id)
 
     def reconcile(self, text: OutgoingText) -> SendResult | None:
         """Report that an unknown outcome stays unknown: the Bot API cannot look a sent message up."""

@@ -148,6 +148,14 @@ class Workers:
             thread.join(timeout=timeout)
         self._threads.clear()
         self.sender.close()
+        for name, channel in self.channels.items():
+            # Provider clients hold connections (and Telegram's a private event loop): release them.
+            close = getattr(channel, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    log.warning("closing the %s channel failed", name, exc_info=True)
         if self._listener is not None:
             self._listener.close()
             self._listener = None

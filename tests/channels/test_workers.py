@@ -35,3 +35,29 @@ def test_waking_a_worker_that_is_not_listening_is_harmless(tmp_path: Path) -> No
             assert listener.recv(16) == WAKE_INBOUND
     finally:
         waker.close()
+
+
+def test_stopping_the_workers_releases_each_channels_client(demo_db: str) -> None:
+    from bot.channels.workers import Workers
+    from bot.config import get_settings
+    from bot.runtime import get_runtime
+
+    class Provider:
+        name = "sms"
+        min_interval_per_address = 0.0
+        max_per_second = None
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    class Failing(Provider):
+        name = "telegram"
+
+        def close(self) -> None:
+            raise OSError("already gone")
+
+    sms, telegram = Provider(), Failing()
+    workers = Workers(engine=get_runtime().engine, channels={"sms": sms, "telegram": telegram}, settings=get_settings())
+    workers.stop()  # a channel that fails to close does not keep the others open
+    assert sms.closed == 1

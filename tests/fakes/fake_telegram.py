@@ -234,6 +234,10 @@ class FakeTelegram:
             if fault.retry_after is not None:
                 error["parameters"] = {"retry_after": fault.retry_after}
             return fault.status, error
+        text = str(params.get("text", ""))
+        if method == "sendMessage" and len(text.encode("utf-16-le")) // 2 > 4096:
+            # As the Bot API: a message is 1-4096 characters (UTF-16 code units).
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message is too long"}
         handler = getattr(self, f"_api_{method}", None)
         if handler is None:
             return 404, {"ok": False, "error_code": 404, "description": "Not Found: method not found"}

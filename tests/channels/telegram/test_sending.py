@@ -160,3 +160,44 @@ def _caused(error: Exception, cause: Exception) -> Exception:
 )  # fmt: skip
 def test_errors_map_to_outcomes(error: Exception, expected: SendResult) -> None:
     assert classify_error(error) == expected
+
+
+def test_a_text_longer_than_telegram_takes_goes_out_in_parts_in_order(telegram_app: TelegramApp) -> None:
+    settings = Settings(telegram_bot_token=TOKEN, telegram_api_base_url=telegram_app.fake.base_url)
+    channel = TelegramChannel(bot=make_bot(settings, timeout=5))
+    paragraphs = [(f"Paragraph {n}: " + "words to read " * 120).strip() for n in range(6)]
+    body = "\n\n".join(paragraphs)  # about 10,000 characters
+    buttons = ({"title": "Talk to a person", "payload": "/human"},)
+    try:
+        result = channel.send(OutgoingText(outbox_id=1, key="long", channel="telegram", address=str(CHAT),
+                                           text=body, buttons=buttons))  # fmt: skip
+    finally:
+        channel.close()
+    sent = telegram_app.fake.sent
+    assert result.outcome is Delivery.SENT and result.provider_message_id == f"{CHAT}:{sent[0].message_id}"
+    assert len(sent) == 3 and all(len(message.text) <= 4096 for message in sent)
+    # Split at paragraph ends, nothing lost or reordered, and the buttons under the last part only.
+    assert "\n\n".join(message.text for message in sent) == body
+    assert [message.reply_markup is not None for message in sent] == [False, False, True]
+
+
+def test_a_long_text_cut_short_by_an_error_is_never_resent_whole(telegram_app: TelegramApp) -> None:
+    settings = Settings(telegram_bot_token=TOKEN, telegram_api_base_url=telegram_app.fake.base_url)
+    channel = TelegramChannel(bot=make_bot(settings, timeout=5))
+    body = "\n\n".join("word " * 700 for _ in range(3))
+    original = telegram_app.fake._api_sendMessage
+    calls = []
+
+    def second_fails(params):  # type: ignore[no-untyped-def]
+        calls.append(params)
+        if len(calls) == 2:
+            telegram_app.fake.server_error()
+        return original(params)
+
+    telegram_app.fake._api_sendMessage = second_fails  # type: ignore[method-assign]
+    try:
+        result = channel.send(OutgoingText(outbox_id=1, key="long", channel="telegram", address=str(CHAT), text=body))
+    finally:
+        channel.close()
+    # The first part reached the patient: the outcome is unknown, which the outbox never resends blindly.
+    assert result.outcome is Delivery.UNKNOWN and len(telegram_app.fake.sent) >= 1
