@@ -647,7 +647,7 @@ def _rate(load: LoadResult) -> float:
 
 def run(
     *, requests: int = 800, concurrency: int = 16, backends: tuple[str, ...] = ("sqlite", "postgres"),
-    processors: int = 2,
+    processors: int = 2, open_rate: float | None = None,
 ) -> list[tuple[str, str]]:
     """Measure the bare endpoint, then the real server on each backend; return (metric, value) rows."""
     rows: list[tuple[str, str]] = [
@@ -678,7 +678,7 @@ def run(
     for backend in backends:
         # The open loop offers exactly the throughput target: 25% of what the bare endpoint managed.
         result = measure_backend(backend, requests=requests, concurrency=concurrency, processors=processors,
-                                 offered_rate=RATIO_TARGET * bare_rate)  # fmt: skip
+                                 offered_rate=open_rate or RATIO_TARGET * bare_rate)  # fmt: skip
         load, name = result.load, {"sqlite": "SQLite", "postgres": "PostgreSQL"}[backend]
         ack_rate = _rate(load)
         span = result.last_queued - result.first_start
@@ -719,8 +719,8 @@ def run(
             paced_ok = paced.load.ok == requests and len(paced.e2e_ms) == requests
             p99 = percentile(paced.e2e_ms, 0.99)
             rows += [
-                (f"{name}, open loop at the throughput target: {paced.rate:,.0f} webhooks/s "
-                 f"({RATIO_TARGET:.0%} of bare), at most {concurrency} in flight; latency from when each was due",
+                (f"{name}, open loop: {paced.rate:,.0f} webhooks/s offered ({paced.rate / bare_rate:.0%} of bare), "
+                 f"at most {concurrency} in flight; latency from when each was due",
                  f"{paced.load.ok}/{requests} acknowledged, {len(paced.e2e_ms)} replies queued; achieved "
                  f"{paced.e2e_rate:,.0f} msg/s end to end ({paced.e2e_rate / bare_rate:.1%} of bare)"),
                 (f"{name}, open loop: ack latency p50 / p90 / p99 / max", _spread(paced.load.latencies_ms)),
@@ -740,14 +740,17 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--processors", type=int, default=2, help="worker processes beside the web process")
+    parser.add_argument("--open-rate", type=float, default=None,
+                        help="webhooks/s offered in the open-loop phase (default: 25%% of the bare endpoint's rate)")
     args = parser.parse_args()
     backends = tuple(name.strip() for name in args.backends.split(",") if name.strip())
     unknown = set(backends) - {"sqlite", "postgres"}
-    if unknown or args.requests < 1 or args.concurrency < 1:
+    if unknown or args.requests < 1 or args.concurrency < 1 or (args.open_rate is not None and args.open_rate <= 0):
         parser.error(
             f"unknown backend(s): {', '.join(sorted(unknown))}" if unknown else "counts must be positive"
         )
-    rows = run(requests=args.requests, concurrency=args.concurrency, backends=backends, processors=args.processors)
+    rows = run(requests=args.requests, concurrency=args.concurrency, backends=backends, processors=args.processors,
+               open_rate=args.open_rate)  # fmt: skip
     print("| metric | value |\n| --- | --- |")
     for metric, value in rows:
         print(f"| {metric} | {value} |")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from bot.channels.registry import build_channels
 from bot.channels.workers import Waker, Workers
@@ -46,7 +47,8 @@ def create_app(
         finally:
             if poller is not None:
                 poller.stop()
-            workers.stop()
+            # Off the event loop: stopping joins threads, and closing Telegram's client runs its own loop.
+            await run_in_threadpool(workers.stop)
 
     app = FastAPI(title="clinicbot", lifespan=lifespan, docs_url=None, redoc_url=None)
 
