@@ -136,11 +136,11 @@ def do_seed_demo(*, session: Session) -> SeedReport:
     if session.scalars(select(ClinicProfile).limit(1)).first() is None:
         session.add(demo_profile())
         created["clinic"] = 1
+    demo_hash: str | None = None  # argon2id is slow on purpose: one hash serves the demo accounts' shared password
     for email, name, role in DEMO_STAFF:
         if session.scalars(select(StaffUser).where(StaffUser.email == email)).first() is None:
-            session.add(
-                StaffUser(email=email, name=name, role=role, password_hash=hash_password(DEMO_ADMIN_PASSWORD))
-            )
+            demo_hash = demo_hash or hash_password(DEMO_ADMIN_PASSWORD)
+            session.add(StaffUser(email=email, name=name, role=role, password_hash=demo_hash))
             created["staff"] += 1
     patients: dict[str, Patient] = {}
     for external_id, name, preferred, dob, phone, lang in DEMO_PATIENTS:

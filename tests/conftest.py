@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,21 @@ def reset_caches() -> None:
 
     for cached in (get_settings, get_engine, _factory, get_runtime):
         cached.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _demo_password_hashed_once() -> Iterator[None]:
+    """Seed every test's demo clinic with one argon2id hash of the demo password, made once per run.
+
+    argon2id is slow on purpose (about 0.15 s a hash here); hashing the same demo password again for
+    each of the hundreds of tests that seed the demo clinic cost minutes. Sign-in still verifies it.
+    """
+    import bot.demo
+    from bot.staff.passwords import hash_password
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bot.demo, "hash_password", lru_cache(maxsize=4)(hash_password))
+        yield
 
 
 @pytest.fixture(scope="session")
