@@ -149,6 +149,12 @@ _RECORD_SENT = (
 )
 
 
+def _report(outbox_id: int, status: str, channel: str, attempts: int) -> None:
+    """Log and count one recorded outcome (ids only)."""
+    log.info("outbox %s %s via %s (attempt %s)", outbox_id, status, channel, attempts)
+    metrics.outbox_outcome(channel, status)
+
+
 class OutboxSender:
     """Claim due texts and hand them to their channel; safe to run in several processes."""
 
@@ -412,8 +418,7 @@ class OutboxSender:
                      "b_error": o.result.error_code} for o in sent
                 ])  # fmt: skip
                 for o in sent:
-                    log.info("outbox %s sent via %s (attempt %s)", o.text.outbox_id, o.text.channel, o.text.attempt)
-                    metrics.outbox_outcome(o.text.channel, OutboxStatus.SENT)
+                    _report(o.text.outbox_id, OutboxStatus.SENT, o.text.channel, o.text.attempt)
             rest = {o.text.outbox_id: o for o in outcomes if o.cancelled or o.result.outcome is not Delivery.SENT}
             found = session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(rest))) if rest else ()
             for row in found:
@@ -448,8 +453,7 @@ class OutboxSender:
             if result.outcome is Delivery.UNKNOWN:
                 row.attempts += 1
             row.next_attempt_at = now + timedelta(seconds=_backoff(row.attempts, result.retry_after))
-        log.info("outbox %s %s via %s (attempt %s)", row.id, row.status, row.channel, row.attempts)
-        metrics.outbox_outcome(row.channel, row.status)
+        _report(row.id, row.status, row.channel, row.attempts)
 
     @staticmethod
     def _opt_out(session: Session, row: OutboxMessage, state: str) -> None:
