@@ -162,7 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from bot.channels.registry import build_channels
     from bot.demo import DEMO_ADMIN_EMAIL, demo_admin_password
-    from bot.runtime import get_runtime
+    from bot.runtime import get_runtime, settle_heap
     from bot.web.app import create_app
 
     settings = get_settings()
@@ -215,6 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("  scheduler:    promise sweeps in this process (--no-scheduler to run them apart)")
         scheduler = start_in_process(settings)
     mllp = _start_mllp_thread(settings)
+    settle_heap()
     try:
         uvicorn.run(
             app, host=args.host, port=args.port, log_level="warning", access_log=False, log_config=None

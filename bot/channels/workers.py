@@ -173,7 +173,7 @@ def run_worker_process(*, wake_path: str, parent_pid: int, sender_path: str | No
     """
     from bot.channels.registry import build_channels
     from bot.config import get_settings
-    from bot.runtime import get_runtime
+    from bot.runtime import get_runtime, settle_heap
 
     settings = get_settings()
     runtime = get_runtime()
@@ -185,6 +185,7 @@ def run_worker_process(*, wake_path: str, parent_pid: int, sender_path: str | No
     if peer is not None:
         workers.processor.on_replies = _WakeSender(peer)  # type: ignore[assignment]
     workers.listen(wake_path)
+    settle_heap()
     workers.start(send=peer is None)
     # Without its web process nothing wakes this one: it leaves with it, even after a kill -9.
     while not stop.wait(0.5):

@@ -11,17 +11,17 @@ from bot.config import Settings, get_settings
 from bot.runtime import Runtime
 
 
-def settings_dep() -> Settings:
-    """Return the process settings."""
+async def settings_dep() -> Settings:
+    """Return the process settings (async: a plain def would cost every request a thread-pool hop)."""
     return get_settings()
 
 
-def runtime_dep(request: Request) -> Runtime:
+async def runtime_dep(request: Request) -> Runtime:
     """Return the runtime built at start-up."""
     return request.app.state.runtime
 
 
-def workers_dep(request: Request) -> Workers:
+async def workers_dep(request: Request) -> Workers:
     """Return this process's workers."""
     return request.app.state.workers
 
