@@ -47,7 +47,7 @@ import httpx  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from twilio.request_validator import RequestValidator  # noqa: E402
 
-from bench.common import postgres_unreachable, prepare_database  # noqa: E402
+from bench.common import POSTGRES_URL, ensure_database, prepare_database  # noqa: E402
 
 CLINIC_NUMBER = "+16175550199"
 INBOUND_PATH = "/webhooks/twilio/sms"
@@ -657,7 +657,7 @@ def run(
                            f"{len(os.sched_getaffinity(0))} cores; `clinicbot serve --processors {processors}` (web process "
                            f"stores and acknowledges; {processors} worker process(es) route and send)"),
     ]  # fmt: skip
-    if "postgres" in backends and (reason := postgres_unreachable()):
+    if "postgres" in backends and (reason := ensure_database(POSTGRES_URL)):
         rows.append(("PostgreSQL", f"skipped: {reason}"))
         backends = tuple(b for b in backends if b != "postgres")
     bare_load = load_now()

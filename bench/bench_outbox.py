@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from bench.common import postgres_unreachable, prepare_database  # noqa: E402
+from bench.common import POSTGRES_URL, ensure_database, prepare_database  # noqa: E402
 
 CLINIC_NUMBER = "+16175550199"
 TARGET_PER_SECOND = 500.0
@@ -331,7 +331,7 @@ def run(
     force_threads: bool = False,
 ) -> list[tuple[str, str]]:  # fmt: skip
     """Measure delivery with one sender thread per backend (and several on PostgreSQL if below target)."""
-    skipped = postgres_unreachable() if "postgres" in backends else None
+    skipped = ensure_database(POSTGRES_URL) if "postgres" in backends else None
     if skipped:
         backends = tuple(b for b in backends if b != "postgres")
     results = [deliver(backend=backend, texts=texts, threads=1) for backend in backends]

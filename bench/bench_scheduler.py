@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from bench.common import postgres_unreachable, prepare_database  # noqa: E402
+from bench.common import POSTGRES_URL, ensure_database, prepare_database  # noqa: E402
 
 TARGET_SECONDS = 5.0
 TARGET_MB = 300.0
@@ -148,7 +148,7 @@ def run(
     *, promises: int = 100_000, due: int = 10_000, backends: tuple[str, ...] = ("sqlite", "postgres")
 ) -> list[tuple[str, str]]:
     """Measure one sweep per backend; return markdown rows."""
-    skipped = postgres_unreachable() if "postgres" in backends else None
+    skipped = ensure_database(POSTGRES_URL) if "postgres" in backends else None
     if skipped:
         backends = tuple(b for b in backends if b != "postgres")
     names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}

@@ -8,24 +8,6 @@ from pathlib import Path
 POSTGRES_URL = os.environ.get("CLINICBOT_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/bench")
 
 
-def postgres_unreachable(url: str = POSTGRES_URL) -> str | None:
-    """Return why PostgreSQL cannot be used for the benchmark, or None when it answers."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import OperationalError
-
-    from bot.db import make_engine
-
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except OperationalError as error:
-        return f"PostgreSQL not reachable at {url} ({error.orig.__class__.__name__})"
-    finally:
-        engine.dispose()
-    return None
-
-
 def ensure_database(url: str) -> str | None:
     """Create the PostgreSQL database a URL names when it is missing; return why it cannot be used, or None."""
     from sqlalchemy import text

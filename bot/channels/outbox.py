@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, aliased
 from bot import metrics
 from bot.channels.base import Channel, Delivery, OutgoingText, SendResult
 from bot.channels.models import STATUS_RANK, OutboxMessage, OutboxStatus
-from bot.db import insert_or_ignore_id, session_scope, utcnow
+from bot.db import get_engine, insert_or_ignore_id, session_scope, utcnow
+from bot.db.leader import Leadership
 from bot.patients.models import ChannelIdentity
 from bot.staff import audit
 
@@ -28,6 +29,9 @@ BASE_BACKOFF_SECONDS = 2.0
 MAX_BACKOFF_SECONDS = 15 * 60
 # A row left in SENDING this long was claimed by a process that died mid-send: its outcome is unknown.
 DEFAULT_STALE_SENDING = timedelta(minutes=2)
+# One sender per deployment (see OutboxSender.run_forever); the leader checks its lock this often.
+SENDER_LEADERSHIP = "outbox-sender"
+LEADER_CHECK_SECONDS = 5.0
 
 
 def enqueue(
@@ -176,6 +180,9 @@ class OutboxSender:
         }
         self.wake = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
+        # Whether run_forever is the deployment's one sender now (None until it has tried).
+        self.leading: bool | None = None
+        self._lead_checked_at = 0.0
 
     def claim(self, *, limit: int = 50) -> list[OutgoingText]:
         """Mark a batch of due texts as being sent by this process and return them."""
@@ -493,16 +500,48 @@ class OutboxSender:
                 break
         return total
 
-    def run_forever(self, stop: threading.Event, *, poll_seconds: float = 1.0) -> None:
-        """Deliver until stopped, waking early when new texts are queued."""
-        while not stop.is_set():
-            try:
-                if self.run_once() == 0:
-                    self.wake.wait(poll_seconds)
-                    self.wake.clear()
-            except Exception:
-                log.exception("outbox sender round failed; retrying")
-                stop.wait(poll_seconds)
+    def run_forever(
+        self, stop: threading.Event, *, poll_seconds: float = 1.0, check_seconds: float = LEADER_CHECK_SECONDS
+    ) -> None:
+        """Deliver until stopped, waking early when new texts are queued; only while this process leads.
+
+        One sender per deployment: the pacing that keeps a sending number at its carrier's rate and a
+        Telegram chat within Telegram's limits is kept in this process, so with several app replicas
+        the others stand by, and one of them takes over within `poll_seconds` when the leader stops or
+        dies (its database session, and so its lock, ends with it).
+        """
+        with Leadership(engine=get_engine(), name=SENDER_LEADERSHIP) as leadership:
+            while not stop.is_set():
+                try:
+                    if not self._lead(leadership, check_seconds=check_seconds):
+                        stop.wait(poll_seconds)
+                        continue
+                    if self.run_once() == 0:
+                        self.wake.wait(poll_seconds)
+                        self.wake.clear()
+                except Exception:
+                    log.exception("outbox sender round failed; retrying")
+                    stop.wait(poll_seconds)
+        self.leading = False
+
+    def _lead(self, leadership: Leadership, *, check_seconds: float) -> bool:
+        """Return whether this process may send now: it leads, and has checked lately that it still does."""
+        now = time.monotonic()
+        if leadership.held:
+            if now - self._lead_checked_at < check_seconds:
+                return True
+            if leadership.alive():
+                self._lead_checked_at = now
+                return True
+            log.warning("outbox sender lost its leadership (database session ended)")
+        if not leadership.try_acquire():
+            if self.leading is not False:
+                log.info("outbox sender standing by: another process sends")
+            self.leading = False
+            return False
+        log.info("outbox sender leads: this process sends")
+        self.leading, self._lead_checked_at = True, now
+        return True
 
 
 def due_count(*, session: Session, now: datetime | None = None) -> int:

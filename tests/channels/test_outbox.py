@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -279,3 +280,94 @@ def test_a_sender_never_overtakes_a_text_another_sender_is_claiming(database_url
         other_sender.rollback()
     assert [text.outbox_id for text in claimed] == [other]
     assert (row(first).status, row(second).status) == ("pending", "pending")
+
+
+def _wait_for(condition, *, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+class _Running:
+    """An outbox sender's run_forever on a thread, as in an app replica."""
+
+    def __init__(self, channel: ScriptedChannel, **kwargs: float) -> None:
+        self.channel, self.stop = channel, threading.Event()
+        self.sender = OutboxSender(channels={"sms": channel}, pacing=False)
+        self.thread = threading.Thread(
+            target=self.sender.run_forever, args=(self.stop,), kwargs={"poll_seconds": 0.05, **kwargs}, daemon=True
+        )
+        self.thread.start()
+
+    def keys(self) -> list[str]:
+        with self.channel.lock:
+            return [text.key for text in self.channel.sent]
+
+    def halt(self) -> None:
+        self.stop.set()
+        self.sender.wake.set()
+        self.thread.join(timeout=10)
+
+
+def test_one_sender_per_deployment_the_other_stands_by_and_takes_over(database_url: str) -> None:
+    # Pacing (a sending number's carrier rate, Telegram's per-chat limit) lives in the sending process:
+    # with several app replicas exactly one sends, and another takes over when it stops.
+    first_wave = [queue(f"a{i}", address=f"+1617555{3000 + i:04d}") for i in range(3)]
+    leader = _Running(ScriptedChannel())
+    standby = None
+    try:
+        assert _wait_for(lambda: len(leader.keys()) == 3)
+        standby = _Running(ScriptedChannel())
+        assert _wait_for(lambda: standby.sender.leading is False)
+        second_wave = [queue(f"b{i}", address=f"+1617555{3100 + i:04d}") for i in range(3)]
+        leader.sender.wake.set()
+        assert _wait_for(lambda: len(leader.keys()) == 6)
+        time.sleep(0.2)
+        assert (standby.keys(), leader.sender.leading) == ([], True)
+        leader.halt()
+        assert leader.sender.leading is False
+        third_wave = [queue(f"c{i}", address=f"+1617555{3200 + i:04d}") for i in range(3)]
+        assert _wait_for(lambda: len(standby.keys()) == 3)
+        assert sorted(standby.keys()) == ["c0", "c1", "c2"] and standby.sender.leading is True
+        assert all(row(i).status == "sent" for i in first_wave + second_wave + third_wave)
+    finally:
+        leader.halt()
+        if standby is not None:
+            standby.halt()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_sender_whose_database_session_ended_stops_sending(database_url: str) -> None:
+    from sqlalchemy import text
+
+    from bot.db import get_engine
+
+    leader = _Running(ScriptedChannel(), check_seconds=0.05)
+    standby = None
+    try:
+        assert _wait_for(lambda: leader.sender.leading is True)
+        standby = _Running(ScriptedChannel(), check_seconds=0.05)
+        assert _wait_for(lambda: standby.sender.leading is False)
+        # A database restart or a dropped connection ends the leader's session, and its lock with it.
+        with get_engine().connect() as admin:
+            ended = admin.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid <> pg_backend_pid()"
+            )).all()  # fmt: skip
+        assert len(ended) == 1
+        # Exactly one leads afterwards, and it sends each new text once.
+        assert _wait_for(lambda: {leader.sender.leading, standby.sender.leading} == {True, False})
+        ids = [queue(f"d{i}", address=f"+1617555{3300 + i:04d}") for i in range(4)]
+        leader.sender.wake.set()
+        standby.sender.wake.set()
+        assert _wait_for(lambda: all(row(i).status == "sent" for i in ids))
+        sent = leader.keys() + standby.keys()
+        assert sorted(sent) == ["d0", "d1", "d2", "d3"]
+    finally:
+        leader.halt()
+        if standby is not None:
+            standby.halt()

@@ -6,7 +6,7 @@ import time
 
 from bot.config import get_settings
 from bot.db import get_engine, session_scope
-from bot.promises.leader import Leadership
+from bot.db.leader import Leadership
 from bot.promises.models import SchedulerHeartbeat
 from scheduler.setup import OUTBOX_JOB_ID, SWEEP_JOB_ID, build_scheduler, start_in_process
 

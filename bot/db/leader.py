@@ -1,9 +1,10 @@
-"""Scheduler leadership: one process sweeps at a time.
+"""Leadership: one process at a time does a job (the scheduler's sweeps, the outbox sender).
 
 On PostgreSQL the leader holds a session-level advisory lock on a dedicated connection, so the lock
 goes away with the process (a crash frees it at once). On SQLite, whose database is one local file,
 an exclusive flock on a file beside it plays the same part. Leadership only saves wasted work: the
-UNIQUE keys on updates and outbox texts keep every effect exactly-once even without it.
+UNIQUE keys on updates and outbox texts keep every effect exactly-once even without it; for the
+sender it also keeps provider rate limits (per sending number, per Telegram chat) across app replicas.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def holder_name() -> str:
 
 
 class Leadership:
-    """Try to become the one sweeping process; release when the pass is over."""
+    """Try to become the one process doing a job; release when done."""
 
     def __init__(self, *, engine: Engine, name: str = "scheduler") -> None:
         self.engine = engine
@@ -62,6 +63,23 @@ class Leadership:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(poll)
+
+    def alive(self) -> bool:
+        """Return whether the leadership is still held; give it up when it was lost.
+
+        A PostgreSQL restart or a dropped connection ends the session and with it the advisory lock,
+        though this process still holds a connection object: a leader that goes on without asking
+        would share the job with whoever took the lock since.
+        """
+        if self._connection is None:
+            return self._file is not None
+        try:
+            self._connection.execute(text("SELECT 1"))
+            self._connection.commit()
+        except Exception:
+            self.release()
+            return False
+        return True
 
     def release(self) -> None:
         """Give the leadership up."""
