@@ -188,25 +188,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"  channels off: {', '.join(off)} (no credentials; see README)")
     if args.telegram_polling:
         print("  telegram:     long polling (the webhook is removed while this runs)")
-    import os
-    import subprocess
-    import tempfile
-
     if args.processors < 0:
         raise UsageError("--processors must be 0 (in this process) or more")
+    from bot.channels.workers import WorkerProcesses
+
     # Routing and sending in their own processes: acknowledgements keep a core and an interpreter lock.
-    wake_dir = tempfile.mkdtemp(prefix="clinicbot-wake-") if args.processors else None
-    wake_paths = [os.path.join(wake_dir, f"worker-{n}.sock") for n in range(args.processors)] if wake_dir else []
-    # The first worker also sends (one sender keeps each patient's texts in order); the others wake it.
-    processors = [
-        subprocess.Popen(  # noqa: S603 - our own module
-            [sys.executable, "-m", "bot.channels.workers", path, str(os.getpid()), *([wake_paths[0]] if n else [])]
-        )
-        for n, path in enumerate(wake_paths)
-    ]
-    if processors:
-        print(f"  workers:      {len(processors)} process(es) route and send (pids {', '.join(str(p.pid) for p in processors)})")
-    app = create_app(telegram_polling=args.telegram_polling, wake_paths=wake_paths or None)
+    workers = WorkerProcesses(args.processors)
+    workers.start()
+    if workers.processes:
+        pids = ", ".join(str(p.pid) for p in workers.processes)
+        print(f"  workers:      {len(workers.processes)} process(es) route and send (pids {pids}); restarted if one dies")
+    app = create_app(telegram_polling=args.telegram_polling, wake_paths=workers.wake_paths or None)
     scheduler = None
     if not args.no_scheduler:
         # bot/ never imports scheduler/ (ARCHITECTURE.md); the CLI is the edge that wires it, lazily.
@@ -225,17 +217,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             scheduler.shutdown(wait=False)
         if mllp is not None:
             mllp.stop_thread()
-        for process in processors:
-            process.terminate()
-        for process in processors:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        if wake_dir is not None:
-            import shutil
-
-            shutil.rmtree(wake_dir, ignore_errors=True)
+        workers.stop()
     return 0
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -161,6 +165,77 @@ class Workers:
             self._listener = None
         if self.waker is not None:
             self.waker.close()
+
+
+class WorkerProcesses:
+    """Start `serve --processors N`'s worker processes and restart any that dies while the server runs.
+
+    Routing (emergency instructions included) and sending live in these processes: one that crashed
+    (a native library fault, the kernel's OOM killer) must not leave the web process acknowledging
+    messages nobody answers. Its messages stay stored and are routed once it is back; a worker that
+    keeps dying is restarted with a growing delay (up to `max_delay`), each exit logged as an error.
+    """
+
+    def __init__(self, count: int, *, parent_pid: int | None = None, poll: float = 0.5, max_delay: float = 30.0) -> None:
+        import tempfile
+
+        self.wake_dir = tempfile.mkdtemp(prefix="clinicbot-wake-") if count else None
+        self.wake_paths = [os.path.join(self.wake_dir, f"worker-{n}.sock") for n in range(count)] if self.wake_dir else []
+        self.parent_pid = parent_pid or os.getpid()
+        self.poll, self.max_delay = poll, max_delay
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.restarts = [0] * count
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _spawn(self, n: int) -> subprocess.Popen[bytes]:
+        # The first worker also sends (one sender keeps each patient's texts in order); the others wake it.
+        command = [sys.executable, "-m", "bot.channels.workers", self.wake_paths[n], str(self.parent_pid)]
+        return subprocess.Popen([*command, *([self.wake_paths[0]] if n else [])])  # noqa: S603 - our own module
+
+    def start(self) -> None:
+        """Start every worker, and the thread that watches them."""
+        self.processes = [self._spawn(n) for n in range(len(self.wake_paths))]
+        if self.processes:
+            self._thread = threading.Thread(target=self._supervise, name="clinicbot-supervisor", daemon=True)
+            self._thread.start()
+
+    def _supervise(self) -> None:
+        due: dict[int, float] = {}  # worker -> when to restart it
+        started = {n: time.monotonic() for n in range(len(self.processes))}
+        while not self._stop.wait(self.poll):
+            for n, process in enumerate(self.processes):
+                if n in due:
+                    if time.monotonic() >= due[n] and not self._stop.is_set():
+                        del due[n]
+                        self.processes[n], started[n] = self._spawn(n), time.monotonic()
+                        self.restarts[n] += 1
+                        log.warning("worker %s restarted as pid %s (restart %s)", n, self.processes[n].pid, self.restarts[n])
+                    continue
+                code = process.poll()
+                if code is None or self._stop.is_set():
+                    continue
+                # A worker that ran a while is restarted at once; one that keeps dying, less and less often.
+                quick = time.monotonic() - started[n] < 60
+                delay = min(self.max_delay, 2 ** min(self.restarts[n], 5)) if quick and self.restarts[n] else 0.0
+                log.error("worker %s (pid %s) exited with code %s; restarting in %.0f s", n, process.pid, code, delay)
+                due[n] = time.monotonic() + delay
+
+    def stop(self, *, timeout: float = 15.0) -> None:
+        """Stop watching, then stop every worker (SIGTERM, then SIGKILL after `timeout`)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self.wake_dir is not None:
+            shutil.rmtree(self.wake_dir, ignore_errors=True)
 
 
 def run_worker_process(*, wake_path: str, parent_pid: int, sender_path: str | None = None) -> int:

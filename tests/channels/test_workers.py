@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -61,3 +62,23 @@ def test_stopping_the_workers_releases_each_channels_client(demo_db: str) -> Non
     workers = Workers(engine=get_runtime().engine, channels={"sms": sms, "telegram": telegram}, settings=get_settings())
     workers.stop()  # a channel that fails to close does not keep the others open
     assert sms.closed == 1
+
+
+def test_a_worker_process_that_keeps_dying_is_restarted_less_and_less_often() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from bot.channels.workers import WorkerProcesses
+
+    class Dying(WorkerProcesses):
+        def _spawn(self, n: int) -> subprocess.Popen[bytes]:
+            return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+
+    workers = Dying(1, poll=0.05)
+    workers.start()
+    time.sleep(2.5)
+    workers.stop()
+    # At once the first time, then after 2 s, 4 s, ...: not a restart loop that eats a core.
+    assert 1 <= workers.restarts[0] <= 2
+    assert workers.wake_dir is not None and not os.path.exists(workers.wake_dir)

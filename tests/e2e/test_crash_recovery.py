@@ -122,3 +122,25 @@ def test_fifty_concurrent_duplicate_webhooks_store_one_message_and_send_one_repl
     assert settle_count(fake, patient) == 1
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(Message).where(Message.provider_message_id == "SMstorm")) == 1
+
+
+def test_a_worker_process_that_dies_is_restarted_and_the_patient_still_gets_the_reply(
+    server: ServerProcess, fake: FakeTwilio
+) -> None:
+    import os
+    import re
+    import signal
+
+    # Routing and sending live in the worker processes: if one is killed (the OOM killer, a native
+    # crash) the web process would go on acknowledging texts that nobody answers.
+    found = re.search(r"pids ([\d, ]+)\)", server.log.read_text())
+    assert found, server.log.read_text()[-1500:]
+    pids = [int(pid) for pid in found.group(1).split(", ")]
+    assert len(pids) == 2
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    patient = "+16175550161"
+    assert post_sms(server, fake.auth_token, sender=patient, body="what are your hours", sid="SMworker1").status_code == 200
+    assert wait_for(lambda: len(fake.messages_to(patient)) == 1), server.log.read_text()[-2000:]
+    assert settle_count(fake, patient) == 1
+    assert server.log.read_text().count("restarted as pid") == 2
