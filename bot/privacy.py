@@ -272,8 +272,8 @@ def do_erase_patient(
     )
     messages = session.execute(
         update(Message)
-        .where(Message.conversation_id.in_(conv_ids), Message.body.is_not(None))
-        .values(body=None)
+        .where(Message.conversation_id.in_(conv_ids), or_(Message.body.is_not(None), Message.media.is_not(None)))
+        .values(body=None, media=None)
     ).rowcount
     outbox_scope = or_(
         OutboxMessage.identity_id.in_(identity_ids), OutboxMessage.conversation_id.in_(conv_ids)
@@ -361,8 +361,8 @@ def do_purge_bodies(
     settled = or_(Message.direction == Direction.OUT, Message.processed_at.is_not(None))
     messages = session.execute(
         update(Message)
-        .where(Message.created_at < cutoff, Message.body.is_not(None), settled)
-        .values(body=None)
+        .where(Message.created_at < cutoff, or_(Message.body.is_not(None), Message.media.is_not(None)), settled)
+        .values(body=None, media=None)
         .execution_options(synchronize_session=False)
     ).rowcount
     outbox = session.execute(

@@ -14,8 +14,8 @@ from bot.channels.registry import build_channels
 from bot.config import Settings, get_settings
 from bot.conversations.domain import Domain, load_domain
 from bot.db import get_engine, session_scope, utcnow
-from bot.promises import service
 from bot.db.leader import Leadership, holder_name
+from bot.promises import service
 from bot.promises.sweeps import SweepCounts, do_run_sweeps
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,22 @@ class SendResult:
     recipient_state: str | None = None
 
 
+# Staff open a patient's attachment through the server; MMS files are at most 5 MB, Telegram's bots 20 MB.
+MAX_MEDIA_BYTES = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Media:
+    """A file a patient attached, fetched from the provider for staff."""
+
+    content: bytes
+    content_type: str
+
+
+class MediaError(Exception):
+    """An attachment could not be fetched; the message says why, for staff (no link, no file id)."""
+
+
 @dataclass(frozen=True)
 class OutgoingText:
     """One outbox row, as a channel sees it."""

@@ -60,11 +60,6 @@ class Accepted:
     identity_id: int
 
 
-def media_note(urls: tuple[str, ...]) -> str:
-    """Return the stored form of attached media: links only, for staff."""
-    return "".join(f"\n[media] {url}" for url in urls)
-
-
 # Nearly every text comes from an address seen before with a conversation open: one read (built once,
 # so compiled once) finds both, and one Core insert stores the message or finds it already stored.
 # First contact takes the general path below.
@@ -83,7 +78,7 @@ _OPEN_CONVERSATION = (
 
 def do_accept_inbound(*, session: Session, inbound: InboundText) -> Accepted:
     """Store an inbound message exactly once (the caller commits, then acknowledges)."""
-    text_ = inbound.text + media_note(inbound.media_urls)
+    media = list(inbound.media_urls) or None
     row = session.connection().execute(_OPEN_CONVERSATION, {"channel": inbound.channel, "address": inbound.address}).first()
     if row is not None:
         identity_id, conversation_id, channel = row
@@ -91,13 +86,14 @@ def do_accept_inbound(*, session: Session, inbound: InboundText) -> Accepted:
         message_id = insert_or_ignore_id(session=session, table=Message.__table__, conflict=["channel", "provider_message_id"],
                                          values={"conversation_id": conversation_id, "channel": channel,
                                                  "provider_message_id": inbound.provider_message_id, "direction": Direction.IN,
-                                                 "author_kind": Author.PATIENT, "body": clean_text(text_)})  # fmt: skip
+                                                 "author_kind": Author.PATIENT, "body": clean_text(inbound.text),
+                                                 "media": media})  # fmt: skip
         accepted = Accepted(message_id is not None, message_id, conversation_id, identity_id)
     else:
         identity = get_or_create_identity(session=session, channel=inbound.channel, address=inbound.address)
         conversation = open_conversation(session=session, identity=identity)
-        message = store_inbound(session=session, conversation=conversation, text=text_,
-                                provider_message_id=inbound.provider_message_id)  # fmt: skip
+        message = store_inbound(session=session, conversation=conversation, text=inbound.text,
+                                provider_message_id=inbound.provider_message_id, media=media)  # fmt: skip
         if message is not None:
             session.flush()
         accepted = Accepted(message is not None, message.id if message else None, conversation.id, identity.id)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import mimetypes
 import re
 import threading
 import warnings
@@ -51,7 +52,7 @@ from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
 from bot.channels import linking, outbox
-from bot.channels.base import Delivery, OutgoingText, SendResult
+from bot.channels.base import MAX_MEDIA_BYTES, Delivery, Media, MediaError, OutgoingText, SendResult
 from bot.channels.inbound import InboundText, do_accept_inbound
 from bot.config import Settings
 from bot.conversations.models import Conversation, ConversationState, Message, Route
@@ -313,6 +314,26 @@ class TelegramChannel:
         except TelegramError as error:
             log.info("telegram callback answer failed (%s)", type(error).__name__)
             return False
+
+    def fetch_media(self, reference: str) -> Media:
+        """Fetch a file a patient sent ("telegram:<kind>:<file_id>"), for staff; raise MediaError naming the problem."""
+        prefix, _, rest = reference.partition(":")
+        kind, _, file_id = rest.partition(":")
+        if prefix != "telegram" or not kind or not file_id:
+            raise MediaError("the attachment is not a Telegram file reference")
+
+        async def download() -> tuple[bytes, str]:
+            await self._ready()
+            file = await self.bot.get_file(file_id)
+            if file.file_size and file.file_size > MAX_MEDIA_BYTES:
+                raise MediaError(f"the attachment is larger than {MAX_MEDIA_BYTES // (1024 * 1024)} MB")
+            return bytes(await file.download_as_bytearray()), file.file_path or ""
+
+        try:
+            content, path = self._loop.run(download)
+        except TelegramError as error:
+            raise MediaError(f"Telegram could not give the attachment ({type(error).__name__}: {error.message})") from None
+        return Media(content, mimetypes.guess_type(path)[0] or "application/octet-stream")
 
     def close(self) -> None:
         """Release the HTTP client and the private event loop."""

@@ -22,7 +22,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ProxyError, SSLError
 
-from bot.channels.base import Delivery, OutgoingText, SendResult
+from bot.channels.base import MAX_MEDIA_BYTES, Delivery, Media, MediaError, OutgoingText, SendResult
 from bot.channels.models import OutboxMessage
 from bot.channels.sms_text import gsm7_normalise, split_text
 from bot.config import Settings
@@ -171,6 +171,8 @@ class TwilioSmsChannel:
         self.part_interval = part_interval
         self.http = _RecordingHttpClient(timeout=timeout, pool_size=self.parallel_sends)
         self.client = Client(account_sid, auth_token, http_client=self.http)
+        self._credentials = (account_sid, auth_token)
+        self.timeout = timeout
         # Only the host changes (a fake or a regional proxy); the API paths stay Twilio's.
         self.client.api.base_url = api_base_url.rstrip("/")
 
@@ -189,6 +191,32 @@ class TwilioSmsChannel:
             max_per_second=rate,
             part_interval=1.0 / rate if settings.outbox_pacing else 0.0,
         )
+
+    def fetch_media(self, reference: str) -> Media:
+        """Fetch a file a patient attached to an MMS (its MediaUrl), for staff; raise MediaError naming the problem.
+
+        Only links on this account's API host are fetched, with the account's credentials (accounts that
+        protect their media need them). Twilio answers with a redirect to its file store; requests drops
+        the credentials when the redirect leaves the API host.
+        """
+        base = self.client.api.base_url.rstrip("/")
+        if not reference.startswith(base + "/"):
+            raise MediaError("the attachment's link is not on the Twilio API host this clinic uses")
+        session = self.http.session
+        assert session is not None
+        try:
+            with session.get(reference, auth=self._credentials, timeout=self.timeout, stream=True) as answer:
+                if answer.status_code != 200:
+                    raise MediaError(f"Twilio answered {answer.status_code} for the attachment")
+                content = bytearray()
+                for chunk in answer.iter_content(64 * 1024):
+                    content += chunk
+                    if len(content) > MAX_MEDIA_BYTES:
+                        raise MediaError(f"the attachment is larger than {MAX_MEDIA_BYTES // (1024 * 1024)} MB")
+                content_type = answer.headers.get("Content-Type", "application/octet-stream")
+        except requests.RequestException as error:
+            raise MediaError(f"Twilio could not be reached for the attachment ({type(error).__name__})") from None
+        return Media(bytes(content), content_type)
 
     @staticmethod
     def parts(text: OutgoingText) -> list[str]:

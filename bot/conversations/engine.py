@@ -168,8 +168,8 @@ class Engine:
             analysis = self.nlu.analyse(text)
         lang = self._language(analysis=analysis, text=text, conversation=conversation)
         conversation.language = lang
-        turn = _Turn(engine=self, session=session, conversation=conversation, identity=identity,
-                     patient=patient, clinic=clinic, analysis=analysis, text=text, lang=lang)  # fmt: skip
+        turn = _Turn(engine=self, session=session, conversation=conversation, identity=identity, patient=patient,
+                     clinic=clinic, analysis=analysis, text=text, lang=lang, media=bool(message.media))  # fmt: skip
         route, intent, confidence = turn.run()
         message.lang, message.intent, message.confidence, message.route = lang, intent, confidence, route
         message.processed_at = utcnow()
@@ -229,6 +229,7 @@ class _Turn:
     analysis: Analysis
     text: str
     lang: str
+    media: bool = False  # the patient attached files (a photo, a document): a person looks at them
     replies: list[Reply] = field(default_factory=list)
 
     def run(self) -> tuple[Route, str | None, float | None]:
@@ -244,7 +245,7 @@ class _Turn:
                 return self.sms_keyword(keyword)
         if conversation.state in (ConversationState.WAITING, ConversationState.STAFF) or self.identity.opted_out_at:
             return Route.SILENT, analysis.intent, analysis.confidence
-        if any(line.startswith("[media] ") for line in self.text.splitlines()):
+        if self.media:
             # The bot cannot read a photo or a file: a person looks at the links stored with the message.
             self.clear_form()
             self.set_slot("handoff_reason", "human")

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot.db import Base, utcnow
@@ -111,6 +111,9 @@ class Message(Base):
     author_id: Mapped[int | None]
     # Nullable so retention can purge bodies while keeping the metadata.
     body: Mapped[str | None] = mapped_column(Text)
+    # Files the patient attached (MMS links, Telegram file references), apart from the text so a patient
+    # cannot pass typed text off as one; staff open them through /staff/messages/{id}/media/{n}.
+    media: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     lang: Mapped[str | None] = mapped_column(String(2))
     intent: Mapped[str | None] = mapped_column(String(48))
     confidence: Mapped[float | None]

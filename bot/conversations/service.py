@@ -48,10 +48,11 @@ def open_conversation(*, session: Session, identity: ChannelIdentity) -> Convers
 
 
 def store_inbound(
-    *, session: Session, conversation: Conversation, text: str, provider_message_id: str
+    *, session: Session, conversation: Conversation, text: str, provider_message_id: str, media: list[str] | None = None
 ) -> Message | None:
-    """Store an inbound message once; return None when this provider id was already stored."""
+    """Store an inbound message (and the links of its attachments) once; None when this provider id was stored before."""
     values = {
+        "media": media or None,
         "conversation_id": conversation.id,
         "channel": conversation.channel,
         "provider_message_id": provider_message_id,

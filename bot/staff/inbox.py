@@ -329,6 +329,14 @@ class TranscriptItem:
     delivery: str | None = None
     error_code: str | None = None
     correctable: bool = False
+    attachments: tuple[str, ...] = ()  # labels of the files the patient attached, in order
+
+
+def attachment_label(reference: str) -> str:
+    """Return what staff see for an attachment: its kind, never the provider's link or file id."""
+    kind = reference.split(":")[1] if reference.startswith("telegram:") and reference.count(":") >= 2 else ""
+    return {"photo": "photo", "document": "document", "video": "video", "voice": "voice message", "audio": "audio",
+            "video_note": "video message", "animation": "animation"}.get(kind, "attachment")  # fmt: skip
 
 
 @dataclass
@@ -420,7 +428,8 @@ def transcript(*, session: Session, conversation: Conversation) -> list[Transcri
             items.append(TranscriptItem(kind="message", at=message.created_at, conversation_id=message.conversation_id,
                                         channel=message.channel, author="Patient", author_kind=message.author_kind,
                                         direction=message.direction, body=message.body or "", message_id=message.id,
-                                        intent=message.intent, route=message.route))  # fmt: skip
+                                        intent=message.intent, route=message.route,
+                                        attachments=tuple(attachment_label(m) for m in message.media or ())))  # fmt: skip
             continue
         answered = last_inbound.get(message.conversation_id)
         delivery = deliveries.get(message.id)
@@ -582,6 +591,24 @@ def record_refusal(
     audit.record(session=session, actor_kind="staff", actor_id=staff.staff_id, action=action,
                  subject_type="conversation", subject_id=conversation_id, patient_id=refused.patient_id,
                  outcome=refused.outcome)  # fmt: skip
+
+
+def attachment_for(*, session: Session, message_id: int, index: int, staff: Principal) -> tuple[str, str, Conversation]:
+    """Return (reference, channel, conversation) of a patient's attachment this staff member may open; raise Refused."""
+    message = session.get(Message, message_id)
+    media = (message.media or []) if message is not None and message.direction == Direction.IN else []
+    if message is None or not 0 <= index < len(media):
+        raise Refused(404, "There is no such attachment.", outcome="not_found")
+    conversation = load_conversation(session=session, conversation_id=message.conversation_id, staff=staff)
+    return media[index], message.channel, conversation
+
+
+def record_attachment_view(
+    *, session: Session, staff: Principal, message_id: int, patient_id: int | None, outcome: str = "ok"
+) -> None:
+    """Audit a staff member opening (or failing to open) a patient's attachment."""
+    audit.record(session=session, actor_kind="staff", actor_id=staff.staff_id, action="patient.attachment_viewed",
+                 subject_type="message", subject_id=message_id, patient_id=patient_id, outcome=outcome)  # fmt: skip
 
 
 # -- actions -----------------------------------------------------------------------------------

@@ -37,3 +37,30 @@ def test_audit_trail_refuses_update_and_delete_at_head(database_url: str) -> Non
             text("SELECT action, patient_id, outcome FROM audit_event WHERE id = :id"), {"id": event_id}
         ).one()
     assert tuple(row) == ("patient.viewed", 7, "ok")
+
+
+def test_attachments_move_between_the_old_text_form_and_their_column(database_url: str) -> None:
+    # Before 0009 attachments were "[media] <link>" lines in the body; 0009 moves them to message.media.
+    from alembic import command
+
+    from bot.channels.inbound import InboundText, do_accept_inbound
+    from bot.conversations.models import Message
+    from bot.db.migrate import alembic_config, upgrade_to_head
+
+    with session_scope() as session:
+        accepted = do_accept_inbound(session=session, inbound=InboundText(
+            channel="sms", address="+16175550188", text="is this rash normal", provider_message_id="MM1",
+            media_urls=("https://api.twilio.com/m/ME1", "https://api.twilio.com/m/ME2")))  # fmt: skip
+    engine = get_engine()
+    config = alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0008")
+    with engine.connect() as connection:
+        body = connection.execute(text("SELECT body FROM message WHERE id = :id"), {"id": accepted.message_id}).scalar()
+    assert body == "is this rash normal\n[media] https://api.twilio.com/m/ME1\n[media] https://api.twilio.com/m/ME2"
+    upgrade_to_head(engine)
+    with session_scope() as session:
+        message = session.get(Message, accepted.message_id)
+        assert (message.body, message.media) == (
+            "is this rash normal", ["https://api.twilio.com/m/ME1", "https://api.twilio.com/m/ME2"])  # fmt: skip

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 TOKEN = "123456:TEST-token_for-clinicbot"
 BOT_USER = {"id": 123456, "is_bot": True, "first_name": "Riverside Clinic", "username": "riverside_test_bot",
@@ -29,6 +29,7 @@ MAX_RECORDS = 1_000
 # A long poll never waits longer than this, whatever timeout the client asks for.
 MAX_POLL_WAIT = 0.5
 _PATH = re.compile(r"^/bot(?P<token>[^/]+)/(?P<method>[A-Za-z]+)$")
+_FILE_PATH = re.compile(r"^/file/bot(?P<token>[^/]+)/(?P<path>.+)$")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,16 @@ class _State:
     updates: list[dict[str, Any]] = field(default_factory=list)
     webhook: dict[str, Any] | None = None
     next_message_id: int = 1
+    # Files patients sent: file_id -> (file_path, content), served by getFile and the file endpoint.
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+
+
+class _ApiError(Exception):
+    """A Bot API method's own error answer (status and description)."""
+
+    def __init__(self, status: int, description: str) -> None:
+        super().__init__(description)
+        self.status, self.description = status, description
 
 
 class FakeTelegram:
@@ -192,6 +203,10 @@ class FakeTelegram:
                 self._serve()
 
             def _serve(self) -> None:
+                file_match = _FILE_PATH.match(self.path.split("?")[0])
+                if file_match is not None:
+                    self._file(unquote(file_match["token"]), unquote(file_match["path"]))
+                    return
                 match = _PATH.match(self.path.split("?")[0])
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > MAX_BODY:
@@ -207,6 +222,20 @@ class FakeTelegram:
                 params = _parse_params(body, self.headers.get("Content-Type", ""))
                 status, payload = fake._call(match["method"], params)
                 self._reply(status, payload)
+
+            def _file(self, token: str, path: str) -> None:
+                with fake._lock:
+                    found = next((content for file_path, content in fake._state.files.values() if file_path == path), None)
+                if token != fake.token or found is None:
+                    self._reply(404, {"ok": False, "error_code": 404, "description": "Not Found"})
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(found)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(found)
+                self.close_connection = True
 
             def _reply(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()
@@ -241,11 +270,28 @@ class FakeTelegram:
         handler = getattr(self, f"_api_{method}", None)
         if handler is None:
             return 404, {"ok": False, "error_code": 404, "description": "Not Found: method not found"}
-        result = handler(params)
+        try:
+            result = handler(params)
+        except _ApiError as error:
+            return error.status, {"ok": False, "error_code": error.status, "description": error.description}
         if fault is not None and fault.delay:
             # The call took effect; only the answer is late.
             self._stopping.wait(fault.delay)
         return 200, {"ok": True, "result": result}
+
+    def add_file(self, file_id: str, file_path: str, content: bytes) -> None:
+        """Hold a file a patient sent, for getFile and the file download endpoint."""
+        with self._lock:
+            self._state.files[file_id] = (file_path, content)
+
+    def _api_getFile(self, params: dict[str, Any]) -> dict[str, Any]:
+        file_id = str(params.get("file_id", ""))
+        with self._lock:
+            found = self._state.files.get(file_id)
+        if found is None:
+            raise _ApiError(400, "Bad Request: invalid file_id")
+        file_path, content = found
+        return {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": len(content), "file_path": file_path}
 
     def _api_getMe(self, params: dict[str, Any]) -> dict[str, Any]:
         return dict(BOT_USER)

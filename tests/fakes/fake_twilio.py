@@ -139,6 +139,10 @@ class _State:
     opted_out: set[str] = field(default_factory=set)
     requests: list[tuple[str, str]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Files patients "attached" to MMS: media sid -> (content, content type); and whether the file store
+    # (another host, as Twilio's CDN is) was ever sent the account's credentials.
+    media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    store_saw_credentials: bool = False
 
 
 def _parse_when(value: str) -> datetime | None:
@@ -286,7 +290,43 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(201, message.as_json() | {"status": "queued", "date_sent": None})
 
+    def _media(self) -> bool:
+        """Serve MMS media as Twilio does: the API path redirects to a file store on another host."""
+        segments = urlsplit(self.path).path.strip("/").split("/")
+        if segments[:1] == ["_media-store"] and len(segments) == 2:
+            with self.state.lock:
+                found = self.state.media.get(segments[1])
+                self.state.store_saw_credentials |= "Authorization" in self.headers
+            if found is None:
+                self._error(404, 20404)
+                return True
+            content, content_type = found
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+            return True
+        if len(segments) == 7 and segments[0] == API_VERSION and segments[3] == "Messages" and segments[5] == "Media":
+            with self.state.lock:
+                self.state.requests.append(("GET", self.path))
+                known = segments[6] in self.state.media
+            if not self._authorised(segments[2]):
+                self._error(401, 20003)
+            elif not known:
+                self._error(404, 20404)
+            else:
+                port = self.server.server_address[1]
+                self.send_response(307)
+                self.send_header("Location", f"http://localhost:{port}/_media-store/{segments[6]}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            return True
+        return False
+
     def do_GET(self) -> None:
+        if self._media():
+            return
         if self.path == "/_fake/stats":
             # Not Twilio's: lets a benchmark running the fake in another process count what arrived.
             with self.state.lock:
@@ -408,6 +448,19 @@ class FakeTwilio:
         """Apply a fault to the next `times` requests of one kind (message creates or lists)."""
         with self.state.lock:
             self.state.faults[on].extend([fault] * times)
+
+    def add_media(self, content: bytes, content_type: str) -> str:
+        """Store a file as if a patient attached it to an MMS; return its MediaUrl."""
+        with self.state.lock:
+            number = len(self.state.media) + 1
+            self.state.media[f"ME{number:032d}"] = (content, content_type)
+        return f"{self.base_url}/{API_VERSION}/Accounts/{self.account_sid}/Messages/MM{number:032d}/Media/ME{number:032d}"
+
+    @property
+    def media_store_saw_credentials(self) -> bool:
+        """Whether the file store (another host) was ever sent the account's credentials."""
+        with self.state.lock:
+            return self.state.store_saw_credentials
 
     def opt_out(self, number: str) -> None:
         """Make every later message to a number fail with 21610, as Twilio does after STOP."""

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from bot.channels.base import MediaError
 from bot.clinic_settings import load_clinic
 from bot.conversations.domain import Domain
 from bot.db import session_scope, utcnow
@@ -238,6 +239,51 @@ def transcript_fragment(request: Request, staff: Staff, conversation_id: int) ->
         _refuse(staff, "patient.viewed", conversation_id, refused)
         raise HTTPException(status_code=refused.status, detail=refused.message) from None
     return page(request, "staff/_transcript.html", context)
+
+
+# A patient's file is shown by the browser only when it is a harmless kind; anything else downloads.
+INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/heic", "application/pdf",
+                          "audio/ogg", "audio/mpeg", "audio/amr", "video/mp4", "video/3gpp", "text/plain"})  # fmt: skip
+
+
+@router.get("/messages/{message_id}/media/{index}")
+def message_attachment(staff: Staff, workers: WorkersDep, message_id: int, index: int) -> Response:
+    """Show a file a patient attached, fetched from the provider through this server (audited, never cached)."""
+    try:
+        with session_scope() as session:
+            reference, channel_name, conversation = inbox.attachment_for(
+                session=session, message_id=message_id, index=index, staff=staff
+            )
+            patient_id = conversation.patient_id
+    except Refused as refused:
+        with session_scope() as session:
+            inbox.record_attachment_view(session=session, staff=staff, message_id=message_id,
+                                         patient_id=refused.patient_id, outcome=refused.outcome)  # fmt: skip
+        raise HTTPException(status_code=refused.status, detail=refused.message) from None
+    fetch = getattr(workers.channels.get(channel_name), "fetch_media", None)
+    error = None
+    if fetch is None:
+        error = f"The {CHANNEL_LABELS.get(channel_name, channel_name)} channel is off on this server: its attachments cannot be fetched."
+    else:
+        try:
+            media = fetch(reference)
+        except MediaError as failure:
+            error = f"The attachment could not be fetched: {failure}."
+    with session_scope() as session:
+        inbox.record_attachment_view(session=session, staff=staff, message_id=message_id, patient_id=patient_id,
+                                     outcome="ok" if error is None else "failed")  # fmt: skip
+    if error is not None:
+        raise HTTPException(status_code=502, detail=error)
+    content_type = media.content_type.split(";")[0].strip().lower()
+    inline = content_type in INLINE_TYPES
+    headers = {
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        # Shown alone, never as a page that can run anything.
+        "Content-Security-Policy": "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'",
+        "Content-Disposition": f"{'inline' if inline else 'attachment'}; filename=\"message-{message_id}-{index + 1}\"",
+    }
+    return Response(media.content, media_type=content_type if inline else "application/octet-stream", headers=headers)
 
 
 def _act(

@@ -162,4 +162,22 @@ def test_a_photo_is_stored_with_a_file_reference_for_staff(telegram_app: Telegra
                         {"file_id": "big", "file_unique_id": "b", "width": 800, "height": 800}]  # fmt: skip
     telegram_app.post(update)
 
-    assert [m.body for m in inbound("update:13")] == ["is this rash normal\n[media] telegram:photo:big"]
+    assert [(m.body, m.media) for m in inbound("update:13")] == [("is this rash normal", ["telegram:photo:big"])]
+
+
+def test_staff_open_a_photo_sent_on_telegram_through_the_server(telegram_app: TelegramApp) -> None:
+    from tests.staff.conftest import sign_in
+
+    telegram_app.fake.add_file("big", "photos/file_7.jpg", b"\xff\xd8\xff jpeg bytes")
+    update = text_update(14, CHAT, "")
+    message = update["message"]
+    del message["text"]
+    message["photo"] = [{"file_id": "big", "file_unique_id": "b", "width": 800, "height": 800}]
+    telegram_app.post(update)
+    (stored,) = inbound("update:14")
+    sign_in(telegram_app.harness.client)
+    page = telegram_app.harness.client.get(f"/staff/conversations/{stored.conversation_id}").text
+    assert "Open photo 1" in page and "big" not in page.split("Open photo 1")[0][-300:]
+    shown = telegram_app.harness.client.get(f"/staff/messages/{stored.id}/media/0")
+    assert (shown.status_code, shown.content, shown.headers["content-type"]) == (
+        200, b"\xff\xd8\xff jpeg bytes", "image/jpeg"), shown.text  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from bot.channels.models import OutboxStatus
@@ -156,10 +157,70 @@ def test_a_picture_goes_to_staff_with_its_link(sms_app: SmsApp) -> None:
     sms_app.text_in("", extra=(("NumMedia", "1"), ("MediaUrl0", url), ("MediaContentType0", "image/jpeg")))
     sms_app.settle()
     with session_scope() as session:
-        stored = session.scalars(select(Message.body).where(Message.direction == Direction.IN)).one()
+        stored = session.execute(select(Message.body, Message.media).where(Message.direction == Direction.IN)).one()
         handoff = session.scalars(select(Handoff)).one()
         conversation = session.get(Conversation, handoff.conversation_id)
         state = conversation.state
     (reply,) = sms_app.fake.messages
-    assert (stored, handoff.reason, handoff.team, state) == (f"\n[media] {url}", "human", "front_desk", "waiting")
+    assert (tuple(stored), handoff.reason, handoff.team, state) == (("", [url]), "human", "front_desk", "waiting")
     assert reply.body.startswith("OK, I've passed your message to our front desk team.")
+
+
+def test_staff_open_a_patients_picture_through_the_server_and_the_view_is_audited(sms_app: SmsApp) -> None:
+    from bot.staff.models import AuditEvent
+    from tests.staff.conftest import sign_in
+
+    picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+    page_url = sms_app.fake.add_media(b"<script>alert(1)</script>", "text/html")
+    picture_url = sms_app.fake.add_media(picture, "image/png")
+    sms_app.text_in("is this normal?", extra=(("NumMedia", "2"), ("MediaUrl0", picture_url), ("MediaContentType0", "image/png"),
+                                              ("MediaUrl1", page_url), ("MediaContentType1", "text/html")))  # fmt: skip
+    sms_app.settle()
+    with session_scope() as session:
+        message = session.scalars(select(Message).where(Message.direction == Direction.IN)).one()
+    # The public URL is https (behind a TLS proxy): the staff session cookie is Secure.
+    client = TestClient(sms_app.client.app, base_url="https://testserver")
+    assert client.get(f"/staff/messages/{message.id}/media/0", follow_redirects=False).status_code in (303, 401)
+    sign_in(client)
+    page = client.get(f"/staff/conversations/{message.conversation_id}").text
+    assert f'href="/staff/messages/{message.id}/media/0"' in page and "Open attachment 2" in page
+    assert picture_url not in page  # staff open files through the server, not the provider's link
+
+    shown = client.get(f"/staff/messages/{message.id}/media/0")
+    assert (shown.status_code, shown.content, shown.headers["content-type"]) == (200, picture, "image/png")
+    assert shown.headers["cache-control"] == "no-store" and "sandbox" in shown.headers["content-security-policy"]
+    # Twilio's file store is another host: the account's credentials never go there.
+    assert sms_app.fake.media_store_saw_credentials is False
+    # A kind a browser could run is downloaded, never shown.
+    downloaded = client.get(f"/staff/messages/{message.id}/media/1")
+    assert (downloaded.headers["content-type"], downloaded.headers["content-disposition"].split(";")[0]) == (
+        "application/octet-stream", "attachment")  # fmt: skip
+    assert client.get(f"/staff/messages/{message.id}/media/2").status_code == 404
+    with session_scope() as session:
+        views = session.execute(select(AuditEvent.subject_id, AuditEvent.outcome)
+                                .where(AuditEvent.action == "patient.attachment_viewed").order_by(AuditEvent.id)).all()  # fmt: skip
+    assert [tuple(v) for v in views] == [(str(message.id), "ok"), (str(message.id), "ok"), (str(message.id), "not_found")]
+
+
+def test_an_attachment_twilio_no_longer_has_is_a_clear_error_for_staff(sms_app: SmsApp) -> None:
+    from tests.staff.conftest import sign_in
+
+    url = sms_app.fake.add_media(b"x", "image/jpeg").replace("/Media/ME", "/Media/MX")
+    sms_app.text_in("", extra=(("NumMedia", "1"), ("MediaUrl0", url)))
+    sms_app.settle()
+    with session_scope() as session:
+        message_id = session.scalars(select(Message.id).where(Message.direction == Direction.IN)).one()
+    client = TestClient(sms_app.client.app, base_url="https://testserver")
+    sign_in(client)
+    answer = client.get(f"/staff/messages/{message_id}/media/0")
+    assert answer.status_code == 502 and "Twilio answered 404" in answer.text
+
+
+def test_typed_text_that_looks_like_an_attachment_is_only_text(sms_app: SmsApp) -> None:
+    # Attachments come from Twilio's signed MediaUrl fields, never from what a patient types.
+    sms_app.text_in("what are your hours\n[media] https://example.com/x.jpg")
+    sms_app.settle()
+    with session_scope() as session:
+        stored = session.execute(select(Message.body, Message.media, Message.route).where(Message.direction == Direction.IN)).one()
+        handoffs = session.scalars(select(Handoff)).all()
+    assert (tuple(stored), handoffs) == (("what are your hours\n[media] https://example.com/x.jpg", None, "answer"), [])
