@@ -196,3 +196,26 @@ def test_retention_purges_old_bodies_only_and_is_audited(jim_app: SmsApp, capsys
 def test_every_table_is_placed_in_the_privacy_map(database_url: str) -> None:
     tables = set(inspect(get_engine()).get_table_names()) - {"alembic_version"}
     assert tables == set(TABLES)
+
+
+def test_retention_and_erasure_clear_attachment_references_with_the_bodies(jim_app: SmsApp, capsys, monkeypatch) -> None:
+    old_picture = jim_app.fake.add_media(b"old", "image/jpeg")
+    assert jim_app.text_in("my rash last year", extra=(("NumMedia", "1"), ("MediaUrl0", old_picture))).status_code == 200
+    jim_app.settle()
+    with session_scope() as session:
+        session.execute(update(Message).values(created_at=utcnow() - timedelta(days=400)))
+    monkeypatch.setenv("CLINICBOT_RETENTION_DAYS", "365")
+    from tests.conftest import reset_caches
+
+    reset_caches()
+    assert main(["retention", "purge"]) == 0
+    with session_scope() as session:
+        assert session.scalars(select(Message.media).where(Message.media.is_not(None))).all() == []
+    new_picture = jim_app.fake.add_media(b"new", "image/jpeg")
+    assert jim_app.text_in("and today", extra=(("NumMedia", "1"), ("MediaUrl0", new_picture))).status_code == 200
+    jim_app.settle()
+    with session_scope() as session:
+        assert session.scalars(select(Message.media).where(Message.media.is_not(None))).all() == [[new_picture]]
+    assert main(["patient", "erase", "--phone", JIM, "--yes"]) == 0
+    with session_scope() as session:
+        assert session.scalars(select(Message.media).where(Message.media.is_not(None))).all() == []
