@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -177,8 +178,6 @@ class WorkerProcesses:
     """
 
     def __init__(self, count: int, *, parent_pid: int | None = None, poll: float = 0.5, max_delay: float = 30.0) -> None:
-        import tempfile
-
         self.wake_dir = tempfile.mkdtemp(prefix="clinicbot-wake-") if count else None
         self.wake_paths = [os.path.join(self.wake_dir, f"worker-{n}.sock") for n in range(count)] if self.wake_dir else []
         self.parent_pid = parent_pid or os.getpid()

@@ -261,9 +261,10 @@ def message_attachment(staff: Staff, workers: WorkersDep, message_id: int, index
                                          patient_id=refused.patient_id, outcome=refused.outcome)  # fmt: skip
         raise HTTPException(status_code=refused.status, detail=refused.message) from None
     fetch = getattr(workers.channels.get(channel_name), "fetch_media", None)
-    error = None
+    error, status = None, 502
     if fetch is None:
-        error = f"The {CHANNEL_LABELS.get(channel_name, channel_name)} channel is off on this server: its attachments cannot be fetched."
+        label = CHANNEL_LABELS.get(channel_name, channel_name)
+        error, status = f"The {label} channel is off on this server: its attachments cannot be fetched.", 503
     else:
         try:
             media = fetch(reference)
@@ -273,7 +274,7 @@ def message_attachment(staff: Staff, workers: WorkersDep, message_id: int, index
         inbox.record_attachment_view(session=session, staff=staff, message_id=message_id, patient_id=patient_id,
                                      outcome="ok" if error is None else "failed")  # fmt: skip
     if error is not None:
-        raise HTTPException(status_code=502, detail=error)
+        raise HTTPException(status_code=status, detail=error)
     content_type = media.content_type.split(";")[0].strip().lower()
     inline = content_type in INLINE_TYPES
     headers = {
