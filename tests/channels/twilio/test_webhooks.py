@@ -216,6 +216,21 @@ def test_an_attachment_twilio_no_longer_has_is_a_clear_error_for_staff(sms_app: 
     assert answer.status_code == 502 and "Twilio answered 404" in answer.text
 
 
+def test_an_attachment_on_a_channel_this_server_has_off_says_so(sms_app: SmsApp) -> None:
+    from bot.channels.inbound import InboundText, do_accept_inbound
+    from tests.staff.conftest import sign_in
+
+    # A Telegram photo stored while Telegram was on; this server now runs with SMS only.
+    with session_scope() as session:
+        accepted = do_accept_inbound(session=session, inbound=InboundText(
+            channel="telegram", address="4242", text="", provider_message_id="update:1",
+            media_urls=("telegram:photo:AgAD",)))  # fmt: skip
+    client = TestClient(sms_app.client.app, base_url="https://testserver")
+    sign_in(client)
+    answer = client.get(f"/staff/messages/{accepted.message_id}/media/0")
+    assert answer.status_code == 503 and "Telegram channel is off on this server" in answer.text
+
+
 def test_typed_text_that_looks_like_an_attachment_is_only_text(sms_app: SmsApp) -> None:
     # Attachments come from Twilio's signed MediaUrl fields, never from what a patient types.
     sms_app.text_in("what are your hours\n[media] https://example.com/x.jpg")
