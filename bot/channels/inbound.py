@@ -195,11 +195,15 @@ class InboundProcessor:
             with session_scope() as session:
                 claimed = self._pending(session, limit=limit)
                 claimed_ids = {message.id: message.conversation_id for message, _, _ in claimed}
+                routed = []
                 for message, _conversation, _identity in claimed:
                     body, analysis = ahead.get(message.id, (None, None))
                     if body != (message.body or ""):
                         analysis = None
-                    outcomes.append(self.engine.process(session=session, message=message, analysis=analysis))
+                    routed.append(self.engine.route(session=session, message=message, analysis=analysis))
+                # One flush writes the batch (its updates as executemany, its replies in one insert), and
+                # one statement queues every reply, in order.
+                outcomes = self.engine.finish(session=session, routed=routed)
         except Exception:
             if not claimed_ids:
                 raise  # nothing was claimed: the database itself failed, and the caller waits and retries

@@ -11,8 +11,10 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
@@ -34,9 +36,8 @@ SENDER_LEADERSHIP = "outbox-sender"
 LEADER_CHECK_SECONDS = 5.0
 
 
-def enqueue(
+def text_values(
     *,
-    session: Session,
     key: str,
     identity: ChannelIdentity,
     body: str,
@@ -45,9 +46,9 @@ def enqueue(
     buttons: tuple[dict[str, str], ...] | list[dict[str, str]] = (),
     priority: int = 0,
     bypass_opt_out: bool = False,
-) -> int | None:
-    """Queue one text under a unique key; return its outbox id, or None when that key was queued before."""
-    values = {
+) -> dict[str, Any]:
+    """Return the outbox row of one text to queue under a unique key."""
+    return {
         "key": key,
         "channel": identity.channel,
         "identity_id": identity.id,
@@ -58,7 +59,18 @@ def enqueue(
         "priority": priority,
         "bypass_opt_out": bypass_opt_out,
     }
-    return insert_or_ignore_id(session=session, table=OutboxMessage.__table__, values=values, conflict=["key"])
+
+
+def enqueue(*, session: Session, **text: Any) -> int | None:
+    """Queue one text under a unique key (see `text_values`); return its outbox id, or None when queued before."""
+    return insert_or_ignore_id(session=session, table=OutboxMessage.__table__, values=text_values(**text), conflict=["key"])
+
+
+def enqueue_many(*, session: Session, texts: list[dict[str, Any]]) -> None:
+    """Queue several texts (rows from `text_values`) in one statement; a key queued before is skipped."""
+    if texts:
+        session.flush()
+        session.execute(_ENQUEUE, texts)
 
 
 def cancel_pending(*, session: Session, identity_id: int, reason: str) -> int:
@@ -139,6 +151,9 @@ class _Outcome:
 
 
 _OUTBOX = OutboxMessage.__table__
+# enqueue_many's statement, built once (so compiled once); SQLite and PostgreSQL spell the conflict alike.
+_ENQUEUE = insert(_OUTBOX)
+_ENQUEUE._post_values_clause = sql_text("ON CONFLICT (key) DO NOTHING")
 # What _apply does for a sent text, as one statement for a whole wave (built once, compiled once).
 _RECORD_SENT = (
     update(_OUTBOX)

@@ -76,6 +76,21 @@ class Outcome:
     failed: bool = False  # routing raised; the failure was counted and the message stays queued
 
 
+@dataclass
+class Routed:
+    """A message routed but not yet finished: its replies wait for the flush that gives them ids."""
+
+    message: Message
+    conversation: Conversation
+    identity: ChannelIdentity
+    route: Route
+    intent: str | None
+    confidence: float | None
+    lang: str
+    replies: list[Reply]
+    outs: list[Message]
+
+
 _loops = threading.local()
 
 
@@ -154,6 +169,14 @@ class Engine:
         `analysis` is the NLU's reading of this message's body when the caller made it beforehand
         (outside the database's write turn); it is a pure function of the text.
         """
+        return self.finish(session=session, routed=[self.route(session=session, message=message, analysis=analysis)])[0]
+
+    def route(self, *, session: Session, message: Message, analysis: Analysis | None = None) -> Routed:
+        """Decide a stored inbound message's route and replies; `finish` writes them to the outbox.
+
+        The changes (the message, the conversation, the reply rows) are left to the session's next
+        flush, so a batch of messages is written in one flush instead of one each.
+        """
         conversation = session.get(Conversation, message.conversation_id)
         assert conversation is not None
         identity = session.get(ChannelIdentity, conversation.identity_id)
@@ -187,25 +210,31 @@ class Engine:
             for reply in turn.replies
         ]
         session.add_all(outs)
-        # One flush for the message, the conversation and every reply; the outbox rows follow it.
+        return Routed(message, conversation, identity, route, intent, confidence, lang, turn.replies, outs)
+
+    def finish(self, *, session: Session, routed: list[Routed]) -> list[Outcome]:
+        """Write routed messages' replies to the outbox, in order, in one statement; return their outcomes.
+
+        One flush first writes every routed change (the updates as executemany, the replies in one
+        insert) and gives the replies their ids.
+        """
         session.flush()
-        replies = []
-        for index, (reply, out) in enumerate(zip(turn.replies, outs, strict=True)):
-            # The key ties each reply to its inbound message: reprocessing can never send it twice.
-            outbox.enqueue(
-                session=session,
-                key=f"reply:{message.id}:{index}",
-                identity=identity,
-                body=reply.text,
-                conversation_id=conversation.id,
-                message_id=out.id,
-                buttons=reply.buttons,
-                priority=100 if route is Route.EMERGENCY else 0,
-                bypass_opt_out=route is Route.EMERGENCY,
-            )
-            replies.append(Reply(reply.text, reply.response_key, reply.buttons, out.id))
-        log.info("message %s in conversation %s routed %s (%s)", message.id, conversation.id, route, intent)
-        return Outcome(message.id, conversation.id, route, intent, confidence, lang, replies)
+        texts, outcomes = [], []
+        for item in routed:
+            message, conversation, route = item.message, item.conversation, item.route
+            replies = []
+            for index, (reply, out) in enumerate(zip(item.replies, item.outs, strict=True)):
+                # The key ties each reply to its inbound message: reprocessing can never send it twice.
+                texts.append(outbox.text_values(
+                    key=f"reply:{message.id}:{index}", identity=item.identity, body=reply.text,
+                    conversation_id=conversation.id, message_id=out.id, buttons=reply.buttons,
+                    priority=100 if route is Route.EMERGENCY else 0, bypass_opt_out=route is Route.EMERGENCY,
+                ))  # fmt: skip
+                replies.append(Reply(reply.text, reply.response_key, reply.buttons, out.id))
+            log.info("message %s in conversation %s routed %s (%s)", message.id, conversation.id, route, item.intent)
+            outcomes.append(Outcome(message.id, conversation.id, route, item.intent, item.confidence, item.lang, replies))
+        outbox.enqueue_many(session=session, texts=texts)
+        return outcomes
 
     @staticmethod
     def _language(*, analysis: Analysis, text: str, conversation: Conversation) -> str:

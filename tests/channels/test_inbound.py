@@ -59,8 +59,8 @@ def test_a_message_that_keeps_failing_goes_to_staff(runtime, monkeypatch) -> Non
             raise RuntimeError("bug")
         return original(session=session, message=message, **kwargs)
 
-    original = runtime.engine.process
-    monkeypatch.setattr(runtime.engine, "process", broken)
+    original = runtime.engine.route
+    monkeypatch.setattr(runtime.engine, "route", broken)
     processor.drain()
     with session_scope() as session:
         poison = session.get(Message, message_id)
@@ -85,7 +85,7 @@ def test_a_failing_message_in_a_staff_owned_chat_stays_silent(runtime, monkeypat
     with session_scope() as session:
         conversation = session.get(Message, message_id).conversation
         conversation.state = "staff"
-    monkeypatch.setattr(runtime.engine, "process", lambda **_: (_ for _ in ()).throw(RuntimeError("bug")))
+    monkeypatch.setattr(runtime.engine, "route", lambda **_: (_ for _ in ()).throw(RuntimeError("bug")))
     InboundProcessor(engine=runtime.engine).drain()
     with session_scope() as session:
         poison = session.get(Message, message_id)
@@ -96,13 +96,13 @@ def test_a_failing_message_in_a_staff_owned_chat_stays_silent(runtime, monkeypat
 def test_a_batch_routes_several_conversations_at_once(runtime, database_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     ids = [accept("what are your hours", f"SM-batch-{n}", address=f"+1617555{2200 + n:04d}") for n in range(5)]
     analysed_ahead: list[bool] = []
-    original = runtime.engine.process
+    original = runtime.engine.route
 
     def spy(*, session, message, analysis=None):  # type: ignore[no-untyped-def]
         analysed_ahead.append(analysis is not None)
         return original(session=session, message=message, analysis=analysis)
 
-    monkeypatch.setattr(runtime.engine, "process", spy)
+    monkeypatch.setattr(runtime.engine, "route", spy)
     outcomes = InboundProcessor(engine=runtime.engine).process_batch(limit=8)
     assert sorted(outcome.message_id for outcome in outcomes) == sorted(ids)
     assert all(outcome.replies for outcome in outcomes)
@@ -115,14 +115,14 @@ def test_a_batch_routes_several_conversations_at_once(runtime, database_url: str
 def test_a_poisoned_batch_still_routes_the_rest(runtime, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     good = [accept("hello", f"SM-good-{n}", address=f"+1617555{2300 + n:04d}") for n in range(3)]
     poison = accept("what are your hours", "SM-poison-2", address="+16175552399")
-    original = runtime.engine.process
+    original = runtime.engine.route
 
     def broken(*, session, message, **kwargs):  # type: ignore[no-untyped-def]
         if message.id == poison:
             raise RuntimeError("bug")
         return original(session=session, message=message, **kwargs)
 
-    monkeypatch.setattr(runtime.engine, "process", broken)
+    monkeypatch.setattr(runtime.engine, "route", broken)
     InboundProcessor(engine=runtime.engine).process_batch(limit=8)
     with session_scope() as session:
         routed = {m.id: (m.processed_at is not None, m.process_errors) for m in session.scalars(select(Message).where(Message.id.in_([*good, poison])))}
