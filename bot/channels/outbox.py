@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session, aliased
 
@@ -34,6 +34,8 @@ DEFAULT_STALE_SENDING = timedelta(minutes=2)
 # One sender per deployment (see OutboxSender.run_forever); the leader checks its lock this often.
 SENDER_LEADERSHIP = "outbox-sender"
 LEADER_CHECK_SECONDS = 5.0
+# On PostgreSQL a queued text NOTIFYs this channel; the sender LISTENs, whichever replica queued it.
+NOTIFY_CHANNEL = "clinicbot_outbox"
 
 
 def text_values(
@@ -63,7 +65,9 @@ def text_values(
 
 def enqueue(*, session: Session, **text: Any) -> int | None:
     """Queue one text under a unique key (see `text_values`); return its outbox id, or None when queued before."""
-    return insert_or_ignore_id(session=session, table=OutboxMessage.__table__, values=text_values(**text), conflict=["key"])
+    outbox_id = insert_or_ignore_id(session=session, table=OutboxMessage.__table__, values=text_values(**text), conflict=["key"])
+    _notify_sender(session)
+    return outbox_id
 
 
 def enqueue_many(*, session: Session, texts: list[dict[str, Any]]) -> None:
@@ -71,6 +75,20 @@ def enqueue_many(*, session: Session, texts: list[dict[str, Any]]) -> None:
     if texts:
         session.flush()
         session.execute(_ENQUEUE, texts)
+        _notify_sender(session)
+
+
+def _notify_sender(session: Session) -> None:
+    """On PostgreSQL, wake the deployment's sender (maybe in another app replica) when this transaction commits.
+
+    Its own process wakes it directly; a text queued by another replica would otherwise wait for the
+    sender's next poll. NOTIFY is delivered only on commit, and once per transaction.
+    """
+    transaction = session.get_transaction()
+    if session.info.get("outbox_notified") is transaction or session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(sql_text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    session.info["outbox_notified"] = transaction
 
 
 def cancel_pending(*, session: Session, identity_id: int, reason: str) -> int:
@@ -525,7 +543,11 @@ class OutboxSender:
         the others stand by, and one of them takes over within `poll_seconds` when the leader stops or
         dies (its database session, and so its lock, ends with it).
         """
-        with Leadership(engine=get_engine(), name=SENDER_LEADERSHIP) as leadership:
+        engine = get_engine()
+        if engine.dialect.name == "postgresql":
+            listener = threading.Thread(target=self._listen, args=(engine, stop), name="clinicbot-outbox-listen", daemon=True)
+            listener.start()
+        with Leadership(engine=engine, name=SENDER_LEADERSHIP) as leadership:
             while not stop.is_set():
                 try:
                     if not self._lead(leadership, check_seconds=check_seconds):
@@ -538,6 +560,24 @@ class OutboxSender:
                     log.exception("outbox sender round failed; retrying")
                     stop.wait(poll_seconds)
         self.leading = False
+
+    def _listen(self, engine: Engine, stop: threading.Event) -> None:
+        """Wake the sender on every NOTIFY of a queued text, from any process; reconnect after a failure."""
+        import psycopg
+
+        conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as connection:
+                    connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.wake.set()  # texts queued while nobody listened
+                    while not stop.is_set():
+                        for _ in connection.notifies(timeout=1.0):
+                            self.wake.set()
+            except psycopg.Error as error:
+                log.warning("outbox sender stopped listening for queued texts (%s); polling until it reconnects",
+                            type(error).__name__)  # fmt: skip
+                stop.wait(1.0)
 
     def _lead(self, leadership: Leadership, *, check_seconds: float) -> bool:
         """Return whether this process may send now: it leads, and has checked lately that it still does."""

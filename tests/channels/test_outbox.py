@@ -298,7 +298,7 @@ class _Running:
         self.channel, self.stop = channel, threading.Event()
         self.sender = OutboxSender(channels={"sms": channel}, pacing=False)
         self.thread = threading.Thread(
-            target=self.sender.run_forever, args=(self.stop,), kwargs={"poll_seconds": 0.05, **kwargs}, daemon=True
+            target=self.sender.run_forever, args=(self.stop,), kwargs={"poll_seconds": 0.05} | kwargs, daemon=True
         )
         self.thread.start()
 
@@ -371,3 +371,20 @@ def test_a_sender_whose_database_session_ended_stops_sending(database_url: str) 
         leader.halt()
         if standby is not None:
             standby.halt()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_text_queued_by_another_replica_wakes_the_sender_at_once(database_url: str) -> None:
+    # The sender runs in one replica; a text queued in another (its routing, a staff reply) cannot wake
+    # it in-process. PostgreSQL's NOTIFY, sent when the queuing transaction commits, does.
+    leader = _Running(ScriptedChannel(), poll_seconds=30.0)
+    try:
+        assert _wait_for(lambda: leader.sender.leading is True)
+        time.sleep(0.3)  # the sender is idle now, waiting up to 30 s for a wake-up
+        queued_at = time.monotonic()
+        queue("n1", address="+16175553401")
+        assert _wait_for(lambda: leader.keys() == ["n1"], timeout=5.0)
+        assert time.monotonic() - queued_at < 5.0
+    finally:
+        leader.halt()
