@@ -91,6 +91,9 @@ class Routed:
     outs: list[Message]
 
 
+# Who looks at an attachment, by what its text asks (anything else: the front desk).
+MEDIA_REASONS = {"medical_question": "medical", "complaint": "complaint"}
+
 _loops = threading.local()
 
 
@@ -275,9 +278,11 @@ class _Turn:
         if conversation.state in (ConversationState.WAITING, ConversationState.STAFF) or self.identity.opted_out_at:
             return Route.SILENT, analysis.intent, analysis.confidence
         if self.media:
-            # The bot cannot read a photo or a file: a person looks at the links stored with the message.
+            # The bot cannot read a photo or a file: a person looks at it. A medical question with a
+            # photo (a rash, a wound) goes to the clinical team, whom front-desk staff cannot open.
             self.clear_form()
-            self.set_slot("handoff_reason", "human")
+            reason = MEDIA_REASONS.get(analysis.intent, "human") if analysis.route is Route.HANDOFF else "human"
+            self.set_slot("handoff_reason", reason)
             self.run_steps(["action_handoff"])
             return Route.HANDOFF, "media", None
         if conversation.active_form:

@@ -202,6 +202,29 @@ def test_staff_open_a_patients_picture_through_the_server_and_the_view_is_audite
     assert [tuple(v) for v in views] == [(str(message.id), "ok"), (str(message.id), "ok"), (str(message.id), "not_found")]
 
 
+def test_a_photo_with_a_medical_question_goes_to_clinicians_and_front_desk_cannot_open_it(sms_app: SmsApp) -> None:
+    from bot.staff.models import AuditEvent
+    from tests.staff.conftest import DEMO_CLINICIAN_EMAIL, DEMO_STAFF_EMAIL, sign_in
+
+    url = sms_app.fake.add_media(b"\xff\xd8\xff rash", "image/jpeg")
+    sms_app.text_in("is this rash on my arm something to worry about?", extra=(("NumMedia", "1"), ("MediaUrl0", url)))
+    sms_app.settle()
+    with session_scope() as session:
+        message = session.scalars(select(Message).where(Message.direction == Direction.IN)).one()
+        handoff = session.scalars(select(Handoff)).one()
+    assert (handoff.reason, handoff.team) == ("medical", "nurse")
+    front_desk = TestClient(sms_app.client.app, base_url="https://testserver")
+    sign_in(front_desk, email=DEMO_STAFF_EMAIL)
+    assert front_desk.get(f"/staff/messages/{message.id}/media/0").status_code == 403
+    clinician = TestClient(sms_app.client.app, base_url="https://testserver")
+    sign_in(clinician, email=DEMO_CLINICIAN_EMAIL)
+    assert clinician.get(f"/staff/messages/{message.id}/media/0").content == b"\xff\xd8\xff rash"
+    with session_scope() as session:
+        outcomes = session.scalars(select(AuditEvent.outcome).where(AuditEvent.action == "patient.attachment_viewed")
+                                   .order_by(AuditEvent.id)).all()  # fmt: skip
+    assert outcomes == ["denied", "ok"]
+
+
 def test_an_attachment_twilio_no_longer_has_is_a_clear_error_for_staff(sms_app: SmsApp) -> None:
     from tests.staff.conftest import sign_in
 
