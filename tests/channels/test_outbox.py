@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -312,15 +314,30 @@ class _Running:
         self.thread.join(timeout=10)
 
 
+@contextmanager
+def _senders(**kwargs: float) -> Iterator[Callable[[], _Running]]:
+    """Start senders on demand (`start()`), as app replicas would; halt every one at the end."""
+    started: list[_Running] = []
+
+    def start() -> _Running:
+        started.append(_Running(ScriptedChannel(), **kwargs))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for running in started:
+            running.halt()
+
+
 def test_one_sender_per_deployment_the_other_stands_by_and_takes_over(database_url: str) -> None:
     # Pacing (a sending number's carrier rate, Telegram's per-chat limit) lives in the sending process:
     # with several app replicas exactly one sends, and another takes over when it stops.
     first_wave = [queue(f"a{i}", address=f"+1617555{3000 + i:04d}") for i in range(3)]
-    leader = _Running(ScriptedChannel())
-    standby = None
-    try:
+    with _senders() as start:
+        leader = start()
         assert _wait_for(lambda: len(leader.keys()) == 3)
-        standby = _Running(ScriptedChannel())
+        standby = start()
         assert _wait_for(lambda: standby.sender.leading is False)
         second_wave = [queue(f"b{i}", address=f"+1617555{3100 + i:04d}") for i in range(3)]
         leader.sender.wake.set()
@@ -333,10 +350,6 @@ def test_one_sender_per_deployment_the_other_stands_by_and_takes_over(database_u
         assert _wait_for(lambda: len(standby.keys()) == 3)
         assert sorted(standby.keys()) == ["c0", "c1", "c2"] and standby.sender.leading is True
         assert all(row(i).status == "sent" for i in first_wave + second_wave + third_wave)
-    finally:
-        leader.halt()
-        if standby is not None:
-            standby.halt()
 
 
 @pytest.mark.postgres
@@ -346,11 +359,10 @@ def test_a_sender_whose_database_session_ended_stops_sending(database_url: str) 
 
     from bot.db import get_engine
 
-    leader = _Running(ScriptedChannel(), check_seconds=0.05)
-    standby = None
-    try:
+    with _senders(check_seconds=0.05) as start:
+        leader = start()
         assert _wait_for(lambda: leader.sender.leading is True)
-        standby = _Running(ScriptedChannel(), check_seconds=0.05)
+        standby = start()
         assert _wait_for(lambda: standby.sender.leading is False)
         # A database restart or a dropped connection ends the leader's session, and its lock with it.
         with get_engine().connect() as admin:
@@ -367,10 +379,6 @@ def test_a_sender_whose_database_session_ended_stops_sending(database_url: str) 
         assert _wait_for(lambda: all(row(i).status == "sent" for i in ids))
         sent = leader.keys() + standby.keys()
         assert sorted(sent) == ["d0", "d1", "d2", "d3"]
-    finally:
-        leader.halt()
-        if standby is not None:
-            standby.halt()
 
 
 @pytest.mark.postgres
@@ -378,13 +386,11 @@ def test_a_sender_whose_database_session_ended_stops_sending(database_url: str) 
 def test_a_text_queued_by_another_replica_wakes_the_sender_at_once(database_url: str) -> None:
     # The sender runs in one replica; a text queued in another (its routing, a staff reply) cannot wake
     # it in-process. PostgreSQL's NOTIFY, sent when the queuing transaction commits, does.
-    leader = _Running(ScriptedChannel(), poll_seconds=30.0)
-    try:
+    with _senders(poll_seconds=30.0) as start:
+        leader = start()
         assert _wait_for(lambda: leader.sender.leading is True)
         time.sleep(0.3)  # the sender is idle now, waiting up to 30 s for a wake-up
         queued_at = time.monotonic()
         queue("n1", address="+16175553401")
         assert _wait_for(lambda: leader.keys() == ["n1"], timeout=5.0)
         assert time.monotonic() - queued_at < 5.0
-    finally:
-        leader.halt()
