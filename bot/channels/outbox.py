@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
 from bot.channels.base import Channel, Delivery, OutgoingText, SendResult
 from bot.channels.models import STATUS_RANK, OutboxMessage, OutboxStatus
-from bot.db import get_engine, insert_or_ignore_id, session_scope, utcnow
+from bot.db import get_engine, insert_or_ignore_id, insert_or_ignore_many, session_scope, utcnow
 from bot.db.leader import Leadership
 from bot.patients.models import ChannelIdentity
 from bot.staff import audit
@@ -73,8 +73,7 @@ def enqueue(*, session: Session, **text: Any) -> int | None:
 def enqueue_many(*, session: Session, texts: list[dict[str, Any]]) -> None:
     """Queue several texts (rows from `text_values`) in one statement; a key queued before is skipped."""
     if texts:
-        session.flush()
-        session.execute(_ENQUEUE, texts)
+        insert_or_ignore_many(session=session, table=OutboxMessage.__table__, rows=texts, conflict=["key"])
         _notify_sender(session)
 
 
@@ -169,9 +168,6 @@ class _Outcome:
 
 
 _OUTBOX = OutboxMessage.__table__
-# enqueue_many's statement, built once (so compiled once); SQLite and PostgreSQL spell the conflict alike.
-_ENQUEUE = insert(_OUTBOX)
-_ENQUEUE._post_values_clause = sql_text("ON CONFLICT (key) DO NOTHING")
 # What _apply does for a sent text, as one statement for a whole wave (built once, compiled once).
 _RECORD_SENT = (
     update(_OUTBOX)

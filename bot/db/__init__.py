@@ -81,7 +81,18 @@ def insert_or_ignore(*, session: Session, model: type[Base], values: dict[str, A
     return session.scalars(statement).first()
 
 
-_INSERTS: dict[tuple[str, tuple[str, ...]], Any] = {}
+_INSERTS: dict[tuple[str, tuple[str, ...], bool], Any] = {}
+
+
+def _insert_or_ignore(table: Table, conflict: list[str], *, returning_id: bool) -> Any:
+    """Return `INSERT … ON CONFLICT (conflict) DO NOTHING` for a table, built once (so compiled once)."""
+    key = (table.name, tuple(conflict), returning_id)
+    statement = _INSERTS.get(key)
+    if statement is None:
+        statement = insert(table).returning(table.c.id) if returning_id else insert(table)
+        statement._post_values_clause = text(f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING")
+        _INSERTS[key] = statement
+    return statement
 
 
 def insert_or_ignore_id(*, session: Session, table: Table, values: dict[str, Any], conflict: list[str]) -> int | None:
@@ -91,13 +102,14 @@ def insert_or_ignore_id(*, session: Session, table: Table, values: dict[str, Any
     built once per table and key (so compiled once), and no ORM object loaded from the result.
     Pending ORM changes are flushed first, as an ORM statement's autoflush would.
     """
-    statement = _INSERTS.get((table.name, tuple(conflict)))
-    if statement is None:
-        statement = insert(table).returning(table.c.id)
-        statement._post_values_clause = text(f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING")
-        _INSERTS[(table.name, tuple(conflict))] = statement
     session.flush()
-    return session.execute(statement, values).scalar()
+    return session.execute(_insert_or_ignore(table, conflict, returning_id=True), values).scalar()
+
+
+def insert_or_ignore_many(*, session: Session, table: Table, rows: list[dict[str, Any]], conflict: list[str]) -> None:
+    """Insert rows in one executemany, skipping those whose unique key exists (pending ORM changes flush first)."""
+    session.flush()
+    session.execute(_insert_or_ignore(table, conflict, returning_id=False), rows)
 
 
 def make_engine(url: str) -> Engine:
