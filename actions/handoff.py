@@ -10,15 +10,9 @@ from rasa_sdk.executor import CollectingDispatcher
 
 from actions.common import conversation_id, due_phrase, language, response_text
 from bot.conversations import flows
-from bot.conversations.models import HandoffReason
+from bot.conversations.models import HANDOFF_REASON_BY_INTENT, HandoffReason
 from bot.db import session_scope
 
-REASON_BY_INTENT = {
-    "medical_question": HandoffReason.MEDICAL,
-    "emergency": HandoffReason.MEDICAL,
-    "complaint": HandoffReason.COMPLAINT,
-    "speak_to_human": HandoffReason.HUMAN,
-}
 TEAM_RESPONSE = {"nurse": "utter_team_nurse", "manager": "utter_team_manager", "front_desk": "utter_team_front_desk"}
 
 
@@ -46,7 +40,7 @@ class ActionHandoff(Action):
 
     def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]) -> list[EventType]:
         intent = (tracker.latest_message.get("intent") or {}).get("name")
-        reason = HandoffReason(tracker.get_slot("handoff_reason") or REASON_BY_INTENT.get(intent, "unclear"))
+        reason = HandoffReason(tracker.get_slot("handoff_reason") or HANDOFF_REASON_BY_INTENT.get(intent, "unclear"))
         return dispatch_handoff(dispatcher=dispatcher, tracker=tracker, domain=domain, reason=reason)
 
 

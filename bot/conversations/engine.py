@@ -18,10 +18,12 @@ from bot.channels.optout import Keyword, classify_keyword
 from bot.clinic_settings import ClinicContext, ClinicProfile, load_clinic
 from bot.conversations.domain import Domain
 from bot.conversations.models import (
+    HANDOFF_REASON_BY_INTENT,
     Author,
     Conversation,
     ConversationState,
     Direction,
+    HandoffReason,
     Message,
     Route,
 )
@@ -90,9 +92,6 @@ class Routed:
     replies: list[Reply]
     outs: list[Message]
 
-
-# Who looks at an attachment, by what its text asks (anything else: the front desk).
-MEDIA_REASONS = {"medical_question": "medical", "complaint": "complaint"}
 
 _loops = threading.local()
 
@@ -281,8 +280,10 @@ class _Turn:
             # The bot cannot read a photo or a file: a person looks at it. A medical question with a
             # photo (a rash, a wound) goes to the clinical team, whom front-desk staff cannot open.
             self.clear_form()
-            reason = MEDIA_REASONS.get(analysis.intent, "human") if analysis.route is Route.HANDOFF else "human"
-            self.set_slot("handoff_reason", reason)
+            reason = HandoffReason.HUMAN
+            if analysis.route is Route.HANDOFF:
+                reason = HANDOFF_REASON_BY_INTENT.get(analysis.intent or "", HandoffReason.HUMAN)
+            self.set_slot("handoff_reason", str(reason))
             self.run_steps(["action_handoff"])
             return Route.HANDOFF, "media", None
         if conversation.active_form:

@@ -137,6 +137,15 @@ class HandoffReason(StrEnum):
     UNCLEAR = "unclear"
 
 
+# Who a hand-off goes to, by what the patient asked (anything else: unclear, or the front desk).
+HANDOFF_REASON_BY_INTENT = {
+    "medical_question": HandoffReason.MEDICAL,
+    "emergency": HandoffReason.MEDICAL,
+    "complaint": HandoffReason.COMPLAINT,
+    "speak_to_human": HandoffReason.HUMAN,
+}
+
+
 class Handoff(Base):
     """A conversation passed to staff, with the time we promised a reply by."""
 
