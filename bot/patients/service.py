@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import phonenumbers
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +22,14 @@ class InvalidPhoneError(ValueError):
 
 def normalize_phone(raw: str, *, region: str = "US") -> str:
     """Return the E.164 form of a phone number, or raise InvalidPhoneError."""
+    return _normalize_phone(raw, region)
+
+
+# Every inbound text names its sender, and patients text again and again from the same few numbers:
+# a valid number is parsed once (phonenumbers' parse and validation cost more than storing the text).
+# Refusals raise, so they are never cached; the cache is bounded.
+@lru_cache(maxsize=4096)
+def _normalize_phone(raw: str, region: str) -> str:
     try:
         parsed = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException as error:

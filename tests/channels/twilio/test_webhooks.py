@@ -121,6 +121,25 @@ def test_malformed_webhooks_answer_400_naming_the_field(sms_app: SmsApp) -> None
     assert inbound_count() == 0
 
 
+def test_a_webhook_that_is_not_a_url_encoded_form_gets_a_clear_4xx(sms_app: SmsApp) -> None:
+    pairs = [("MessageSid", new_sid()), ("From", JIM), ("To", CLINIC_NUMBER), ("Body", "hello")]
+    signature = sign(token=sms_app.fake.auth_token, url=PUBLIC_URL + "/webhooks/twilio/sms", pairs=pairs)
+    as_json = sms_app.client.post("/webhooks/twilio/sms", json=dict(pairs), headers={"X-Twilio-Signature": signature})
+    as_upload = sms_app.client.post("/webhooks/twilio/sms", data=dict(pairs), files={"MediaUrl0": ("a.jpg", b"\xff")},
+                                    headers={"X-Twilio-Signature": signature})  # fmt: skip
+    not_utf8 = sms_app.client.post(
+        "/webhooks/twilio/sms", content=b"Body=%FF%FE&From=" + JIM.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8", "X-Twilio-Signature": signature},
+    )  # fmt: skip
+    answers = [(r.status_code, r.json()["detail"]) for r in (as_json, as_upload, not_utf8)]
+    assert answers == [
+        (415, "a Twilio webhook is application/x-www-form-urlencoded"),
+        (415, "a Twilio webhook is application/x-www-form-urlencoded"),
+        (400, "the form is not valid UTF-8"),
+    ]
+    assert inbound_count() == 0
+
+
 def test_a_duplicate_webhook_is_stored_once_and_answered_once(sms_app: SmsApp) -> None:
     sid = new_sid()
     first = sms_app.text_in("where are you located?", sid=sid)
