@@ -6,7 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Integer, Select, bindparam, select
 from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
@@ -103,6 +103,48 @@ def do_accept_inbound(*, session: Session, inbound: InboundText) -> Accepted:
     return accepted
 
 
+_PENDING: dict[tuple[bool, bool], Select[tuple[Message, Conversation, ChannelIdentity]]] = {}
+
+
+def _pending_query(*, postgres: bool, only: bool) -> Select[tuple[Message, Conversation, ChannelIdentity]]:
+    """Return the claim query of `InboundProcessor._pending`, built once per kind.
+
+    Building it (an aliased subquery, a locking clause) on every claim cost ~3 ms of CPU on
+    PostgreSQL, more than routing the message it claimed; the limit and the message id are bound.
+    """
+    key = (postgres, only)
+    query = _PENDING.get(key)
+    if query is not None:
+        return query
+    query = (
+        select(Message, Conversation, ChannelIdentity)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
+        .where(Message.direction == Direction.IN, Message.processed_at.is_(None))
+        .order_by(Message.id)
+        .limit(bindparam("limit", type_=Integer))
+    )
+    if only:
+        query = query.where(Message.id == bindparam("only", type_=Integer))
+    if postgres:
+        # Another worker may have claimed an earlier message of this conversation and not committed
+        # yet; lock-skipping alone could let this one overtake it, so it waits for the next round.
+        earlier = aliased(Message)
+        pending_before = (
+            select(earlier.id)
+            .where(
+                earlier.conversation_id == Message.conversation_id,
+                earlier.direction == Direction.IN,
+                earlier.processed_at.is_(None),
+                earlier.id < Message.id,
+            )
+            .exists()
+        )
+        query = query.where(~pending_before).with_for_update(skip_locked=True, of=(Message, Conversation))
+    _PENDING[key] = query
+    return query
+
+
 class InboundProcessor:
     """Process stored messages in order, one conversation at a time; safe in several processes."""
 
@@ -124,34 +166,12 @@ class InboundProcessor:
         whole transactions are serialised (bot.db), so the oldest pending messages are the next ones,
         routed in order within the batch.
         """
-        query = (
-            select(Message, Conversation, ChannelIdentity)
-            .join(Conversation, Conversation.id == Message.conversation_id)
-            .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
-            .where(Message.direction == Direction.IN, Message.processed_at.is_(None))
-            .order_by(Message.id)
-            .limit(limit)
-        )
-        if only is not None:
-            query = query.where(Message.id == only)
-        if session.get_bind().dialect.name == "postgresql":
-            # Another worker may have claimed an earlier message of this conversation and not committed
-            # yet; lock-skipping alone could let this one overtake it, so it waits for the next round.
-            earlier = aliased(Message)
-            pending_before = (
-                select(earlier.id)
-                .where(
-                    earlier.conversation_id == Message.conversation_id,
-                    earlier.direction == Direction.IN,
-                    earlier.processed_at.is_(None),
-                    earlier.id < Message.id,
-                )
-                .exists()
-            )
-            query = query.where(~pending_before).with_for_update(skip_locked=True, of=(Message, Conversation))
+        postgres = session.get_bind().dialect.name == "postgresql"
+        query = _pending_query(postgres=postgres, only=only is not None)
+        params: dict[str, int] = {"limit": limit} if only is None else {"limit": limit, "only": only}
         # Rows, not just messages: the session holds loaded objects weakly, and the engine's lookups of
         # these conversations and identities must find them there rather than query again.
-        return [(row[0], row[1], row[2]) for row in session.execute(query)]
+        return [(row[0], row[1], row[2]) for row in session.execute(query, params)]
 
     def _read_ahead(self, *, limit: int) -> dict[int, tuple[str, Analysis]]:
         """Analyse the next pending messages before taking SQLite's single write turn.
