@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import Engine, Integer, bindparam, func, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session, aliased
 
@@ -188,6 +188,57 @@ def _report(outbox_id: int, status: str, channel: str, attempts: int) -> None:
     metrics.outbox_outcome(channel, status)
 
 
+# A sender that crashed mid-send left these SENDING: after `stale_after` they are reconciled, never resent.
+_STALE_SENDING = (
+    update(OutboxMessage)
+    .where(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.updated_at < bindparam("b_stale"))
+    .values(status=OutboxStatus.UNKNOWN, updated_at=bindparam("b_now"))
+)
+_CLAIMS: dict[bool, Any] = {}
+
+
+def _claim_query(*, postgres: bool) -> Any:
+    """Return the sender's claim query, built once per backend (the time, channels and limit are bound).
+
+    Building it (an aliased subquery) on every claim cost ~2 ms of CPU, and the sender claims after
+    every routed batch.
+    """
+    query = _CLAIMS.get(postgres)
+    if query is not None:
+        return query
+    # A patient's texts go out in order even when several senders run (app replicas): a text
+    # waits while an earlier one to the same address is in flight with another sender. (Within
+    # one claim, texts to one address keep their order on one thread.) Higher priority jumps
+    # the queue: emergency instructions never wait behind a routine text.
+    earlier = aliased(OutboxMessage)
+    waits_for_earlier = (
+        select(earlier.id)
+        .where(
+            earlier.identity_id == OutboxMessage.identity_id,
+            earlier.id < OutboxMessage.id,
+            earlier.priority >= OutboxMessage.priority,
+            earlier.status == OutboxStatus.SENDING,
+        )
+        .exists()
+    )
+    query = (
+        select(OutboxMessage, ChannelIdentity)
+        .join(ChannelIdentity, ChannelIdentity.id == OutboxMessage.identity_id)
+        .where(
+            OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.UNKNOWN)),
+            OutboxMessage.next_attempt_at <= bindparam("b_now"),
+            OutboxMessage.channel.in_(bindparam("b_channels", expanding=True)),
+            ~waits_for_earlier,
+        )
+        .order_by(OutboxMessage.priority.desc(), OutboxMessage.id)
+        .limit(bindparam("b_limit", type_=Integer))
+    )
+    if postgres:
+        query = query.with_for_update(skip_locked=True, of=OutboxMessage)
+    _CLAIMS[postgres] = query
+    return query
+
+
 class OutboxSender:
     """Claim due texts and hand them to their channel; safe to run in several processes."""
 
@@ -220,43 +271,10 @@ class OutboxSender:
         now = utcnow()
         claimed: list[OutgoingText] = []
         with session_scope() as session:
-            stale = now - self.stale_after
-            session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.updated_at < stale)
-                .values(status=OutboxStatus.UNKNOWN, updated_at=now)
-            )
-            # A patient's texts go out in order even when several senders run (app replicas): a text
-            # waits while an earlier one to the same address is in flight with another sender. (Within
-            # one claim, texts to one address keep their order on one thread.) Higher priority jumps
-            # the queue: emergency instructions never wait behind a routine text.
-            earlier = aliased(OutboxMessage)
-            waits_for_earlier = (
-                select(earlier.id)
-                .where(
-                    earlier.identity_id == OutboxMessage.identity_id,
-                    earlier.id < OutboxMessage.id,
-                    earlier.priority >= OutboxMessage.priority,
-                    earlier.status == OutboxStatus.SENDING,
-                )
-                .exists()
-            )
-            query = (
-                select(OutboxMessage, ChannelIdentity)
-                .join(ChannelIdentity, ChannelIdentity.id == OutboxMessage.identity_id)
-                .where(
-                    OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.UNKNOWN)),
-                    OutboxMessage.next_attempt_at <= now,
-                    OutboxMessage.channel.in_(self.channels),
-                    ~waits_for_earlier,
-                )
-                .order_by(OutboxMessage.priority.desc(), OutboxMessage.id)
-                .limit(limit)
-            )
+            session.execute(_STALE_SENDING, {"b_stale": now - self.stale_after, "b_now": now})
             postgres = session.get_bind().dialect.name == "postgresql"
-            if postgres:
-                query = query.with_for_update(skip_locked=True, of=OutboxMessage)
-            rows = list(session.execute(query).tuples())
+            params = {"b_now": now, "b_channels": list(self.channels), "b_limit": limit}
+            rows = list(session.execute(_claim_query(postgres=postgres), params).tuples())
             if postgres:
                 rows = self._without_overtaking(session, rows, now=now)
             for row, identity in rows:
