@@ -120,6 +120,9 @@ def build_executor(package: str = "actions") -> ActionExecutor:
     return executor
 
 
+# Read on every routed batch to see whether staff changed the profile: built once.
+_CLINIC_PROFILE = select(*ClinicProfile.__table__.columns).order_by(ClinicProfile.id).limit(1)
+
 class Engine:
     """Decide and produce the bot's replies; every effect goes through actions and flows."""
 
@@ -139,9 +142,7 @@ class Engine:
         cached = session.info.get("clinic_context")
         if cached is not None:
             return cached
-        values = session.execute(
-            select(*ClinicProfile.__table__.columns).order_by(ClinicProfile.id).limit(1)
-        ).first()
+        values = session.execute(_CLINIC_PROFILE).first()
         known = self._clinic
         if values is not None and known is not None and known[0] == tuple(values):
             session.info["clinic_context"] = known[1]
