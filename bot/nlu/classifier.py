@@ -64,6 +64,8 @@ class Prediction:
     intent: str
     confidence: float
     ranking: tuple[tuple[str, float], ...]
+    # How sure the language detector was of `lang` (the analyser reports it; detected once per message).
+    lang_confidence: float = 0.5
 
 
 class _Scorer:
@@ -234,12 +236,13 @@ class IntentModel:
             log.error("language detection failed (%s)", exc.__class__.__name__)
             return "en", 0.5
 
-    def _fallback(self, lang: str) -> Prediction:
+    def _fallback(self, lang: str, lang_confidence: float = 0.5) -> Prediction:
         # No usable evidence: uniform over intents, reported as out_of_scope.
         n = max(len(self.intents), 1)
         others = [i for i in self.intents if i != FALLBACK_INTENT]
         ranking = ((FALLBACK_INTENT, 1.0 / n),) + tuple((i, 1.0 / n) for i in others[: TOP_K - 1])
-        return Prediction(lang=lang, intent=FALLBACK_INTENT, confidence=1.0 / n, ranking=ranking)
+        return Prediction(lang=lang, intent=FALLBACK_INTENT, confidence=1.0 / n, ranking=ranking,
+                          lang_confidence=lang_confidence)  # fmt: skip
 
     def predict_proba(self, texts: Sequence[str], *, lang: str | None = None) -> np.ndarray:
         """Return calibrated probabilities (columns = scorer classes) via the numpy fast path, no fallbacks."""
@@ -254,24 +257,25 @@ class IntentModel:
 
     def predict(self, text: str) -> Prediction:
         """Return the most likely intent with calibrated confidence and top-5 ranking; never raises."""
-        lang = "en"
+        lang, lang_confidence = "en", 0.5
         try:
-            lang, _ = self.predict_language(text)
+            lang, lang_confidence = self.predict_language(text)
             scorer = self._scorer_for(lang)
             norm = normalize_for_intent(text)
             if not _ALNUM_RE.search(norm):
-                return self._fallback(lang)
+                return self._fallback(lang, lang_confidence)
             ids, vals = scorer.features(norm)
             if len(ids) == 0:
-                return self._fallback(lang)
+                return self._fallback(lang, lang_confidence)
             p = scorer.proba(ids, vals)
             order = np.argsort(-p, kind="stable")[:TOP_K]
             ranking = tuple((scorer.classes[i], float(p[i])) for i in order)
-            return Prediction(lang=lang, intent=ranking[0][0], confidence=ranking[0][1], ranking=ranking)
+            return Prediction(lang=lang, intent=ranking[0][0], confidence=ranking[0][1], ranking=ranking,
+                              lang_confidence=lang_confidence)  # fmt: skip
         except Exception as exc:
             # Class name only: exception messages can quote the patient's text.
             log.error("intent prediction failed (%s)", exc.__class__.__name__)
-            return self._fallback(lang)
+            return self._fallback(lang, lang_confidence)
 
 
 # ---------------------------------------------------------------------------

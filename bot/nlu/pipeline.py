@@ -87,8 +87,8 @@ class Nlu:
         """Return language, intent, confidence and the route for one message."""
         self.refresh_if_changed()
         safety = check(text)
-        prediction = self.model.predict(text)
-        lang, lang_confidence = self.model.predict_language(text)
+        prediction = self.model.predict(text)  # the language is detected once, inside
+        lang, lang_confidence = prediction.lang, prediction.lang_confidence
         intent, confidence = prediction.intent, prediction.confidence
         if safety.is_emergency:
             route, intent, confidence = Route.EMERGENCY, "emergency", 1.0
