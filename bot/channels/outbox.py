@@ -182,9 +182,12 @@ _RECORD_SENT = (
 )
 
 
-def _report(outbox_id: int, status: str, channel: str, attempts: int) -> None:
-    """Log and count one recorded outcome (ids only)."""
-    log.info("outbox %s %s via %s (attempt %s)", outbox_id, status, channel, attempts)
+def _report(outbox_id: int, status: str, channel: str, attempts: int, provider_id: str | None = None) -> None:
+    """Log and count one recorded outcome (ids only: ours, and the provider's for support)."""
+    if provider_id:
+        log.info("outbox %s %s via %s (attempt %s) as %s", outbox_id, status, channel, attempts, provider_id)
+    else:
+        log.info("outbox %s %s via %s (attempt %s)", outbox_id, status, channel, attempts)
     metrics.outbox_outcome(channel, status)
 
 
@@ -472,7 +475,8 @@ class OutboxSender:
                      "b_error": o.result.error_code} for o in sent
                 ])  # fmt: skip
                 for o in sent:
-                    _report(o.text.outbox_id, OutboxStatus.SENT, o.text.channel, o.text.attempt)
+                    _report(o.text.outbox_id, OutboxStatus.SENT, o.text.channel, o.text.attempt,
+                            o.result.provider_message_id)
             rest = {o.text.outbox_id: o for o in outcomes if o.cancelled or o.result.outcome is not Delivery.SENT}
             found = session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(rest))) if rest else ()
             for row in found:
@@ -507,7 +511,7 @@ class OutboxSender:
             if result.outcome is Delivery.UNKNOWN:
                 row.attempts += 1
             row.next_attempt_at = now + timedelta(seconds=_backoff(row.attempts, result.retry_after))
-        _report(row.id, row.status, row.channel, row.attempts)
+        _report(row.id, row.status, row.channel, row.attempts, row.provider_message_id)
 
     @staticmethod
     def _opt_out(session: Session, row: OutboxMessage, state: str) -> None:

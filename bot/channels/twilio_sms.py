@@ -261,7 +261,7 @@ class TwilioSmsChannel:
             # An answer we could not read: the request did arrive, so it may have been accepted.
             log.warning("outbox %s: unreadable answer from twilio", text.outbox_id)
             return SendResult(Delivery.UNKNOWN)
-        log.info("outbox %s accepted by twilio as %s", text.outbox_id, message.sid)
+        log.debug("outbox %s accepted by twilio as %s", text.outbox_id, message.sid)  # "sent" is logged with the id
         return SendResult(Delivery.SENT, provider_message_id=message.sid)
 
     def _provider_error(self, text: OutgoingText, error: TwilioRestException | TwilioServiceException) -> SendResult:
