@@ -22,6 +22,7 @@ from bot.conversations.models import (
     HandoffReason,
     Message,
     Route,
+    unprocessed_inbound_where,
 )
 from bot.conversations.rendering import clinic_values
 from bot.conversations.service import clean_text, open_conversation, store_inbound
@@ -120,7 +121,7 @@ def _pending_query(*, postgres: bool, only: bool) -> Select[tuple[Message, Conve
         select(Message, Conversation, ChannelIdentity)
         .join(Conversation, Conversation.id == Message.conversation_id)
         .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
-        .where(Message.direction == Direction.IN, Message.processed_at.is_(None))
+        .where(unprocessed_inbound_where(Message))
         .order_by(Message.id)
         .limit(bindparam("limit", type_=Integer))
     )
@@ -132,12 +133,7 @@ def _pending_query(*, postgres: bool, only: bool) -> Select[tuple[Message, Conve
         earlier = aliased(Message)
         pending_before = (
             select(earlier.id)
-            .where(
-                earlier.conversation_id == Message.conversation_id,
-                earlier.direction == Direction.IN,
-                earlier.processed_at.is_(None),
-                earlier.id < Message.id,
-            )
+            .where(earlier.conversation_id == Message.conversation_id, unprocessed_inbound_where(earlier), earlier.id < Message.id)
             .exists()
         )
         query = query.where(~pending_before).with_for_update(skip_locked=True, of=(Message, Conversation))
@@ -186,7 +182,7 @@ class InboundProcessor:
             return {}
         query = (
             select(Message.id, Message.body)
-            .where(Message.direction == Direction.IN, Message.processed_at.is_(None))
+            .where(unprocessed_inbound_where(Message))
             .order_by(Message.id)
             .limit(limit)
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Integer, bindparam, func, select, update
+from sqlalchemy import Engine, Integer, bindparam, func, literal_column, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session, aliased
 
@@ -220,7 +220,9 @@ def _claim_query(*, postgres: bool) -> Any:
             earlier.identity_id == OutboxMessage.identity_id,
             earlier.id < OutboxMessage.id,
             earlier.priority >= OutboxMessage.priority,
-            earlier.status == OutboxStatus.SENDING,
+            # A literal, as ix_outbox_in_flight's predicate says it: a bound parameter hides the match
+            # from SQLite's planner and PostgreSQL's generic plans (see bot.conversations.models).
+            earlier.status == literal_column(f"'{OutboxStatus.SENDING.value}'"),
         )
         .exists()
     )

@@ -6,7 +6,18 @@ from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    and_,
+    literal_column,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot.db import Base, utcnow
@@ -87,6 +98,13 @@ class Conversation(Base):
     messages: Mapped[list[Message]] = relationship(back_populates="conversation", order_by="Message.id")
 
 
+# The predicate of the partial indexes over inbound texts not yet routed. Queries must say it in SQL
+# literals (`unprocessed_inbound_where`), never with bound parameters: SQLite's planner, and PostgreSQL's
+# generic plans for prepared statements, cannot match `direction = ?` to the index, and the claim then
+# read the whole message table, history included, on every routed batch.
+UNPROCESSED_INBOUND_SQL = "processed_at IS NULL AND direction = 'in'"
+
+
 class Message(Base):
     """One text in or out; inbound texts are unique per channel and provider id."""
 
@@ -97,8 +115,17 @@ class Message(Base):
         Index(
             "ix_message_unprocessed",
             "id",
-            postgresql_where=text("processed_at IS NULL AND direction = 'in'"),
-            sqlite_where=text("processed_at IS NULL AND direction = 'in'"),
+            postgresql_where=text(UNPROCESSED_INBOUND_SQL),
+            sqlite_where=text(UNPROCESSED_INBOUND_SQL),
+        ),
+        # The same rows by conversation: a PostgreSQL claim checks that no earlier text of the
+        # conversation waits, which must not read the conversation's whole history.
+        Index(
+            "ix_message_unprocessed_conversation",
+            "conversation_id",
+            "id",
+            postgresql_where=text(UNPROCESSED_INBOUND_SQL),
+            sqlite_where=text(UNPROCESSED_INBOUND_SQL),
         ),
     )
 
@@ -197,3 +224,8 @@ class PatientRequest(Base):
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
+
+
+def unprocessed_inbound_where(entity: Any = Message) -> ColumnElement[bool]:
+    """Return `UNPROCESSED_INBOUND_SQL` for Message (or an alias of it), in literals the planners can match."""
+    return and_(entity.processed_at.is_(None), entity.direction == literal_column(f"'{Direction.IN.value}'"))

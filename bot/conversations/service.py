@@ -7,7 +7,13 @@ import unicodedata
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.conversations.models import Conversation, ConversationState, Direction, Message
+from bot.conversations.models import (
+    Conversation,
+    ConversationState,
+    Direction,
+    Message,
+    unprocessed_inbound_where,
+)
 from bot.db import insert_or_ignore
 from bot.patients.models import ChannelIdentity
 
@@ -72,7 +78,7 @@ def unprocessed_inbound(*, session: Session, limit: int = 100) -> list[Message]:
     return list(
         session.scalars(
             select(Message)
-            .where(Message.direction == Direction.IN, Message.processed_at.is_(None))
+            .where(unprocessed_inbound_where(Message))
             .order_by(Message.id)
             .limit(limit)
         )
