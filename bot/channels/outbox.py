@@ -344,12 +344,14 @@ class OutboxSender:
         """Send or reconcile one claimed text and record the outcome."""
         return self.deliver_all([text])[0].result
 
-    def deliver_all(self, texts: list[OutgoingText]) -> list[_Outcome]:
+    def deliver_all(self, texts: list[OutgoingText], *, just_claimed: bool = False) -> list[_Outcome]:
         """Send or reconcile claimed texts and record their outcomes, in waves of parallel sends.
 
         Texts to one address stay in claim order on one thread, so a patient's replies arrive in
         order. Each wave checks opt-outs just before it sends and records its outcomes in one
         transaction; a crash before that leaves the rows SENDING, which are reconciled, never resent.
+        `just_claimed` says the claim that returned these texts has just checked the first wave's
+        opt-outs (it cancels opted-out rows), so that wave is not read again.
         """
         waves: list[list[list[OutgoingText]]] = []
         for channel_name in dict.fromkeys(text.channel for text in texts):
@@ -365,7 +367,7 @@ class OutboxSender:
             same = list(groups.values())
             waves += [same[start : start + width] for start in range(0, len(same), width)]
         outcomes: list[_Outcome] = []
-        opted_out = self._opted_out(waves[0]) if waves else set()
+        opted_out = self._opted_out(waves[0]) if waves and not just_claimed else set()
         for number, wave in enumerate(waves):
             done = self._send_wave(wave, opted_out)
             outcomes += done
@@ -534,7 +536,7 @@ class OutboxSender:
         """Deliver one batch of due texts; return how many were attempted."""
         texts = self.claim(limit=limit)
         if texts:
-            self.deliver_all(texts)
+            self.deliver_all(texts, just_claimed=True)
         return len(texts)
 
     def close(self) -> None:
