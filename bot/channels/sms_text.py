@@ -29,14 +29,18 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])(\s+)")
 _SPACE = re.compile(r"(\s+)")
 
 
+_GSM7 = GSM7_BASIC | GSM7_EXTENDED
+_REPLACE = str.maketrans(GSM7_REPLACEMENTS)
+
+
 def is_gsm7(text: str) -> bool:
     """Return whether a text fits the GSM-7 alphabet (with its extension table)."""
-    return all(ch in GSM7_BASIC or ch in GSM7_EXTENDED for ch in text)
+    return _GSM7.issuperset(text)
 
 
 def gsm7_normalise(text: str) -> str:
     """Replace typographic look-alikes with GSM-7 characters, when that makes the whole text GSM-7."""
-    replaced = "".join(GSM7_REPLACEMENTS.get(ch, ch) for ch in text)
+    replaced = text.translate(_REPLACE)
     # A text that stays UCS-2 anyway keeps its original punctuation: nothing would be saved.
     return replaced if is_gsm7(replaced) else text
 
