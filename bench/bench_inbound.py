@@ -24,7 +24,6 @@ import contextlib
 import http.client
 import itertools
 import math
-import multiprocessing
 import os
 import random
 import secrets
@@ -82,39 +81,33 @@ WARMUP_REQUESTS = 48
 
 
 class FakeTwilioProcess:
-    """The fake Twilio in a process of its own, as the real one is.
+    """The fake Twilio in a process of its own (bench/fake_twilio_server.py), as the real one is.
 
     In the load generator's process its request handling took turns at the same GIL as the sixteen
     load threads, which then timed that wait as server latency.
     """
 
     def __init__(self, *, account_sid: str, auth_token: str) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._connection, child = context.Pipe()
-        self.process = context.Process(target=_serve_fake_twilio, args=(account_sid, auth_token, child), daemon=True)
-        self.process.start()
-        if not self._connection.poll(60):
-            self.process.kill()
-            raise RuntimeError("the fake Twilio process did not start within 60 s")
-        self.base_url: str = self._connection.recv()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.fake_twilio_server", account_sid, auth_token],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        self.base_url = self.process.stdout.readline().strip()
+        if not self.base_url.startswith("http://"):
+            self.stop()
+            raise RuntimeError("the fake Twilio process did not start")
         self.account_sid, self.auth_token = account_sid, auth_token
 
     def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._connection.send("stop")
-        self.process.join(timeout=10)
-        if self.process.is_alive():
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-
-
-def _serve_fake_twilio(account_sid: str, auth_token: str, connection: Any) -> None:
-    from tests.fakes.fake_twilio import FakeTwilio
-
-    fake = FakeTwilio(account_sid=account_sid, auth_token=auth_token).start()
-    connection.send(fake.base_url)
-    with contextlib.suppress(EOFError, OSError):
-        connection.recv()  # until told to stop, or the benchmark is gone
-    fake.stop()
+            self.process.wait()
 
 
 def server_env(*, db_url: str, server_url: str, fake: Any) -> dict[str, str]:
