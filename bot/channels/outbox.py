@@ -200,6 +200,16 @@ _STALE_SENDING = (
 _CLAIMS: dict[bool, Any] = {}
 
 
+# Due texts to the claimed texts' addresses that this claim passed over (see `_without_overtaking`).
+_PASSED_OVER = select(OutboxMessage.identity_id, OutboxMessage.id, OutboxMessage.priority).where(
+    OutboxMessage.identity_id.in_(bindparam("b_identities", expanding=True)),
+    OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.UNKNOWN)),
+    OutboxMessage.next_attempt_at <= bindparam("b_now"),
+    OutboxMessage.id.not_in(bindparam("b_claimed", expanding=True)),
+    OutboxMessage.id < bindparam("b_last", type_=Integer),
+)
+
+
 def _claim_query(*, postgres: bool) -> Any:
     """Return the sender's claim query, built once per backend (the time, channels and limit are bound).
 
@@ -320,15 +330,9 @@ class OutboxSender:
         if not rows:
             return rows
         claimed = [row.id for row, _ in rows]
-        unclaimed = session.execute(
-            select(OutboxMessage.identity_id, OutboxMessage.id, OutboxMessage.priority).where(
-                OutboxMessage.identity_id.in_({row.identity_id for row, _ in rows}),
-                OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.UNKNOWN)),
-                OutboxMessage.next_attempt_at <= now,
-                OutboxMessage.id.not_in(claimed),
-                OutboxMessage.id < max(claimed),
-            )
-        ).all()
+        params = {"b_identities": list({row.identity_id for row, _ in rows}), "b_now": now, "b_claimed": claimed,
+                  "b_last": max(claimed)}  # fmt: skip
+        unclaimed = session.execute(_PASSED_OVER, params).all()
         if not unclaimed:
             return rows
         return [
