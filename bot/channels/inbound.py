@@ -6,7 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, Select, bindparam, select
+from sqlalchemy import Integer, Select, bindparam, insert, literal, literal_column, select, text
 from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
@@ -26,7 +26,7 @@ from bot.conversations.models import (
 )
 from bot.conversations.rendering import clinic_values
 from bot.conversations.service import clean_text, open_conversation, store_inbound
-from bot.db import get_engine, insert_or_ignore_id, session_scope, utcnow
+from bot.db import get_engine, session_scope, utcnow
 from bot.nlu.pipeline import Analysis
 from bot.patients.models import ChannelIdentity
 from bot.patients.service import get_or_create_identity
@@ -61,35 +61,50 @@ class Accepted:
     identity_id: int
 
 
-# Nearly every text comes from an address seen before with a conversation open: one read (built once,
-# so compiled once) finds both, and one Core insert stores the message or finds it already stored.
-# First contact takes the general path below.
-_OPEN_CONVERSATION = (
-    select(ChannelIdentity.id, Conversation.id, Conversation.channel)
-    .join(Conversation, Conversation.identity_id == ChannelIdentity.id)
+# Nearly every text comes from an address seen before with a conversation open: one statement (built
+# once, so compiled once) stores the message in that conversation, or inserts nothing when the
+# message is already stored (a provider retry, or a concurrent copy that won the race) or there is
+# no open conversation. First contact, and telling those two apart, take the general path below.
+_MESSAGE = Message.__table__
+_STORE_IN_OPEN_CONVERSATION = insert(_MESSAGE).from_select(
+    ["conversation_id", "channel", "provider_message_id", "direction", "author_kind", "body", "media"],
+    select(
+        Conversation.id,
+        Conversation.channel,
+        bindparam("provider_message_id", type_=_MESSAGE.c.provider_message_id.type),
+        literal(Direction.IN.value, _MESSAGE.c.direction.type),
+        literal(Author.PATIENT.value, _MESSAGE.c.author_kind.type),
+        bindparam("body", type_=_MESSAGE.c.body.type),
+        bindparam("media", type_=_MESSAGE.c.media.type),
+    )
+    .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
     .where(
         ChannelIdentity.channel == bindparam("channel"),
         ChannelIdentity.address == bindparam("address"),
         Conversation.state != ConversationState.CLOSED,
     )
     .order_by(Conversation.id.desc())
-    .limit(1)
+    .limit(1),
+).returning(
+    _MESSAGE.c.id,
+    _MESSAGE.c.conversation_id,
+    # The conversation's identity, read with the inserted row: RETURNING names only that row.
+    literal_column("(SELECT conversation.identity_id FROM conversation WHERE conversation.id = message.conversation_id)"),
 )
+# SQLite and PostgreSQL spell it alike (see bot.db.insert_or_ignore).
+_STORE_IN_OPEN_CONVERSATION._post_values_clause = text("ON CONFLICT (channel, provider_message_id) DO NOTHING")
 
 
 def do_accept_inbound(*, session: Session, inbound: InboundText) -> Accepted:
     """Store an inbound message exactly once (the caller commits, then acknowledges)."""
     media = list(inbound.media_urls) or None
-    row = session.connection().execute(_OPEN_CONVERSATION, {"channel": inbound.channel, "address": inbound.address}).first()
-    if row is not None:
-        identity_id, conversation_id, channel = row
-        # A duplicate (a provider retry, or a concurrent copy that won the race) inserts nothing.
-        message_id = insert_or_ignore_id(session=session, table=Message.__table__, conflict=["channel", "provider_message_id"],
-                                         values={"conversation_id": conversation_id, "channel": channel,
-                                                 "provider_message_id": inbound.provider_message_id, "direction": Direction.IN,
-                                                 "author_kind": Author.PATIENT, "body": clean_text(inbound.text),
-                                                 "media": media})  # fmt: skip
-        accepted = Accepted(message_id is not None, message_id, conversation_id, identity_id)
+    session.flush()  # as an ORM statement's autoflush would: the insert below is Core
+    stored = session.connection().execute(_STORE_IN_OPEN_CONVERSATION, {
+        "channel": inbound.channel, "address": inbound.address, "provider_message_id": inbound.provider_message_id,
+        "body": clean_text(inbound.text), "media": media}).first()  # fmt: skip
+    if stored is not None:
+        message_id, conversation_id, identity_id = stored
+        accepted = Accepted(True, message_id, conversation_id, identity_id)
     else:
         identity = get_or_create_identity(session=session, channel=inbound.channel, address=inbound.address)
         conversation = open_conversation(session=session, identity=identity)
