@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.db import session_scope, utcnow
+from bot.db import read_scope, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,8 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         """Return the database metrics and whether reading them worked."""
         try:
-            with session_scope() as session:
+            # A scrape counts whole tables: it reads beside the writer, never in its queue.
+            with read_scope() as session:
                 metrics = list(database_metrics(session=session, now=utcnow()))
             up = 1.0
         except Exception as error:

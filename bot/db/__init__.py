@@ -198,6 +198,23 @@ _SQLITE_LOCK = _WriterLock()
 _ambient: contextvars.ContextVar[Session | None] = contextvars.ContextVar("clinicbot_session", default=None)
 
 
+
+@contextmanager
+def read_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """Yield a session for reads only: it never takes SQLite's writer lock, and is rolled back at the end.
+
+    WAL lets readers run beside the writer on a consistent snapshot, so a read that may be long (a
+    metrics scrape counting a clinic's whole history) must not queue for the writer's turn, and hold
+    every acknowledgement behind it, as `session_scope` would. Nothing written here is kept.
+    """
+    session = _factory(engine or get_engine())()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
 @contextmanager
 def session_scope(engine: Engine | None = None, *, urgent: bool = False) -> Iterator[Session]:
     """Yield a session that commits on success and rolls back on error.

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select, text
 
 from bot import metrics
 from bot.config import Settings
-from bot.db import get_engine, session_scope, utcnow
+from bot.db import get_engine, read_scope, utcnow
 from bot.db.migrate import current_revision, head_revision
 from bot.promises.models import SchedulerHeartbeat
 from bot.web.deps import SettingsDep
@@ -79,7 +79,7 @@ def check_readiness(*, settings: Settings, now: datetime | None = None) -> Readi
     if not settings.require_scheduler:
         result.checks["scheduler"] = "ok"
         return result
-    with session_scope() as session:
+    with read_scope() as session:
         beat = session.scalar(
             select(SchedulerHeartbeat.beat_at).where(SchedulerHeartbeat.name == SCHEDULER_NAME)
         )
