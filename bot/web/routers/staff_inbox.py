@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from bot.channels.base import MediaError
 from bot.clinic_settings import load_clinic
 from bot.conversations.domain import Domain
-from bot.db import session_scope, utcnow
+from bot.db import read_scope, session_scope, utcnow
 from bot.staff import auth, canned, inbox
 from bot.staff.alerts import open_alert_count
 from bot.staff.auth import Principal
@@ -101,7 +101,8 @@ def queue_rows(
 
 
 def _snapshot(conversation_id: int | None) -> dict[str, Any]:
-    with session_scope() as session:
+    # Every open inbox polls this each second: a read beside SQLite's writer, never in its queue.
+    with read_scope() as session:
         alerts = open_alert_count(session=session)
         emergencies = (
             session.scalar(

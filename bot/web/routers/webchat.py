@@ -40,7 +40,7 @@ from bot.channels.inbound import InboundText, do_accept_inbound
 from bot.channels.models import OutboxMessage, OutboxStatus
 from bot.config import Settings
 from bot.conversations.models import Conversation, Direction, Message
-from bot.db import session_scope, utcnow
+from bot.db import read_scope, session_scope, utcnow
 from bot.patients.models import Channel, Patient
 from bot.patients.service import InvalidPhoneError, get_identity, get_or_create_identity, normalize_phone
 from bot.runtime import Runtime
@@ -492,7 +492,8 @@ def poll_events(
     address: str, cursor: Cursor, identity_id: int | None
 ) -> tuple[list[str], Cursor, int | None]:
     """Read what the visitor has not seen yet, in order; return SSE frames, the new cursor and the identity."""
-    with session_scope() as session:
+    # Every open chat polls twice a second: a read beside SQLite's writer, never in its queue.
+    with read_scope() as session:
         if identity_id is None:
             identity = get_identity(session=session, channel=Channel.WEBCHAT, address=address)
             if identity is None:
