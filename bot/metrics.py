@@ -183,6 +183,19 @@ def database_metrics(*, session: Session, now: datetime) -> Iterator[Metric]:
         retrying.add_metric([channel], retried)
     yield backlog
     yield retrying
+    # Texts by state, whichever process sent them: with `serve --processors N` the sending happens in
+    # worker processes nobody scrapes, so their own counters never reach /metrics.
+    texts = GaugeMetricFamily(
+        "clinicbot_outbox_texts", "Texts in the outbox by channel and state (sent, delivered, failed, ...).",
+        labels=["channel", "status"],
+    )  # fmt: skip
+    for channel, status, count in session.execute(
+        select(OutboxMessage.channel, OutboxMessage.status, func.count()).group_by(
+            OutboxMessage.channel, OutboxMessage.status
+        )
+    ):
+        texts.add_metric([channel, status], count)
+    yield texts
     failed = CounterMetricFamily(
         "clinicbot_outbox_failures", "Texts marked failed, by channel.", labels=["channel"]
     )

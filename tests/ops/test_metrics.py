@@ -59,9 +59,13 @@ def test_messages_routes_intents_and_outbox_backlog_come_from_the_database(make_
     assert figures[("clinicbot_outbox_retrying", (("channel", "webchat"),))] == 0
     assert figures[("clinicbot_metrics_database_up", ())] == 1
 
+    assert figures[("clinicbot_outbox_texts", (("channel", "webchat"), ("status", "pending")))] == 1
     harness.workers.sender.drain()
     figures = scrape(client)
     assert ("clinicbot_outbox_backlog", (("channel", "webchat"),)) not in figures
+    # Counted from the database, so a text a worker process sent shows on every process's /metrics.
+    assert figures[("clinicbot_outbox_texts", (("channel", "webchat"), ("status", "sent")))] == 1
+    assert ("clinicbot_outbox_texts", (("channel", "webchat"), ("status", "pending"))) not in figures
     assert figures[("clinicbot_outbox_oldest_due_seconds", ())] == 0
     assert edge("clinicbot_outbox_sent_total", channel="webchat") == sent_before + 1
     assert edge("clinicbot_inbound_accepted_total", channel="webchat") == accepted_before + 1
