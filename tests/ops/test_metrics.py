@@ -15,6 +15,7 @@ from bot.conversations.models import Handoff
 from bot.db import session_scope, utcnow
 from bot.promises.models import Promise, PromiseKind, PromiseUpdate, UpdateKind
 from tests.channels.webchat.conftest import ORIGIN
+from tests.db.writes import run_beside_open_write
 
 
 def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:  # type: ignore[no-untyped-def]
@@ -142,26 +143,6 @@ def test_an_unreadable_database_is_reported_not_raised(monkeypatch: pytest.Monke
 def test_a_scrape_reads_beside_the_writer_and_never_waits_for_its_turn(demo_db: str) -> None:
     # A scrape counts whole tables. Queued for SQLite's writer it would hold every acknowledgement
     # behind it; it must read while a long write is in progress, on both backends.
-    import threading
-
-    holding, release = threading.Event(), threading.Event()
-
-    def long_write() -> None:
-        with session_scope() as session:
-            session.execute(update(OutboxMessage).where(OutboxMessage.id < 0).values(attempts=0))
-            holding.set()
-            release.wait(10)
-
-    writer = threading.Thread(target=long_write, daemon=True)
-    writer.start()
-    assert holding.wait(10)
-    scraped: list[bytes] = []
-    reader = threading.Thread(target=lambda: scraped.append(metrics.render()), daemon=True)
-    reader.start()
-    reader.join(5)
-    finished_while_writing = not reader.is_alive()
-    release.set()
-    writer.join(10)
-    reader.join(10)
+    finished_while_writing, scraped = run_beside_open_write(metrics.render)
     assert finished_while_writing
     assert b"clinicbot_metrics_database_up 1.0" in scraped[0]

@@ -280,30 +280,8 @@ def test_outbox_rows_of_other_sessions_are_never_streamed(make_app) -> None:
 def test_an_open_chat_polls_beside_a_long_write_without_waiting_for_it(demo_db: str) -> None:
     # Every open chat reads its new events twice a second; queued for SQLite's single writer, a room of
     # visitors would stand in line with the acknowledgements. The read must not wait for a write.
-    import threading
-
-    from sqlalchemy import update
-
-    from bot.channels.models import OutboxMessage
-    from bot.db import session_scope
     from bot.web.routers.webchat import Cursor, poll_events
+    from tests.db.writes import run_beside_open_write
 
-    holding, release = threading.Event(), threading.Event()
-
-    def long_write() -> None:
-        with session_scope() as session:
-            session.execute(update(OutboxMessage).where(OutboxMessage.id < 0).values(attempts=0))
-            holding.set()
-            release.wait(10)
-
-    writer = threading.Thread(target=long_write, daemon=True)
-    writer.start()
-    assert holding.wait(10)
-    polled: list[object] = []
-    reader = threading.Thread(target=lambda: polled.append(poll_events("visitor-x", Cursor(0, 0), None)), daemon=True)
-    reader.start()
-    reader.join(5)
-    finished_while_writing = not reader.is_alive()
-    release.set()
-    writer.join(10)
+    finished_while_writing, polled = run_beside_open_write(lambda: poll_events("visitor-x", Cursor(0, 0), None))
     assert finished_while_writing and polled == [([], Cursor(0, 0), None)]
