@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+import urllib3
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies
 from sqlalchemy import select
 from twilio.base import values
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
-from twilio.http.http_client import TwilioHttpClient
+from twilio.http import HttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ProxyError, SSLError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProxyError, SSLError
 
 from bot.channels.base import MAX_MEDIA_BYTES, Delivery, Media, MediaError, OutgoingText, SendResult
 from bot.channels.models import OutboxMessage
@@ -50,21 +53,43 @@ MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 _NOT_SENT_REASONS = (NewConnectionError, ConnectTimeoutError, SSLError, ProxyError)
 
 
-class _RecordingHttpClient(TwilioHttpClient):
-    """Keep each thread's last response: twilio's exceptions drop the headers, and a 429 says when to retry.
+class _TwilioHttp(HttpClient):
+    """twilio's HTTP client interface over urllib3, the connection pool requests itself sends with.
 
-    The environment's proxy and CA settings are read once per host rather than on every request:
-    requests re-reads them each time, which cost more CPU than the rest of the request.
+    twilio's own client goes through a requests Session, whose per-request machinery (merging session
+    settings, cookies and hooks, re-reading the environment) cost more CPU than the connection pool
+    under it. This one sends straight through urllib3 with the same timeouts, proxy and CA settings
+    (read from the environment once per host, as requests would), no retries and no redirects, and
+    raises requests' exception classes as requests' adapter would, so an unsent request, a timeout
+    and a dropped answer stay told apart. It also keeps each thread's last response: twilio's
+    exceptions drop the headers, and a 429 says when to retry.
     """
 
     def __init__(self, *, timeout: float, pool_size: int = 10) -> None:
-        super().__init__(timeout=timeout, logger=_http_log)
+        super().__init__(logger=_http_log, is_async=False, timeout=timeout)
         self._last = threading.local()
-        self._environment: dict[str, dict[str, Any]] = {}
-        assert self.session is not None
-        # One keep-alive connection per send thread, for http:// (a local edge) as for https://.
-        for scheme in ("https://", "http://"):
-            self.session.mount(scheme, HTTPAdapter(pool_connections=1, pool_maxsize=pool_size))
+        self._pool_size = pool_size
+        self._managers: dict[str, urllib3.PoolManager] = {}
+        self._lock = threading.Lock()
+
+    def _manager(self, scheme: str, origin: str, url: str) -> urllib3.PoolManager:
+        manager = self._managers.get(origin)
+        if manager is not None:
+            return manager
+        with self._lock:
+            manager = self._managers.get(origin)
+            if manager is None:
+                # What requests reads per request: HTTPS_PROXY and friends (NO_PROXY honoured), and
+                # REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE over the bundled certificates.
+                proxies = get_environ_proxies(url)
+                proxy = proxies.get(scheme) or proxies.get("all")
+                bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH
+                tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+                tls["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
+                options: dict[str, Any] = {"num_pools": 4, "maxsize": self._pool_size, "retries": False, **tls}
+                manager = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+                self._managers[origin] = manager
+        return manager
 
     def request(
         self,
@@ -79,25 +104,30 @@ class _RecordingHttpClient(TwilioHttpClient):
     ) -> Response:
         """Send a request and remember its response for this thread."""
         self._last.response = None
-        session = self.session
-        assert session is not None
-        body: dict[str, Any] = {"data": data}
-        if headers and headers.get("Content-Type") in {"application/json", "application/scim+json"}:
-            body = {"json": data}
-        prepared = session.prepare_request(
-            requests.Request(method=method.upper(), url=url, params=params, headers=headers, auth=auth,
-                             hooks=self.request_hooks, **body)
-        )  # fmt: skip
-        origin = urlsplit(prepared.url or url)
-        key = f"{origin.scheme}://{origin.netloc}"
-        settings = self._environment.get(key)
-        if settings is None:
-            settings = session.merge_environment_settings(prepared.url, self.proxy, None, None, None)
-            self._environment[key] = settings
-        answer = session.send(
-            prepared, allow_redirects=allow_redirects, timeout=timeout or self.timeout, **settings
-        )
-        response = Response(int(answer.status_code), answer.text, answer.headers)
+        method = method.upper()
+        if params:
+            url += ("&" if "?" in url else "?") + _form(params)
+        headers = dict(headers or {})
+        body: bytes | None = None
+        if data:
+            if headers.get("Content-Type") in {"application/json", "application/scim+json"}:
+                body = json.dumps(data).encode()
+            else:
+                body = _form(data).encode()
+                headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        if auth is not None:
+            headers.update(urllib3.make_headers(basic_auth=f"{auth[0]}:{auth[1]}"))
+        parts = urlsplit(url)
+        manager = self._manager(parts.scheme, f"{parts.scheme}://{parts.netloc}", url)
+        seconds = timeout or self.timeout
+        try:
+            answer = manager.request(
+                method, url, body=body, headers=headers, redirect=allow_redirects, retries=False,
+                timeout=urllib3.Timeout(connect=seconds, read=seconds),
+            )  # fmt: skip
+        except urllib3.exceptions.HTTPError as error:
+            raise _as_requests_error(error) from error
+        response = Response(answer.status, answer.data.decode("utf-8", errors="replace"), answer.headers)
         self._last.response = response
         return response
 
@@ -105,6 +135,29 @@ class _RecordingHttpClient(TwilioHttpClient):
         """Return the headers of this thread's last response (empty if there was none)."""
         response = getattr(self._last, "response", None)
         return (response.headers or {}) if response is not None else {}
+
+
+def _form(fields: Mapping[str, object]) -> str:
+    """Encode fields as requests does: a list is a repeated key, None is left out."""
+    pairs = []
+    for name, value in fields.items():
+        for item in value if isinstance(value, list | tuple) else (value,):
+            if item is not None:
+                pairs.append((name, item))
+    return urlencode(pairs)
+
+
+def _as_requests_error(error: urllib3.exceptions.HTTPError) -> requests.RequestException:
+    """Raise what requests' adapter raises for urllib3's error (the channel tells outcomes apart by it)."""
+    if isinstance(error, ConnectTimeoutError) and not isinstance(error, NewConnectionError):
+        return requests.ConnectTimeout(error)
+    if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+        return requests.ReadTimeout(error)
+    if isinstance(error, ProxyError):
+        return requests.exceptions.ProxyError(error)
+    if isinstance(error, SSLError):
+        return requests.exceptions.SSLError(error)
+    return requests.ConnectionError(error)
 
 
 def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
@@ -169,7 +222,9 @@ class TwilioSmsChannel:
         self.status_callback = status_callback
         self.max_per_second = max_per_second
         self.part_interval = part_interval
-        self.http = _RecordingHttpClient(timeout=timeout, pool_size=self.parallel_sends)
+        self.http = _TwilioHttp(timeout=timeout, pool_size=self.parallel_sends)
+        # Attachments follow Twilio's redirect to its file store, which requests does without the credentials.
+        self._media = requests.Session()
         self.client = Client(account_sid, auth_token, http_client=self.http)
         self._credentials = (account_sid, auth_token)
         self.timeout = timeout
@@ -202,10 +257,8 @@ class TwilioSmsChannel:
         base = self.client.api.base_url.rstrip("/")
         if not reference.startswith(base + "/"):
             raise MediaError("the attachment's link is not on the Twilio API host this clinic uses")
-        session = self.http.session
-        assert session is not None
         try:
-            with session.get(reference, auth=self._credentials, timeout=self.timeout, stream=True) as answer:
+            with self._media.get(reference, auth=self._credentials, timeout=self.timeout, stream=True) as answer:
                 if answer.status_code != 200:
                     raise MediaError(f"Twilio answered {answer.status_code} for the attachment")
                 content = bytearray()
@@ -281,9 +334,7 @@ class TwilioSmsChannel:
 
     @staticmethod
     def _network_error(text: OutgoingText, error: requests.RequestException) -> SendResult:
-        reason: object = error.args[0] if error.args else None
-        if isinstance(reason, MaxRetryError):
-            reason = reason.reason
+        reason: object = error.args[0] if error.args else None  # urllib3's error (see _as_requests_error)
         never_left = isinstance(error, requests.ConnectTimeout) or (
             isinstance(error, requests.ConnectionError) and isinstance(reason, _NOT_SENT_REASONS)
         )

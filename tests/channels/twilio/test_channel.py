@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import socket
+import threading
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from bot.channels.base import Delivery, OutgoingText, SendResult
 from bot.channels.registry import build_channels
-from bot.channels.twilio_sms import TwilioSmsChannel, parse_retry_after
+from bot.channels.twilio_sms import TwilioSmsChannel, _form, parse_retry_after
 from bot.config import get_settings
 from bot.db import utcnow
 from tests.channels.twilio.conftest import CLINIC_NUMBER, JIM, PUBLIC_URL
@@ -147,3 +150,69 @@ def test_the_registry_builds_the_channel_from_settings(
     )  # fmt: skip
     assert channel.status_callback == PUBLIC_URL + "/webhooks/twilio/status"
     assert channel.send(text()).outcome is Delivery.SENT
+
+
+class _Proxy:
+    """A loopback HTTP proxy stand-in: it records each request line and answers 503."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                proxy.lines.append(self.requestline)
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_texts_go_through_the_proxy_the_environment_names(
+    fake_twilio: FakeTwilio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = _Proxy()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        result = channel_for(fake_twilio, api_base_url="http://api.twilio.invalid").send(text())
+        # A host NO_PROXY names is reached directly.
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = channel_for(fake_twilio).send(text())
+    finally:
+        proxy.close()
+    assert result == SendResult(Delivery.RETRY, error_code="503")
+    assert proxy.lines == [f"POST http://api.twilio.invalid/2010-04-01/Accounts/{fake_twilio.account_sid}/Messages.json HTTP/1.1"]
+    assert direct.outcome is Delivery.SENT and len(fake_twilio.messages) == 1
+
+
+def test_the_ca_bundle_comes_from_the_environment(
+    fake_twilio: FakeTwilio, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "clinic-ca.pem"
+    bundle.write_text("")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    channel = channel_for(fake_twilio, api_base_url="https://api.twilio.invalid")
+    manager = channel.http._manager("https", "https://api.twilio.invalid", "https://api.twilio.invalid/")
+    assert (manager.connection_pool_kw["ca_certs"], manager.connection_pool_kw["cert_reqs"]) == (str(bundle), "CERT_REQUIRED")
+
+
+def test_form_fields_are_encoded_as_twilio_expects() -> None:
+    fields = {"To": "+16175550142", "MediaUrl": ["https://a.example/1", "https://a.example/2"], "Skipped": None,
+              "Body": "¿Qué tal? 50% & more"}  # fmt: skip
+    assert _form(fields) == (
+        "To=%2B16175550142&MediaUrl=https%3A%2F%2Fa.example%2F1&MediaUrl=https%3A%2F%2Fa.example%2F2"
+        "&Body=%C2%BFQu%C3%A9+tal%3F+50%25+%26+more"
+    )
