@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Integer, bindparam, func, literal_column, select, update
-from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
@@ -34,7 +33,8 @@ DEFAULT_STALE_SENDING = timedelta(minutes=2)
 # One sender per deployment (see OutboxSender.run_forever); the leader checks its lock this often.
 SENDER_LEADERSHIP = "outbox-sender"
 LEADER_CHECK_SECONDS = 5.0
-# On PostgreSQL a queued text NOTIFYs this channel; the sender LISTENs, whichever replica queued it.
+# On PostgreSQL a queued text NOTIFYs this channel (the outbox_queued trigger, migration 0011); the sender
+# LISTENs, whichever replica queued it.
 NOTIFY_CHANNEL = "clinicbot_outbox"
 
 
@@ -65,29 +65,14 @@ def text_values(
 
 def enqueue(*, session: Session, **text: Any) -> int | None:
     """Queue one text under a unique key (see `text_values`); return its outbox id, or None when queued before."""
-    outbox_id = insert_or_ignore_id(session=session, table=OutboxMessage.__table__, values=text_values(**text), conflict=["key"])
-    _notify_sender(session)
-    return outbox_id
+    # On PostgreSQL the insert itself wakes the deployment's sender (the outbox_queued trigger, migration 0011).
+    return insert_or_ignore_id(session=session, table=OutboxMessage.__table__, values=text_values(**text), conflict=["key"])
 
 
 def enqueue_many(*, session: Session, texts: list[dict[str, Any]]) -> None:
     """Queue several texts (rows from `text_values`) in one statement; a key queued before is skipped."""
     if texts:
         insert_or_ignore_many(session=session, table=OutboxMessage.__table__, rows=texts, conflict=["key"])
-        _notify_sender(session)
-
-
-def _notify_sender(session: Session) -> None:
-    """On PostgreSQL, wake the deployment's sender (maybe in another app replica) when this transaction commits.
-
-    Its own process wakes it directly; a text queued by another replica would otherwise wait for the
-    sender's next poll. NOTIFY is delivered only on commit, and once per transaction.
-    """
-    transaction = session.get_transaction()
-    if session.info.get("outbox_notified") is transaction or session.get_bind().dialect.name != "postgresql":
-        return
-    session.execute(sql_text(f"NOTIFY {NOTIFY_CHANNEL}"))
-    session.info["outbox_notified"] = transaction
 
 
 def cancel_pending(*, session: Session, identity_id: int, reason: str) -> int:

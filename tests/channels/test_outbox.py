@@ -394,3 +394,38 @@ def test_a_text_queued_by_another_replica_wakes_the_sender_at_once(database_url:
         queue("n1", address="+16175553401")
         assert _wait_for(lambda: leader.keys() == ["n1"], timeout=5.0)
         assert time.monotonic() - queued_at < 5.0
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_every_insert_into_the_outbox_notifies_the_sender_on_commit(database_url: str) -> None:
+    # The trigger, not each caller, sends the NOTIFY: a path that inserts on its own (the promise sweep's
+    # bulk insert, a future one) cannot forget to wake the sender. Nothing is announced before the commit,
+    # nor for a rolled-back insert, and a transaction queuing many texts announces them once.
+    import psycopg
+
+    from bot.db import get_engine
+    from bot.promises.service import insert_texts
+
+    url = get_engine().url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
+
+        def heard() -> int:
+            return sum(1 for _ in listener.notifies(timeout=0.5, stop_after=10))
+
+        with session_scope() as session:
+            identity = get_or_create_identity(session=session, channel="sms", address="+16175553501")
+            rows = [outbox.text_values(key=f"bulk{i}", identity=identity, body="hello") for i in range(3)]
+            insert_texts(session=session, rows=rows)
+            session.flush()
+            before_commit = heard()
+        after_commit = heard()
+        with pytest.raises(RuntimeError), session_scope() as session:
+            identity = get_or_create_identity(session=session, channel="sms", address="+16175553501")
+            outbox.enqueue(session=session, key="rolled-back", identity=identity, body="hello")
+            raise RuntimeError("the transaction fails")
+        after_rollback = heard()
+        queue("single", address="+16175553502")
+        after_enqueue = heard()
+    assert (before_commit, after_commit, after_rollback, after_enqueue) == (0, 1, 0, 1)
