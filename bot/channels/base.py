@@ -27,6 +27,9 @@ class SendResult:
     retry_after: float | None = None
     # Set on permanent failures that say something about the recipient ("opted_out", "blocked").
     recipient_state: str | None = None
+    # A text sent as several messages and cut short: how many leading parts reached the provider (with
+    # the first one's id in provider_message_id). The next attempt sends only the rest.
+    parts_sent: int = 0
 
 
 # Staff open a patient's attachment through the server; MMS files are at most 5 MB, Telegram's bots 20 MB.
@@ -61,6 +64,8 @@ class OutgoingText:
     reconcile: bool = False
     identity_id: int | None = None
     bypass_opt_out: bool = False
+    # Leading parts an earlier attempt already delivered (see SendResult.parts_sent): not to be sent again.
+    parts_sent: int = 0
 
 
 class Channel(Protocol):

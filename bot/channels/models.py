@@ -74,6 +74,9 @@ class OutboxMessage(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     first_attempt_at: Mapped[datetime | None]
     provider_message_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    # A text the channel sends as several messages (Telegram's 4,096 characters): how many leading parts
+    # have reached the provider. An attempt cut short after some parts resumes after them.
+    parts_sent: Mapped[int] = mapped_column(default=0, server_default="0")
     error_code: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]

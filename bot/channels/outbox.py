@@ -299,6 +299,7 @@ class OutboxSender:
                         reconcile=was_unknown,
                         identity_id=row.identity_id,
                         bypass_opt_out=row.bypass_opt_out,
+                        parts_sent=row.parts_sent,
                     )
                 )
         return claimed
@@ -463,9 +464,10 @@ class OutboxSender:
             # Nearly every outcome is "sent": one executemany UPDATE records them, no rows loaded.
             sent = [o for o in outcomes if not o.cancelled and o.result.outcome is Delivery.SENT]
             if sent:
+                # A text resumed after some of its parts keeps the id its first part got (see _apply).
                 session.execute(_RECORD_SENT, [
-                    {"b_id": o.text.outbox_id, "b_now": now, "b_provider_id": o.result.provider_message_id,
-                     "b_error": o.result.error_code} for o in sent
+                    {"b_id": o.text.outbox_id, "b_now": now, "b_error": o.result.error_code,
+                     "b_provider_id": None if o.text.parts_sent else o.result.provider_message_id} for o in sent
                 ])  # fmt: skip
                 for o in sent:
                     _report(o.text.outbox_id, OutboxStatus.SENT, o.text.channel, o.text.attempt,
@@ -487,6 +489,10 @@ class OutboxSender:
             log.info("outbox %s cancelled via %s: opted out", row.id, row.channel)
             return
         row.error_code = result.error_code or row.error_code
+        if result.parts_sent > row.parts_sent:
+            # Cut short after some parts: the next attempt sends only the rest, and the first part's id stays.
+            row.parts_sent = result.parts_sent
+            row.provider_message_id = row.provider_message_id or result.provider_message_id
         if result.outcome is Delivery.SENT:
             row.status, row.sent_at = OutboxStatus.SENT, now
             row.provider_message_id = result.provider_message_id or row.provider_message_id

@@ -16,9 +16,10 @@ import logging
 import mimetypes
 import re
 import threading
+import time
 import warnings
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
@@ -244,16 +245,23 @@ class TelegramChannel:
     max_per_second: float | None = 30.0
 
     def __init__(
-        self, *, bot: Bot, keyboard_for: Callable[[OutgoingText], linking.KeyboardHint | None] | None = None
+        self,
+        *,
+        bot: Bot,
+        keyboard_for: Callable[[OutgoingText], linking.KeyboardHint | None] | None = None,
+        part_interval: float = 0.0,
     ) -> None:
         self.bot = bot
         self.keyboard_for = keyboard_for
+        # Seconds between the parts of a long text: one chat takes about one message a second.
+        self.part_interval = part_interval
         self._loop = _Loop()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TelegramChannel:
         """Build the channel from TELEGRAM_* settings; a send gives up after outbox_send_timeout."""
-        return cls(bot=make_bot(settings, timeout=settings.outbox_send_timeout), keyboard_for=_keyboard_from_db)
+        return cls(bot=make_bot(settings, timeout=settings.outbox_send_timeout), keyboard_for=_keyboard_from_db,
+                   part_interval=cls.min_interval_per_address if settings.outbox_pacing else 0.0)  # fmt: skip
 
     async def _ready(self) -> None:
         # getMe checks the token once and lets shutdown() close the HTTP client later.
@@ -275,8 +283,11 @@ class TelegramChannel:
             return SendResult(Delivery.RETRY, error_code=result.error_code, retry_after=result.retry_after)
         parts = split_message(text.text)
         first_id: str | None = None
-        for index, part in enumerate(parts):
-            last = index == len(parts) - 1
+        # An earlier attempt cut short after some parts: those reached the patient, the rest go now.
+        for index in range(text.parts_sent, len(parts)):
+            part, last = parts[index], index == len(parts) - 1
+            if first_id is not None and self.part_interval:
+                time.sleep(self.part_interval)  # about one message a second to one chat
             try:
                 sent = self._loop.run(
                     # Buttons belong under the last part, where the patient's reading ends.
@@ -287,10 +298,10 @@ class TelegramChannel:
             except TelegramError as error:
                 result = classify_error(error)
                 log.warning("telegram outbox %s %s (%s)", text.outbox_id, result.outcome, type(error).__name__)
-                if first_id is not None and result.outcome in (Delivery.RETRY, Delivery.UNKNOWN):
-                    # Part of it reached the patient: sending it all again would repeat that part.
-                    # Unknown is never resent blindly; staff see it and finish the conversation.
-                    return SendResult(Delivery.UNKNOWN, error_code=result.error_code, retry_after=result.retry_after)
+                if index > text.parts_sent:
+                    # Parts before this one reached the patient: the outbox keeps count, and a retry sends
+                    # only the rest. A part whose outcome is unknown stays unknown (never resent blindly).
+                    return replace(result, parts_sent=index, provider_message_id=first_id)
                 return result
             first_id = first_id or f"{sent.chat_id}:{sent.message_id}"
         return SendResult(Delivery.SENT, provider_message_id=first_id)
