@@ -186,6 +186,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ]
     if off:
         print(f"  channels off: {', '.join(off)} (no credentials; see README)")
+    if demo_admin_password() is not None and not settings.twilio_enabled:
+        print("  demo phone:   .venv/bin/clinicbot demo phone (the web chat's codes, which SMS would have sent)")
     if args.telegram_polling:
         print("  telegram:     long polling (the webhook is removed while this runs)")
     if args.processors < 0:
@@ -230,6 +232,30 @@ def cmd_telegram_set_webhook(args: argparse.Namespace) -> int:
     except TelegramSetupError as error:
         raise UsageError(str(error)) from None
     print(f"telegram webhook set: {url}")
+    return 0
+
+
+def cmd_demo_phone(args: argparse.Namespace) -> int:
+    """Show the texts waiting for the demo patients' phones (SMS is off in the demo); audited."""
+    from bot.db import session_scope
+    from bot.demo import DEMO_PATIENTS, DemoPhoneError, demo_phone_texts
+    from bot.patients.service import InvalidPhoneError, normalize_phone
+
+    names = {phone: preferred or name.split()[0] for _, name, preferred, _, phone, _ in DEMO_PATIENTS}
+    try:
+        phones = [normalize_phone(args.as_phone)] if args.as_phone else list(names)
+    except InvalidPhoneError as error:
+        raise UsageError(f"demo phone: --as: {error}") from None
+    sms_on = get_settings().twilio_enabled
+    try:
+        with session_scope() as session:
+            found = {phone: demo_phone_texts(session=session, phone=phone, sms_on=sms_on) for phone in phones}
+    except DemoPhoneError as error:
+        raise UsageError(f"demo phone: {error}") from None
+    for phone, texts in found.items():
+        print(f"{phone} ({names[phone]}): {len(texts)} text(s) waiting, oldest first")
+        for text in texts:
+            print(f"  {text.queued_at:%H:%M} UTC  {text.body}")
     return 0
 
 
@@ -630,6 +656,13 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--phone", required=True, help="the patient's phone number on file")
     link.add_argument("--hours", type=int, default=72, help="how long the link stays valid (default 72)")
     link.set_defaults(func=cmd_telegram_link)
+    demo = commands.add_parser("demo", help="the demo clinic")
+    demo_commands = demo.add_subparsers(dest="demo_command", required=True, parser_class=_Parser)
+    phone = demo_commands.add_parser(
+        "phone", help="show the texts waiting for the demo patients' phones (SMS is off in the demo): the web chat's codes"
+    )
+    phone.add_argument("--as", dest="as_phone", help="one demo patient's phone (default: all three)")
+    phone.set_defaults(func=cmd_demo_phone)
     staff = commands.add_parser("staff", help="staff accounts for the inbox")
     staff_commands = staff.add_subparsers(dest="staff_command", required=True, parser_class=_Parser)
     add = staff_commands.add_parser("add", help="create a staff account")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -187,3 +187,47 @@ def do_seed_demo(*, session: Session) -> SeedReport:
     if any(created.values()) or canned:
         audit.record(session=session, actor_kind="cli", action="demo.seeded", details=dict(created))
     return SeedReport(**created)
+
+
+class DemoPhoneError(Exception):
+    """The demo phone cannot show this number's texts; the message says why."""
+
+
+@dataclass(frozen=True)
+class DemoText:
+    """A text the demo clinic queued for a demo patient's phone, which nothing delivers."""
+
+    queued_at: datetime
+    body: str
+
+
+def demo_phone_texts(*, session: Session, phone: str, sms_on: bool) -> list[DemoText]:
+    """Return the SMS texts waiting for one demo patient's phone, oldest first; audited.
+
+    With SMS off (no Twilio credentials, as `make run` starts) a text to a patient's phone, such as
+    the web chat's one-time code, waits in the outbox. This shows it for the demo patients only, so a
+    newcomer can finish the web chat's verification; a real patient's texts are never shown here.
+    """
+    from bot.channels.models import OutboxMessage, OutboxStatus
+    from bot.patients.models import ChannelIdentity
+
+    if sms_on:
+        raise DemoPhoneError("SMS is on: Twilio delivers texts to this number, so none wait here")
+    demo = {number: external_id for external_id, _, _, _, number, _ in DEMO_PATIENTS}
+    if phone not in demo:
+        raise DemoPhoneError(f"{phone} is not a demo patient's phone ({', '.join(demo)})")
+    patient = session.scalars(
+        select(Patient).where(Patient.external_id == demo[phone], Patient.phone == phone)
+    ).first()
+    if patient is None:
+        raise DemoPhoneError("the demo clinic is not set up here (clinicbot init --demo)")
+    rows = session.execute(
+        select(OutboxMessage.created_at, OutboxMessage.body)
+        .join(ChannelIdentity, ChannelIdentity.id == OutboxMessage.identity_id)
+        .where(ChannelIdentity.channel == "sms", ChannelIdentity.address == phone,
+               OutboxMessage.status == OutboxStatus.PENDING)  # fmt: skip
+        .order_by(OutboxMessage.id)
+    ).all()
+    audit.record(session=session, actor_kind="cli", action="demo.phone_read", subject_type="patient",
+                 subject_id=patient.id, patient_id=patient.id, details={"texts": len(rows)})  # fmt: skip
+    return [DemoText(created_at, body or "") for created_at, body in rows]

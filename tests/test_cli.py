@@ -136,3 +136,45 @@ def test_staff_add_and_disable(env: dict[str, str]) -> None:
         actions = connection.execute(text("SELECT action FROM audit_event ORDER BY id")).scalars().all()
     assert (row[0], row[1], row[2].startswith("$argon2id$"), row[3]) == ("nurse@riverside.example", "clinician", True, True)
     assert actions == ["staff.added", "staff.disabled"]
+
+
+def test_demo_phone_shows_the_web_chat_code_waiting_for_a_demo_patient(env: dict[str, str]) -> None:
+    # SMS is off in the demo, so the web chat's one-time code waits in the outbox: the demo phone
+    # shows it (for the demo patients only, audited), and the code it shows verifies the chat.
+    import re
+    from datetime import date
+
+    from bot.channels.verification import CheckResult, do_check_code, do_start_verification
+    from bot.db import session_scope
+    from bot.patients.service import get_or_create_identity
+    from bot.runtime import get_runtime
+    from bot.staff.models import AuditEvent
+    from tests.conftest import reset_caches
+
+    assert clinicbot("init", "--demo", env=env).returncode == 0
+    os.environ["CLINICBOT_DATABASE_URL"] = env["CLINICBOT_DATABASE_URL"]
+    try:
+        reset_caches()
+        with session_scope() as session:
+            visitor = get_or_create_identity(session=session, channel="webchat", address="web-demo-visitor")
+            do_start_verification(session=session, identity=visitor, phone="+16175550142",
+                                  date_of_birth=date(1957, 11, 2), domain=get_runtime().domain)  # fmt: skip
+        shown = clinicbot("demo", "phone", "--as", "(617) 555-0142", env=env)
+        assert shown.returncode == 0, shown.stderr.decode()
+        lines = shown.stdout.decode().splitlines()
+        code = re.search(r"\b(\d{3}) ?(\d{3})\b", lines[1])
+        assert lines[0] == "+16175550142 (Jim): 1 text(s) waiting, oldest first" and code is not None
+        with session_scope() as session:
+            visitor = get_or_create_identity(session=session, channel="webchat", address="web-demo-visitor")
+            checked = do_check_code(session=session, identity=visitor, code="".join(code.groups()),
+                                    domain=get_runtime().domain, lang="en")  # fmt: skip
+            audited = session.query(AuditEvent).filter_by(action="demo.phone_read").count()
+    finally:
+        del os.environ["CLINICBOT_DATABASE_URL"]
+        reset_caches()
+    assert checked.result is CheckResult.VERIFIED and audited == 1
+    stranger = clinicbot("demo", "phone", "--as", "+16175550199", env=env)
+    assert_one_line_error(stranger, "demo phone: +16175550199 is not a demo patient's phone")
+    sms_on = clinicbot("demo", "phone", env={**env, "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+                                             "TWILIO_AUTH_TOKEN": "t" * 32, "TWILIO_FROM_NUMBER": "+16175550100"})  # fmt: skip
+    assert_one_line_error(sms_on, "demo phone: SMS is on")
