@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 import urllib3
-from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from sqlalchemy import select
 from twilio.base import values
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
@@ -79,11 +79,13 @@ class _TwilioHttp(HttpClient):
         with self._lock:
             manager = self._managers.get(origin)
             if manager is None:
-                # What requests reads per request: HTTPS_PROXY and friends (NO_PROXY honoured), and
-                # REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE over the bundled certificates.
-                proxies = get_environ_proxies(url)
+                # What requests reads from the environment for each request, read here once a host:
+                # HTTPS_PROXY and friends (NO_PROXY honoured), REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE.
+                environment = requests.Session().merge_environment_settings(url, {}, None, None, None)
+                proxies = environment["proxies"]
                 proxy = proxies.get(scheme) or proxies.get("all")
-                bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH
+                verify = environment["verify"]
+                bundle = verify if isinstance(verify, str) else DEFAULT_CA_BUNDLE_PATH
                 tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
                 tls["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
                 options: dict[str, Any] = {"num_pools": 4, "maxsize": self._pool_size, "retries": False, **tls}
