@@ -10,6 +10,8 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where rate limits can be counted (bot.web.ratelimit): this process's memory, or a shared Redis.
+RATE_LIMIT_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://")
 
 
 class SettingsError(ValueError):
@@ -60,6 +62,11 @@ class Settings(BaseSettings):
     outbox_stale_seconds: float = Field(default=120.0, gt=0)
     webchat_rate_per_minute: int = Field(
         default=20, ge=1, description="Web chat messages per client per minute."
+    )
+    # Where the web chat's rate limits are counted: this process, or a Redis the app replicas share.
+    # A URL may hold a password, so it is a secret.
+    rate_limit_storage_url: SecretStr = Field(
+        default=SecretStr("memory://"), description="memory:// (one web process) or redis://host:6379/0."
     )
 
     # Staff inbox.
@@ -138,6 +145,13 @@ class Settings(BaseSettings):
     def _known_driver(cls, value: str) -> str:
         if value and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _known_storage(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(RATE_LIMIT_SCHEMES):
+            raise ValueError(f"must start with one of {', '.join(RATE_LIMIT_SCHEMES)}")
         return value
 
     @property

@@ -101,6 +101,24 @@ def check_public_url(settings: Settings) -> Finding:
     return _problem("public url", f"{url} is plain http: Twilio, Telegram and browsers need https", fix)
 
 
+def check_rate_limits(settings: Settings) -> Finding:
+    """Check where the web chat's rate limits are counted, and that a shared Redis answers."""
+    from bot.web.ratelimit import RateLimiter
+
+    url = settings.rate_limit_storage_url.get_secret_value()
+    if url.startswith("memory://"):
+        return _ok("rate limits", "counted in this process (one web process; replicas need a shared Redis)")
+    parts = urlsplit(url)
+    where = f"Redis at {parts.hostname or parts.path}" + (f":{parts.port}" if parts.port else "")
+    if RateLimiter(per_minute=settings.webchat_rate_per_minute, storage_url=url).storage.check():
+        return _ok("rate limits", f"shared in {where}")
+    return _problem(
+        "rate limits",
+        f"{where} does not answer: web chat requests are let through unlimited",
+        "start Redis, or correct CLINICBOT_RATE_LIMIT_STORAGE_URL (memory:// for a single web process)",
+    )
+
+
 def _engine_for(settings: Settings) -> tuple[Engine | None, Finding | None]:
     """Return an engine that will not create a database or wait long for one."""
     url = settings.effective_database_url
@@ -196,6 +214,7 @@ def run_checks(settings: Settings) -> list[Finding]:
         check_twilio(settings),
         check_telegram(settings),
         check_public_url(settings),
+        check_rate_limits(settings),
         check_dialogues(settings),
         *check_database(settings),
     ]

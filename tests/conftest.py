@@ -14,6 +14,8 @@ from sqlalchemy.exc import OperationalError
 
 POSTGRES_URL = os.environ.get("CLINICBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# Database 15 of the local Redis: each test that uses it first deletes the rate limits' keys there, and only those.
+REDIS_URL = os.environ.get("CLINICBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def reset_caches() -> None:
@@ -76,6 +78,27 @@ def _postgres_engine() -> Engine:
             pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run)")
         pytest.skip(reason)
     return engine
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis, without counts an earlier test left; locally a missing one skips, under CI=true it fails."""
+    import redis
+
+    from bot.web.ratelimit import KEY_PREFIX
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+        stale = list(client.scan_iter(match=f"{KEY_PREFIX}*"))
+        if stale:
+            client.delete(*stale)
+        client.close()
+    except redis.RedisError as error:
+        reason = f"Redis not reachable at {REDIS_URL}: {type(error).__name__}"
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: Redis tests must run)")
+        pytest.skip(reason)
+    return REDIS_URL
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,12 @@ from bot.conversations.service import open_conversation
 from bot.db import session_scope
 from bot.patients.models import Channel
 from bot.patients.service import get_or_create_identity
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.e2e.server import free_port
 
 
 @pytest.fixture
 def action_server(demo_db: str, model_dir) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CLINICBOT_DATABASE_URL": demo_db, "CLINICBOT_DATA_DIR": str(model_dir)}
     process = subprocess.Popen(
         [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", str(port), "--quiet"],

@@ -53,7 +53,7 @@ def env_names() -> list[str]:
 
 def test_compose_file_declares_the_services_with_their_roles() -> None:
     services = compose()["services"]
-    assert sorted(services) == ["actions", "app", "migrate", "postgres", "rasa", "scheduler"]
+    assert sorted(services) == ["actions", "app", "migrate", "postgres", "rasa", "redis", "scheduler"]
     # Replicas need generated names and one published port range on the app only.
     assert [name for name, service in services.items() if "container_name" in service] == []
     assert [name for name, service in services.items() if "ports" in service] == ["app"]
@@ -76,6 +76,19 @@ def test_postgres_has_a_volume_and_a_readiness_healthcheck_and_is_never_publishe
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert postgres["networks"] == ["backend"]
     assert document["services"]["migrate"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+
+
+def test_app_replicas_count_rate_limits_in_one_unpublished_redis() -> None:
+    document = compose()
+    redis, app = document["services"]["redis"], document["services"]["app"]
+    assert "ports" not in redis and redis["networks"] == ["backend"]
+    assert "ping" in redis["healthcheck"]["test"]
+    assert app["environment"]["CLINICBOT_RATE_LIMIT_STORAGE_URL"] == "redis://redis:6379/0"
+    assert app["depends_on"]["redis"] == {"condition": "service_healthy"}
+    # The app's own environment replaces the shared block's: the database URL must still be there.
+    assert app["environment"]["CLINICBOT_DATABASE_URL"] == document["x-clinicbot"]["environment"]["CLINICBOT_DATABASE_URL"]
+    settings = Settings(_env_file=None, rate_limit_storage_url=app["environment"]["CLINICBOT_RATE_LIMIT_STORAGE_URL"])
+    assert settings.rate_limit_storage_url.get_secret_value().startswith("redis://")
 
 
 def test_action_server_is_on_an_internal_network_only_and_never_published() -> None:

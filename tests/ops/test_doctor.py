@@ -11,6 +11,7 @@ from bot.cli import main
 from bot.clinic_settings import ClinicProfile
 from bot.db import session_scope
 from tests.conftest import reset_caches
+from tests.e2e.server import free_port
 from tests.ops.conftest import stamp
 
 GOOD = {
@@ -43,16 +44,30 @@ def doctor(
 def test_a_good_configuration_passes(demo_db: str, monkeypatch, capsys) -> None:
     status, lines = doctor(monkeypatch, capsys)
     assert status == 0
-    assert lines[:5] == [
+    assert lines[:6] == [
         "ok       sms: on",
         "ok       telegram: on",
         "ok       public url: https://clinic.example.org",
+        "ok       rate limits: counted in this process (one web process; replicas need a shared Redis)",
         f"ok       dialogues: {Path(__file__).resolve().parents[2] / 'dialogues'}",
-        lines[4],
+        lines[5],
     ]
-    assert lines[4].startswith("ok       database: ") and lines[4].endswith(" reachable")
-    assert lines[5].startswith("ok       migrations: at head (")
-    assert lines[6:] == ["ok       clinic timezone: America/New_York", "all good"]
+    assert lines[5].startswith("ok       database: ") and lines[5].endswith(" reachable")
+    assert lines[6].startswith("ok       migrations: at head (")
+    assert lines[7:] == ["ok       clinic timezone: America/New_York", "all good"]
+
+
+def test_a_shared_rate_limit_redis_is_checked_and_its_password_never_shown(
+    demo_db: str, redis_url: str, monkeypatch, capsys
+) -> None:
+    status, lines = doctor(monkeypatch, capsys, CLINICBOT_RATE_LIMIT_STORAGE_URL=redis_url)
+    assert "ok       rate limits: shared in Redis at 127.0.0.1:6379" in lines, lines
+    assert status == 0
+    down = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    status, lines = doctor(monkeypatch, capsys, CLINICBOT_RATE_LIMIT_STORAGE_URL=down)
+    assert status == 1
+    assert f"PROBLEM  rate limits: Redis at 127.0.0.1:{down.split(':')[-1].split('/')[0]} does not answer: web chat requests are let through unlimited" in lines
+    assert "hunter2" not in "\n".join(lines)
 
 
 def test_half_configured_channels_are_problems_with_fixes(demo_db: str, monkeypatch, capsys) -> None:

@@ -5,9 +5,9 @@ ever sees a hash of it (the web chat identity's address), so a copy of the datab
 to take over a verified session. Replies are read from the outbox, never from memory, so any app
 process can serve any visitor's stream.
 
-Limits (messages per session, new sessions per IP) are sliding windows held in this process: with
-several app processes behind a load balancer each process enforces them separately. Code requests
-are also limited in the database (per phone and per session), which holds across processes.
+Limits (messages and code requests per session, new sessions per IP) are moving windows counted in
+this process, or in a Redis that app replicas share (bot.web.ratelimit). Code requests are also
+limited in the database (per phone and per session), and wrong codes per code.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import re
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Annotated, Any, Literal, TypeVar
@@ -46,6 +45,7 @@ from bot.patients.service import InvalidPhoneError, get_identity, get_or_create_
 from bot.runtime import Runtime
 from bot.web.deps import RuntimeDep, SettingsDep, WorkersDep
 from bot.web.paths import TEMPLATES_DIR, asset_version
+from bot.web.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -88,42 +88,11 @@ PAGE_HEADERS = {
 # -- limits ------------------------------------------------------------------------------------
 
 
-class SlidingWindowLimiter:
-    """Allow `limit` hits per key in any `window` seconds; refused hits do not count."""
-
-    def __init__(
-        self, *, limit: int, window: float = 60.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.limit, self.window, self.clock = limit, window, clock
-        self._hits: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def hit(self, key: str) -> int | None:
-        """Count one hit; return None if allowed, else the seconds until the next would be."""
-        with self._lock:
-            now = self.clock()
-            hits = self._hits[key]
-            while hits and hits[0] <= now - self.window:
-                hits.popleft()
-            if len(hits) >= self.limit:
-                return max(1, math.ceil(hits[0] + self.window - now))
-            hits.append(now)
-            if len(self._hits) > 10_000:
-                self._prune(now)
-            return None
-
-    def _prune(self, now: float) -> None:
-        for key in [k for k, v in self._hits.items() if not v or v[-1] <= now - self.window]:
-            del self._hits[key]
-
-
 @dataclass
 class WebChatState:
-    """Per-process state: the rate limiters and the count of open event streams per session."""
+    """This app's state: the rate limits (counted here or in a shared Redis) and its open event streams."""
 
-    messages: SlidingWindowLimiter
-    sessions: SlidingWindowLimiter
-    verify: SlidingWindowLimiter
+    limits: RateLimiter
     streams: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -149,12 +118,10 @@ def _state(request: Request, settings: Settings) -> WebChatState:
     with _state_lock:
         state = getattr(request.app.state, "webchat", None)
         if state is None:
-            rate = settings.webchat_rate_per_minute
-            state = WebChatState(
-                messages=SlidingWindowLimiter(limit=rate),
-                sessions=SlidingWindowLimiter(limit=rate),
-                verify=SlidingWindowLimiter(limit=rate),
-            )
+            state = WebChatState(limits=RateLimiter(
+                per_minute=settings.webchat_rate_per_minute,
+                storage_url=settings.rate_limit_storage_url.get_secret_value(),
+            ))  # fmt: skip
             request.app.state.webchat = state
         return state
 
@@ -206,12 +173,12 @@ class Visitor:
         return address_for(self.session_id)
 
 
-def _visitor(request: Request, state: WebChatState) -> Visitor:
+async def _visitor(request: Request, state: WebChatState) -> Visitor:
     """Return the visitor's session, starting one (limited per IP) when there is no valid cookie."""
     value = request.cookies.get(COOKIE_NAME, "")
     if SESSION_ID.fullmatch(value):
         return Visitor(value, new=False)
-    retry = state.sessions.hit(f"ip:{_client_ip(request)}")
+    retry = await state.limits.check("sessions", f"ip:{_client_ip(request)}")
     if retry is not None:
         raise _too_many(retry)
     return Visitor(secrets.token_hex(16), new=True)
@@ -348,8 +315,8 @@ async def _admit(
     """Check origin and the visitor's rate limit, then parse the body; raise Refused on any failure."""
     _check_origin(request, settings)
     state = _state(request, settings)
-    visitor = _visitor(request, state)
-    retry = getattr(state, limiter).hit(f"session:{visitor.session_id}")
+    visitor = await _visitor(request, state)
+    retry = await state.limits.check(limiter, f"session:{visitor.session_id}")
     if retry is not None:
         log.info("web chat request refused: rate limit")
         raise _too_many(retry)
@@ -398,7 +365,7 @@ async def chat_page(request: Request, settings: SettingsDep, runtime: RuntimeDep
     state = _state(request, settings)
     lang = page_language(request)
     try:
-        visitor = _visitor(request, state)
+        visitor = await _visitor(request, state)
     except Refused as refused:
         return templates.TemplateResponse(
             request,
@@ -595,7 +562,7 @@ async def events(
     """Stream the conversation as Server-Sent Events; `once=1` returns after one read (tests, polling)."""
     state = _state(request, settings)
     try:
-        visitor = _visitor(request, state)
+        visitor = await _visitor(request, state)
     except Refused as refused:
         return refused.response()
     if not state.open_stream(visitor.session_id):

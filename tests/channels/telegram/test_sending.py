@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import replace
 from datetime import timedelta
 
@@ -20,6 +19,7 @@ from bot.db import session_scope, utcnow
 from bot.patients.models import ChannelIdentity
 from bot.staff.models import AuditEvent
 from tests.channels.telegram.conftest import CHAT, TelegramApp
+from tests.e2e.server import free_port
 from tests.fakes.fake_telegram import TOKEN, text_update
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
@@ -119,14 +119,8 @@ def test_a_server_error_is_retried_and_then_sent(telegram_app: TelegramApp) -> N
     assert ([r.status for r in rows()], len(telegram_app.fake.sent)) == (["sent"], 1)
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_an_unreachable_api_is_retried_because_nothing_left() -> None:
-    settings = Settings(telegram_bot_token=TOKEN, telegram_api_base_url=f"http://127.0.0.1:{_closed_port()}/bot")
+    settings = Settings(telegram_bot_token=TOKEN, telegram_api_base_url=f"http://127.0.0.1:{free_port()}/bot")
     channel = TelegramChannel(bot=make_bot(settings, timeout=0.5))
     try:
         result = channel.send(OutgoingText(outbox_id=1, key="k", channel="telegram", address=str(CHAT), text="hi"))

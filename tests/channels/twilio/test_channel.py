@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +16,7 @@ from bot.config import get_settings
 from bot.db import utcnow
 from tests.channels.twilio.conftest import CLINIC_NUMBER, JIM, PUBLIC_URL
 from tests.conftest import reset_caches
+from tests.e2e.server import free_port
 from tests.fakes.fake_twilio import FakeTwilio, Fault
 
 SERVICE_SID = "MG" + "cd34" * 8
@@ -40,12 +40,6 @@ def text(body: str = "See you soon.", *, outbox_id: int = 1) -> OutgoingText:
     )
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     ("fault", "expected"),
     [
@@ -66,7 +60,7 @@ def test_provider_outcomes_map_to_results(fake_twilio: FakeTwilio, fault: Fault,
 
 
 def test_a_refused_connection_is_retried(fake_twilio: FakeTwilio) -> None:
-    channel = channel_for(fake_twilio, api_base_url=f"http://127.0.0.1:{closed_port()}")
+    channel = channel_for(fake_twilio, api_base_url=f"http://127.0.0.1:{free_port()}")
     assert channel.send(text()) == SendResult(Delivery.RETRY, error_code="unreachable")
 
 
@@ -96,7 +90,7 @@ def test_a_messaging_service_sends_and_reconciles(database_url: str, fake_twilio
 def test_reconcile_without_an_answer_stays_unknown(database_url: str, fake_twilio: FakeTwilio) -> None:
     fake_twilio.fail_next(Fault.server_error(), on="list")
     failing = channel_for(fake_twilio).reconcile(text())
-    unreachable = channel_for(fake_twilio, api_base_url=f"http://127.0.0.1:{closed_port()}").reconcile(text())
+    unreachable = channel_for(fake_twilio, api_base_url=f"http://127.0.0.1:{free_port()}").reconcile(text())
     assert (failing, unreachable) == (None, None)
 
 
