@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 POSTGRES_URL = os.environ.get("CLINICBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-# Database 15 of the local Redis: each test that uses it first deletes the rate limits' keys there, and only those.
+# The local Redis; each test counts under keys of its own, which expire within a minute.
 REDIS_URL = os.environ.get("CLINICBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -81,23 +81,25 @@ def _postgres_engine() -> Engine:
 
 
 @pytest.fixture
-def redis_url() -> str:
-    """The test Redis, without counts an earlier test left; locally a missing one skips, under CI=true it fails."""
+def redis_url(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test Redis; locally a missing one skips, under CI=true it fails (as PostgreSQL does).
+
+    The test's rate limits are counted under a key prefix of its own: counts left by an earlier test,
+    or by a test run beside this one, never reach it.
+    """
+    import secrets
+
     import redis
 
-    from bot.web.ratelimit import KEY_PREFIX
-
     try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        stale = list(client.scan_iter(match=f"{KEY_PREFIX}*"))
-        if stale:
-            client.delete(*stale)
-        client.close()
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1) as client:
+            client.ping()
     except redis.RedisError as error:
         reason = f"Redis not reachable at {REDIS_URL}: {type(error).__name__}"
         if IN_CI:
             pytest.fail(f"{reason} (CI=true: Redis tests must run)")
         pytest.skip(reason)
+    monkeypatch.setattr("bot.web.ratelimit.KEY_PREFIX", f"clinicbot-test-{secrets.token_hex(8)}")
     return REDIS_URL
 
 

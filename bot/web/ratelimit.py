@@ -25,30 +25,31 @@ from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from starlette.concurrency import run_in_threadpool
 
-from bot.config import RATE_LIMIT_SCHEMES
-
 log = logging.getLogger(__name__)
 
 # A limiter answers every web chat request: a Redis that stops answering must cost a request at most
-# this long (connecting or waiting for a reply), not the provider's default of forever.
+# this long (connecting, or waiting for a reply), not redis-py's default of waiting forever.
 REDIS_TIMEOUT_SECONDS = 0.25
 WARN_EVERY_SECONDS = 60.0
 KEY_PREFIX = "clinicbot-ratelimit"
 
 
 class RateLimiter:
-    """Allow `per_minute` hits per scope and key in any 60 seconds; refused hits do not count."""
+    """Allow `per_minute` hits per scope and key in any 60 seconds; refused hits do not count.
+
+    `storage_url` is a checked setting (CLINICBOT_RATE_LIMIT_STORAGE_URL): memory:// or a Redis URL.
+    """
 
     def __init__(self, *, per_minute: int, storage_url: str = "memory://") -> None:
-        if not storage_url.startswith(RATE_LIMIT_SCHEMES):
-            raise ValueError(f"rate limit storage must start with one of {', '.join(RATE_LIMIT_SCHEMES)}")
         self.item = RateLimitItemPerMinute(per_minute)
         self.local = storage_url.startswith("memory://")
-        options: dict[str, float | str | bool] = {}
-        if not self.local:
-            options = {"key_prefix": KEY_PREFIX, "socket_timeout": REDIS_TIMEOUT_SECONDS,
-                       "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}  # fmt: skip
-        self.storage = MemoryStorage() if self.local else storage_from_string(storage_url, wrap_exceptions=True, **options)
+        if self.local:
+            self.storage = MemoryStorage()
+        else:
+            self.storage = storage_from_string(
+                storage_url, wrap_exceptions=True, key_prefix=KEY_PREFIX,
+                socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            )  # fmt: skip
         self.strategy = MovingWindowRateLimiter(self.storage)
         self._warned_at = -math.inf
         self._lock = threading.Lock()
