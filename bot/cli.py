@@ -197,6 +197,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Routing and sending in their own processes: acknowledgements keep a core and an interpreter lock.
     workers = WorkerProcesses(args.processors)
     workers.start()
+    if workers.metrics_dir is not None:
+        from bot import metrics
+
+        metrics.count_worker_processes(workers.metrics_dir)
     if workers.processes:
         pids = ", ".join(str(p.pid) for p in workers.processes)
         print(f"  workers:      {len(workers.processes)} process(es) route and send (pids {pids}); restarted if one dies")

@@ -1,6 +1,9 @@
 """Prometheus metrics: counters at the edges of this process, gauges read from the database at scrape time.
 
-Counters and the latency histogram count what *this* process did (scrape each replica). Everything
+Counters and the latency histogram count what *this* process did (scrape each replica), and, for
+the outbox counters, what its worker processes did: `clinicbot serve --processors N` sends from a
+worker process that nobody scrapes, so those count in prometheus_client's multiprocess mode (files in
+a directory of the web process's) and the web process reports their sums. Everything
 computed from the database (messages by channel, routes, intents, the hand-off queue, the outbox,
 promises) is read when /metrics is scraped, so every app process reports the same figures.
 """
@@ -15,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -62,6 +66,11 @@ WEBHOOK_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
+
+# What worker processes count (they only send); the web process reports these from their files.
+WORKER_COUNTERS = (OUTBOX_SENT, OUTBOX_FAILED, OUTBOX_RETRIED)
+# prometheus_client reads it when first imported: a worker process gets it in its environment at birth.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Only these paths are timed: a label per random URL would let anyone grow the series without bound.
 WEBHOOK_ENDPOINTS = frozenset(
@@ -258,6 +267,48 @@ class DatabaseCollector(Collector):
 
 
 REGISTRY.register(DatabaseCollector())
+
+
+class WorkerProcessCollector(Collector):
+    """The worker processes' outbox counters, summed over their files (every worker, restarts included).
+
+    Only `WORKER_COUNTERS` are passed on: a family this process also reports would appear twice.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._registry = CollectorRegistry()
+        MultiProcessCollector(self._registry, path=path)
+        self._names = {counter._name for counter in WORKER_COUNTERS}
+
+    def collect(self) -> Iterable[Metric]:
+        """Return the worker counters read from the files now."""
+        for family in self._registry.collect():
+            if family.name in self._names:
+                yield family
+
+    def describe(self) -> Iterable[Metric]:
+        """Describe nothing up front: there are no files until a worker counts."""
+        return []
+
+
+_worker_collector: WorkerProcessCollector | None = None
+
+
+def count_worker_processes(path: str) -> None:
+    """Report the outbox counters of the worker processes writing to `path`, in place of this process's.
+
+    Called by `clinicbot serve` when it sends from worker processes: this process then never sends,
+    and its own outbox counters would only ever say 0.
+    """
+    global _worker_collector
+    if _worker_collector is None:
+        for counter in WORKER_COUNTERS:
+            REGISTRY.unregister(counter)
+    else:
+        REGISTRY.unregister(_worker_collector)
+    _worker_collector = WorkerProcessCollector(path)
+    REGISTRY.register(_worker_collector)
 
 
 def render() -> bytes:

@@ -22,6 +22,7 @@ from bot.channels.intake import Intake
 from bot.channels.outbox import OutboxSender
 from bot.config import Settings
 from bot.conversations.engine import Engine
+from bot.metrics import MULTIPROCESS_DIR_ENV
 from bot.staff.alerts import run_sla_sweeps
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,10 @@ class WorkerProcesses:
     def __init__(self, count: int, *, parent_pid: int | None = None, poll: float = 0.5, max_delay: float = 30.0) -> None:
         self.wake_dir = tempfile.mkdtemp(prefix="clinicbot-wake-") if count else None
         self.wake_paths = [os.path.join(self.wake_dir, f"worker-{n}.sock") for n in range(count)] if self.wake_dir else []
+        # Where the workers' counters live (bot.metrics): the web process scrapes them for /metrics.
+        self.metrics_dir = os.path.join(self.wake_dir, "metrics") if self.wake_dir else None
+        if self.metrics_dir is not None:
+            os.mkdir(self.metrics_dir, 0o700)
         self.parent_pid = parent_pid or os.getpid()
         self.poll, self.max_delay = poll, max_delay
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -190,7 +195,8 @@ class WorkerProcesses:
     def _spawn(self, n: int) -> subprocess.Popen[bytes]:
         # The first worker also sends (one sender keeps each patient's texts in order); the others wake it.
         command = [sys.executable, "-m", "bot.channels.workers", self.wake_paths[n], str(self.parent_pid)]
-        return subprocess.Popen([*command, *([self.wake_paths[0]] if n else [])])  # noqa: S603 - our own module
+        env = {**os.environ, MULTIPROCESS_DIR_ENV: str(self.metrics_dir)}
+        return subprocess.Popen([*command, *([self.wake_paths[0]] if n else [])], env=env)  # noqa: S603 - our own module
 
     def start(self) -> None:
         """Start every worker, and the thread that watches them."""

@@ -144,3 +144,39 @@ def test_a_worker_process_that_dies_is_restarted_and_the_patient_still_gets_the_
     assert wait_for(lambda: len(fake.messages_to(patient)) == 1), server.log.read_text()[-2000:]
     assert settle_count(fake, patient) == 1
     assert server.log.read_text().count("restarted as pid") == 2
+
+
+def outbox_counters(server: ServerProcess) -> dict[str, float]:
+    """Return the outbox counters of /metrics by name, for SMS."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name.startswith("clinicbot_outbox_") and sample.name.endswith("_total") and sample.labels == {"channel": "sms"}:
+                found[sample.name] = sample.value
+    return found
+
+
+def test_the_worker_processes_sends_are_counted_on_the_web_processs_metrics(
+    server: ServerProcess, fake: FakeTwilio
+) -> None:
+    import os
+    import re
+    import signal
+
+    # The worker that sends is not scraped; the web process reports what it counted, restarts included.
+    patient = "+16175550163"
+    fake.fail_next(Fault.server_error(status=503))  # one attempt goes round again
+    assert post_sms(server, fake.auth_token, sender=patient, body="what are your hours", sid="SMmetrics1").status_code == 200
+    assert wait_for(lambda: len(fake.messages_to(patient)) == 1)
+    assert wait_for(lambda: outbox_counters(server).get("clinicbot_outbox_sent_total") == 1.0), outbox_counters(server)
+    assert outbox_counters(server).get("clinicbot_outbox_retried_total") == 1.0
+    sender = int(re.search(r"pids (\d+)", server.log.read_text()).group(1))  # type: ignore[union-attr]
+    os.kill(sender, signal.SIGKILL)
+    assert wait_for(lambda: "restarted as pid" in server.log.read_text())
+    assert post_sms(server, fake.auth_token, sender=patient, body="where are you", sid="SMmetrics2").status_code == 200
+    assert wait_for(lambda: len(fake.messages_to(patient)) == 2)
+    assert wait_for(lambda: outbox_counters(server).get("clinicbot_outbox_sent_total") == 2.0), outbox_counters(server)
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert text.count("# TYPE clinicbot_outbox_sent_total counter") == 1
