@@ -464,7 +464,7 @@ class OutboxSender:
             # Nearly every outcome is "sent": one executemany UPDATE records them, no rows loaded.
             sent = [o for o in outcomes if not o.cancelled and o.result.outcome is Delivery.SENT]
             if sent:
-                # A text resumed after some of its parts keeps the id its first part got (see _apply).
+                # A text resumed after some of its parts keeps the id its first part got (_apply records a cut).
                 session.execute(_RECORD_SENT, [
                     {"b_id": o.text.outbox_id, "b_now": now, "b_error": o.result.error_code,
                      "b_provider_id": None if o.text.parts_sent else o.result.provider_message_id} for o in sent
@@ -483,6 +483,7 @@ class OutboxSender:
             return self._opted_out_in(session, check)
 
     def _apply(self, session: Session, row: OutboxMessage, outcome: _Outcome, now: datetime) -> None:
+        """Record an outcome other than "sent" (`_record` writes those with one statement)."""
         result = outcome.result
         if outcome.cancelled:
             row.status, row.error_code = OutboxStatus.CANCELLED, "opted_out"
@@ -493,10 +494,7 @@ class OutboxSender:
             # Cut short after some parts: the next attempt sends only the rest, and the first part's id stays.
             row.parts_sent = result.parts_sent
             row.provider_message_id = row.provider_message_id or result.provider_message_id
-        if result.outcome is Delivery.SENT:
-            row.status, row.sent_at = OutboxStatus.SENT, now
-            row.provider_message_id = result.provider_message_id or row.provider_message_id
-        elif result.outcome is Delivery.FAILED:
+        if result.outcome is Delivery.FAILED:
             row.status = OutboxStatus.FAILED
             if result.recipient_state in {"opted_out", "blocked"}:
                 self._opt_out(session, row, result.recipient_state)
