@@ -356,7 +356,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def proc_cpu(pid: int) -> float:
+def proc_cpu(pid: int, *, children: bool = True) -> float:
     """Return the CPU seconds (user + system) a process and its live children have used so far, from /proc.
 
     `clinicbot serve` routes and sends in worker processes (`--processors`): they count as the server.
@@ -366,13 +366,9 @@ def proc_cpu(pid: int) -> float:
     except OSError:
         return math.nan
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            children += [int(child) for child in task.read_text().split()]
-        except OSError:
-            continue
-    return own + sum(value for value in map(proc_cpu, children) if not math.isnan(value))
+    if not children:
+        return own
+    return own + sum(value for value in map(proc_cpu, worker_pids(pid)) if not math.isnan(value))
 
 
 def load_now() -> str:
@@ -462,15 +458,29 @@ class Progress2E:
     replied: int
 
 
+# PostgreSQL backends serving the benchmark's own progress probes: not part of what a message costs.
+PROBE_BACKENDS: set[int] = set()
+
+
+def probe_engine(db_url: str) -> Any:
+    """Return an engine for a progress probe; on PostgreSQL its backends are left out of `database_cpu`."""
+    from sqlalchemy import event
+
+    from bot.db import make_engine
+
+    engine = make_engine(db_url)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", lambda connection, _record: PROBE_BACKENDS.add(connection.info.backend_pid))
+    return engine
+
+
 def reply_times(db_url: str, tag: str) -> Callable[[], tuple[Progress2E, dict[str, float]]]:
     """Return a probe: how many messages with this sid tag are stored, processed, replied; reply times by sid."""
     from sqlalchemy import String, and_, cast, literal, select
 
     from bot.channels.models import OutboxMessage
     from bot.conversations.models import Direction, Message
-    from bot.db import make_engine
-
-    engine = make_engine(db_url)
+    engine = probe_engine(db_url)
     reply_key = literal("reply:") + cast(Message.id, String) + literal(":0")
     query = (
         select(Message.provider_message_id, Message.processed_at, OutboxMessage.created_at)
@@ -511,9 +521,7 @@ def outbox_counts(db_url: str) -> Callable[[], tuple[int, int]]:
     from sqlalchemy import func, select
 
     from bot.channels.models import OutboxMessage, OutboxStatus
-    from bot.db import make_engine
-
-    engine = make_engine(db_url)
+    engine = probe_engine(db_url)
     waiting = (OutboxStatus.PENDING, OutboxStatus.SENDING, OutboxStatus.UNKNOWN)
     query = select(func.count(), func.count().filter(OutboxMessage.status.in_(waiting))).select_from(
         OutboxMessage
@@ -550,6 +558,15 @@ class OpenLoop:
 
 
 @dataclass
+class AckOnly:
+    """The store-and-acknowledge phase: worker processes paused, so nothing is routed or sent meanwhile."""
+
+    load: LoadResult
+    server_cpu: float  # CPU seconds of the web process during the load
+    database_cpu: float
+
+
+@dataclass
 class BackendResult:
     backend: str
     load: LoadResult
@@ -564,7 +581,9 @@ class BackendResult:
     machine_load: str
     server_cpu: float  # CPU seconds of the server process from the load's start until every reply was sent
     fake_cpu: float = 0.0  # CPU seconds of the fake Twilio over the same time
+    database_cpu: float = math.nan  # CPU seconds of the local PostgreSQL over the same time (SQLite: in the server)
     open_loop: OpenLoop | None = None
+    ack_only: AckOnly | None = None
 
 
 def end_to_end(planned: list[Planned], load: LoadResult, times: dict[str, float]) -> tuple[list[float], float]:
@@ -576,6 +595,118 @@ def end_to_end(planned: list[Planned], load: LoadResult, times: dict[str, float]
             e2e.append((queued - load.starts[index]) * 1000)
             last_queued = max(last_queued, queued)
     return e2e, last_queued
+
+
+def database_cpu(backend: str) -> float:
+    """Return the CPU seconds every local PostgreSQL process has used so far (NaN for SQLite, or none found).
+
+    The benchmark's PostgreSQL runs on this machine (CLINICBOT_BENCH_POSTGRES_URL names 127.0.0.1), on
+    the same cores as everything else: its backends' work is part of what a message costs here. The
+    backends of the benchmark's own probes (`PROBE_BACKENDS`) are left out.
+    """
+    if backend != "postgres":
+        return math.nan
+    total, found = 0.0, False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in PROBE_BACKENDS:
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+        except OSError:
+            continue
+        value = proc_cpu(int(entry.name), children=False)  # every backend is the postmaster's child
+        if not math.isnan(value):
+            total, found = total + value, True
+    return total if found else math.nan
+
+
+def worker_pids(pid: int) -> list[int]:
+    """Return a process's children: for a `clinicbot serve`, its worker processes."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def _open_transactions(db_url: str) -> int:
+    """Return how many other sessions of this PostgreSQL database are inside a transaction now."""
+    from sqlalchemy import text
+
+    engine = probe_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL")).scalar_one())  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def workers_paused(pid: int, *, db_url: str) -> Iterator[None]:
+    """Stop a server's worker processes (SIGSTOP) for a while, then let them go on (SIGCONT).
+
+    None may be stopped inside a transaction, where it would hold acknowledgements behind it: on
+    SQLite they are stopped while the benchmark holds the writer's turn (bot.db.WRITER_LOCK_SUFFIX);
+    on PostgreSQL, if a transaction is open once they are stopped, they go on and are stopped again.
+    """
+    import fcntl
+
+    from bot.db import WRITER_LOCK_SUFFIX
+
+    pids = worker_pids(pid)
+
+    def stop(signum: int) -> None:
+        for worker in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signum)
+
+    if db_url.startswith("sqlite:///"):
+        lock = os.open(db_url.removeprefix("sqlite:///") + WRITER_LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            stop(signal.SIGSTOP)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            os.close(lock)
+    else:
+        for _ in range(50):
+            stop(signal.SIGSTOP)
+            if _open_transactions(db_url) == 0:
+                break
+            stop(signal.SIGCONT)
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("the worker processes were never idle: cannot pause them between transactions")
+    try:
+        yield
+    finally:
+        stop(signal.SIGCONT)
+
+
+def measure_ack_only(
+    server: Any, fake: FakeTwilioProcess, *, db_url: str, backend: str, tag: str, requests: int, concurrency: int,
+    outbox: Callable[[], tuple[int, int]], probes: list[Callable[..., object]],
+) -> AckOnly:
+    """Verify, store and acknowledge `requests` new webhooks with nothing routed or sent meanwhile.
+
+    What the acknowledgement path costs alone: the part of a message's budget spent before any
+    classification. The paused workers then route and send the backlog, which is waited for.
+    """
+    planned = plan(count=requests, tag=tag, public_url=server.url, path=INBOUND_PATH, token=fake.auth_token,
+                   account_sid=fake.account_sid, pool=sender_pool(), seed=6)  # fmt: skip
+    with workers_paused(server.process.pid, db_url=db_url):
+        cpu, db_cpu = proc_cpu(server.process.pid), database_cpu(backend)
+        load = fire(base_url=server.url, path=INBOUND_PATH, planned=planned, concurrency=concurrency,
+                    label=f"{backend}: store and acknowledge only")  # fmt: skip
+        cpu, db_cpu = proc_cpu(server.process.pid) - cpu, database_cpu(backend) - db_cpu
+    probe = reply_times(db_url, tag)
+    probes.append(probe)
+    wait_for_replies(probe, total=load.ok, label=f"{backend}: backlog routed", limit=E2E_WAIT_LIMIT)
+    wait_for_delivery(outbox, limit=DELIVERY_WAIT_LIMIT)
+    return AckOnly(load=load, server_cpu=cpu, database_cpu=db_cpu)
 
 
 def measure_backend(
@@ -619,7 +750,7 @@ def measure_backend(
         planned = plan(count=requests, tag=tag, public_url=server.url, path=INBOUND_PATH, token=fake.auth_token,
                        account_sid=fake.account_sid, pool=sender_pool(), seed=4)  # fmt: skip
         machine_load = load_now()
-        cpu, fake_cpu = proc_cpu(server.process.pid), proc_cpu(fake.process.pid or 0)
+        cpu, fake_cpu, db_cpu = proc_cpu(server.process.pid), proc_cpu(fake.process.pid or 0), database_cpu(backend)
         load = fire(base_url=server.url, path=INBOUND_PATH, planned=planned, concurrency=concurrency,
                     label=f"{backend}: signed webhooks")  # fmt: skip
         probe = reply_times(db_url, tag)
@@ -631,6 +762,7 @@ def measure_backend(
         undelivered, delivery_wait = wait_for_delivery(outbox, limit=DELIVERY_WAIT_LIMIT)
         server_cpu = proc_cpu(server.process.pid) - cpu
         fake_cpu = proc_cpu(fake.process.pid or 0) - fake_cpu
+        db_cpu = database_cpu(backend) - db_cpu
         rows_after, _ = outbox()
         e2e, last_queued = end_to_end(planned, load, times)
         sent = [start for start, status in zip(load.starts, load.statuses, strict=True) if status != 0]
@@ -650,6 +782,8 @@ def measure_backend(
             paced_span = paced_last - min(paced_load.starts)
             open_loop = OpenLoop(offered_rate, paced_load, paced_e2e,
                                  len(paced_e2e) / paced_span if paced_span > 0 else math.nan)  # fmt: skip
+        ack_only = measure_ack_only(server, fake, db_url=db_url, backend=backend, tag=run_tag + "a",
+                                    requests=requests, concurrency=concurrency, outbox=outbox, probes=probes)  # fmt: skip
         return BackendResult(
             backend=backend,
             load=load,
@@ -664,7 +798,9 @@ def measure_backend(
             machine_load=machine_load,
             server_cpu=server_cpu,
             fake_cpu=fake_cpu,
+            database_cpu=db_cpu,
             open_loop=open_loop,
+            ack_only=ack_only,
         )
     finally:
         for probe in probes:
@@ -685,6 +821,27 @@ def _ms(value: float) -> str:
 
 def _spread(values: list[float]) -> str:
     return " / ".join(_ms(percentile(values, q)) for q in (0.5, 0.9, 0.99, 1.0))
+
+
+def budget_row(name: str, result: BackendResult, *, requests: int, concurrency: int) -> tuple[str, str]:
+    """Return the closed loop's CPU budget: what a message costs on every process sharing the cores.
+
+    Two cores give at most cores / (CPU a message) messages a second, and with `concurrency` requests
+    always in flight Little's law makes the mean latency at least concurrency / that rate: a floor on
+    the closed loop's latency that no scheduling or batching can go under.
+    """
+    cores = len(os.sched_getaffinity(0))
+    parts = [("server", result.server_cpu), ("load generator", result.load.cpu_seconds), ("fake Twilio", result.fake_cpu)]
+    if not math.isnan(result.database_cpu):
+        parts.insert(1, ("PostgreSQL", result.database_cpu))
+    total = sum(seconds for _, seconds in parts) / requests
+    ceiling = cores / total if total > 0 else math.nan
+    return (
+        f"{name}: CPU budget of the closed loop (every process on the {cores} cores)",
+        f"{total * 1000:.2f} ms a message ({', '.join(f'{label} {seconds / requests * 1000:.2f}' for label, seconds in parts)}), "
+        f"so at most {ceiling:,.0f} msg/s; with {concurrency} in flight the mean latency is at least "
+        f"{_ms(concurrency / ceiling * 1000)} (Little's law)",
+    )  # fmt: skip
 
 
 def _met(ok: bool) -> str:
@@ -763,7 +920,19 @@ def run(
             (f"{name}: CPU per message in the server process (store + classify + reply + send; not the database)",
              f"{result.server_cpu / requests * 1000:.2f} ms; load generator {load.cpu_seconds / requests * 1000:.2f} ms "
              f"and fake Twilio (its own process) {result.fake_cpu / requests * 1000:.2f} ms per message"),
+            budget_row(name, result, requests=requests, concurrency=concurrency),
         ]  # fmt: skip
+        if result.ack_only is not None:
+            alone = result.ack_only
+            database = (f", PostgreSQL {alone.database_cpu / requests * 1000:.2f} ms"
+                        if not math.isnan(alone.database_cpu) else "")  # fmt: skip
+            rows.append((
+                f"{name}, store and acknowledge only (worker processes paused: nothing routed or sent meanwhile)",
+                f"{_rate(alone.load):,.0f} req/s; ack p50 / p99 {_ms(percentile(alone.load.latencies_ms, 0.5))} / "
+                f"{_ms(percentile(alone.load.latencies_ms, 0.99))} ({_met(percentile(alone.load.latencies_ms, 0.99) <= P99_TARGET_MS)} "
+                f"for ≤ {P99_TARGET_MS:.0f} ms); CPU per message: web process {alone.server_cpu / requests * 1000:.2f} ms"
+                f"{database}, load generator {alone.load.cpu_seconds / requests * 1000:.2f} ms",
+            ))  # fmt: skip
         if result.open_loop is not None:
             paced = result.open_loop
             paced_ok = paced.load.ok == requests and len(paced.e2e_ms) == requests

@@ -137,6 +137,10 @@ def _factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+# The file beside a SQLite database whose flock is the writer's turn across processes (see _WriterLock).
+WRITER_LOCK_SUFFIX = "-lock"
+
+
 class _WriterLock:
     """SQLite's single writer; writers that answer a provider go before background work.
 
@@ -159,7 +163,7 @@ class _WriterLock:
     def _file(self, path: str) -> int:
         fd = self._files.get(path)
         if fd is None:
-            fd = self._files[path] = os.open(path + "-lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._files[path] = os.open(path + WRITER_LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
         return fd
 
     @contextmanager
