@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -134,6 +135,11 @@ class Settings(BaseSettings):
             and self.twilio_auth_token.get_secret_value()
             and (self.twilio_from_number or self.twilio_messaging_service_sid)
         )
+
+    @property
+    def public_url_is_https(self) -> bool:
+        """Return whether the public URL is https (cookies are then Secure); the scheme's case does not matter."""
+        return urlsplit(self.public_url.strip()).scheme.lower() == "https"
 
     @property
     def telegram_enabled(self) -> bool:

@@ -189,6 +189,16 @@ def authenticate(*, session: Session, token: str, touch: bool = True) -> Princip
     return Principal(user.id, user.name, user.email, Role(user.role), row.id, row.csrf_token)
 
 
+def end_session(*, session: Session, token: str, reason: str) -> None:
+    """End the session a token names, if it is still open (a new sign-in in the same browser replaces it)."""
+    if not token or len(token) > 128:
+        return
+    row = session.get(StaffSession, session_id_for(token))
+    if row is not None and row.ended_at is None:
+        row.ended_at, row.end_reason = utcnow(), reason
+        audit.record(session=session, actor_kind="staff", actor_id=row.staff_id, action="staff.session_replaced")
+
+
 def logout(*, session: Session, principal: Principal) -> None:
     """End the current session."""
     row = session.get(StaffSession, principal.session_id)

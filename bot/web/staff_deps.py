@@ -43,7 +43,7 @@ def client_ip(request: Request) -> str:
 
 def set_session_cookie(response: Response, token: str) -> None:
     """Set the session cookie: HttpOnly, SameSite=Lax, Secure when the public URL is https."""
-    secure = get_settings().public_url.startswith("https://")
+    secure = get_settings().public_url_is_https
     response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="lax", secure=secure, path="/staff")
 
 
@@ -52,9 +52,14 @@ def clear_session_cookie(response: Response) -> None:
     response.delete_cookie(COOKIE_NAME, path="/staff")
 
 
+# Sent by the inbox's script on the refreshes a change event triggers (bot/web/static/staff/inbox.js).
+LIVE_REFRESH_HEADER = "x-live-refresh"
+
+
 def _is_stream(request: Request) -> bool:
-    # Live updates keep a page current without the person doing anything: they must not keep the session alive.
-    return request.url.path.endswith("/events")
+    # Live updates keep a page current without the person doing anything: they must not keep the session
+    # alive. That is the event stream, and the fragments it makes the page fetch (the queue, a transcript).
+    return request.url.path.endswith("/events") or request.headers.get(LIVE_REFRESH_HEADER) == "1"
 
 
 def current_staff(request: Request) -> Principal:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 import time_machine
 from sqlalchemy import select
 
@@ -55,11 +56,47 @@ def test_sign_in_sets_a_new_httponly_lax_session_cookie(make_app) -> None:  # ty
     assert _audit("staff.login") == [(str(_admin_id()), "ok"), (str(_admin_id()), "ok")]
 
 
-def test_cookie_is_secure_behind_an_https_public_url(make_app) -> None:  # type: ignore[no-untyped-def]
-    client = make_app(CLINICBOT_PUBLIC_URL="https://clinic.example").client
+@pytest.mark.parametrize("url", ["https://clinic.example", "HTTPS://Clinic.example"])
+def test_cookie_is_secure_behind_an_https_public_url(make_app, url: str) -> None:  # type: ignore[no-untyped-def]
+    client = make_app(CLINICBOT_PUBLIC_URL=url).client
     response = client.post("/staff/login", data={"email": DEMO_ADMIN_EMAIL, "password": DEMO_ADMIN_PASSWORD},
                            follow_redirects=False)  # fmt: skip
     assert "Secure" in response.headers["set-cookie"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Origin": "https://evil.example"}, 403),
+        ({"Referer": "https://evil.example/form.html"}, 403),
+        ({"Origin": "null"}, 403),
+        ({"Origin": "http://testserver"}, 303),  # this site, as the browser reached it
+        ({"Origin": "https://clinic.example"}, 303),  # this site, by its public URL
+        ({}, 303),  # no browser names no origin: nothing to hold against it
+    ],
+)
+def test_a_sign_in_form_sent_from_another_site_is_refused(make_app, headers: dict[str, str], status: int) -> None:  # type: ignore[no-untyped-def]
+    client = make_app(CLINICBOT_PUBLIC_URL="https://clinic.example").client
+    response = client.post("/staff/login", data={"email": DEMO_ADMIN_EMAIL, "password": DEMO_ADMIN_PASSWORD},
+                           headers=headers, follow_redirects=False)  # fmt: skip
+    assert response.status_code == status
+    assert (COOKIE_NAME in response.headers.get("set-cookie", "")) is (status == 303)
+    if status == 403:
+        assert "sent from another website" in response.text
+        assert _audit("staff.login") == []
+
+
+def test_signing_in_again_ends_the_session_the_browser_had(make_app) -> None:  # type: ignore[no-untyped-def]
+    client = make_app().client
+    sign_in(client, email=DEMO_STAFF_EMAIL)
+    first = client.cookies.get(COOKIE_NAME)
+    sign_in(client)
+    assert client.cookies.get(COOKIE_NAME) != first
+    with session_scope() as session:
+        row = session.get(StaffSession, auth.session_id_for(first))
+        assert row is not None and row.end_reason == "replaced"
+    client.cookies.set(COOKIE_NAME, first, path="/staff")
+    assert client.get("/staff/queue").status_code == 401
 
 
 def test_wrong_password_and_unknown_email_get_the_same_answer(make_app) -> None:  # type: ignore[no-untyped-def]
@@ -157,6 +194,21 @@ def test_an_idle_session_expires(make_app) -> None:  # type: ignore[no-untyped-d
     with session_scope() as session:
         row = session.get(StaffSession, auth.session_id_for(token))
         assert row is not None and row.end_reason == "idle"
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_the_inboxs_own_refreshes_do_not_keep_an_unattended_session_alive(make_app, live: bool) -> None:  # type: ignore[no-untyped-def]
+    # An open inbox refreshes its queue on every change event, and at least once a minute: those
+    # fetches (marked by inbox.js) must not count as the person being there. A click still does.
+    client = make_app(CLINICBOT_STAFF_IDLE_MINUTES="15").client
+    sign_in(client)
+    headers = {"X-Live-Refresh": "1"} if live else {}
+    start = utcnow()
+    statuses = []
+    for minutes in (5, 10, 14, 19, 24):
+        with time_machine.travel(start + timedelta(minutes=minutes), tick=False):
+            statuses.append(client.get("/staff/queue", headers=headers).status_code)
+    assert statuses == ([200, 200, 200, 401, 401] if live else [200] * 5)
 
 
 def test_activity_keeps_a_session_alive(demo_db: str) -> None:

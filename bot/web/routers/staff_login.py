@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from bot.config import get_settings
 from bot.db import session_scope
 from bot.staff import auth
+from bot.web.origin import origin_matches
 from bot.web.staff_deps import (
+    COOKIE_NAME,
     Staff,
     clear_session_cookie,
     client_ip,
@@ -19,12 +23,15 @@ from bot.web.staff_deps import (
     staff_router,
 )
 
+log = logging.getLogger(__name__)
+
 public = APIRouter(prefix="/staff")
 router = staff_router()
 
 MESSAGES = {
     "invalid": "That email and password don't match an active account.",
     "throttled": "Too many failed sign-ins. Wait 15 minutes, or ask an admin to help.",
+    "cross_site": "This sign-in form was sent from another website. Open the staff pages directly and sign in there.",
 }
 
 
@@ -41,13 +48,16 @@ def login_page(request: Request, next: str = "/staff") -> Response:
     return page(request, "staff/login.html", {"next": _safe_next(next), "email": "", "error": None})
 
 
-def _login(email: str, password: str, ip: str) -> auth.SignedIn | str:
+def _login(email: str, password: str, ip: str, replaced: str) -> auth.SignedIn | str:
     with session_scope() as session:
         try:
-            return auth.login(session=session, email=email, password=password, ip=ip)
+            signed_in = auth.login(session=session, email=email, password=password, ip=ip)
         except auth.LoginRefused as refused:
             # The failed attempt and its audit row are kept: the scope commits on return.
             return refused.reason
+        # The session this browser had (another account's, or an older one) ends: one browser, one session.
+        auth.end_session(session=session, token=replaced, reason="replaced")
+        return signed_in
 
 
 @public.post("/login")
@@ -58,7 +68,14 @@ async def login(
     next: Annotated[str, Form(max_length=2000)] = "/staff",
 ) -> Response:
     """Check the credentials and start a new session (a new id every time)."""
-    outcome = await run_in_threadpool(_login, email, password, client_ip(request))
+    if origin_matches(request, get_settings()) is False:
+        # Login CSRF: another site's form would sign this browser into an account of its choosing, and
+        # what the person then did would be recorded as that account's. Browsers name the form's origin.
+        log.info("staff sign-in refused: the form came from another site")
+        context = {"next": _safe_next(next), "email": "", "error": MESSAGES["cross_site"]}
+        return page(request, "staff/login.html", context, status_code=403)
+    replaced = request.cookies.get(COOKIE_NAME, "")
+    outcome = await run_in_threadpool(_login, email, password, client_ip(request), replaced)
     if isinstance(outcome, str):
         status = 429 if outcome == "throttled" else 401
         context = {"next": _safe_next(next), "email": email, "error": MESSAGES[outcome]}

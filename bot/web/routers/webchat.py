@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -44,6 +43,7 @@ from bot.patients.models import Channel, Patient
 from bot.patients.service import InvalidPhoneError, get_identity, get_or_create_identity, normalize_phone
 from bot.runtime import Runtime
 from bot.web.deps import RuntimeDep, SettingsDep, WorkersDep
+from bot.web.origin import origin_matches
 from bot.web.paths import TEMPLATES_DIR, asset_version
 from bot.web.ratelimit import RateLimiter
 
@@ -192,7 +192,7 @@ def _set_cookie(response: Response, visitor: Visitor, settings: Settings) -> Res
             visitor.session_id,
             httponly=True,
             samesite="lax",
-            secure=settings.public_url.lower().startswith("https://"),
+            secure=settings.public_url_is_https,
             path="/chat",
         )
     return response
@@ -200,18 +200,8 @@ def _set_cookie(response: Response, visitor: Visitor, settings: Settings) -> Res
 
 def _origin_allowed(request: Request, settings: Settings) -> bool:
     """Return whether a state-changing request comes from our own page (the CSRF defence)."""
-    origin = request.headers.get("origin")
-    if origin is None:
-        origin = request.headers.get("referer")
-    if not origin or origin == "null":
-        return False
-    claimed = urlsplit(origin)
-    if claimed.scheme not in ("http", "https") or not claimed.netloc:
-        return False
-    public = urlsplit(settings.public_url)
-    if (claimed.scheme, claimed.netloc.lower()) == (public.scheme.lower(), public.netloc.lower()):
-        return True
-    return claimed.netloc.lower() == request.headers.get("host", "").lower()
+    # Strict: the chat's requests come from its own script, which browsers always send with an Origin.
+    return origin_matches(request, settings) is True
 
 
 def _check_origin(request: Request, settings: Settings) -> None:

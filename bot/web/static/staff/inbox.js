@@ -4,7 +4,9 @@
   "use strict";
 
   function fetchHtml(url) {
-    return fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } }).then(function (response) {
+    // A refresh nobody asked for (a change event): marked so that it does not keep the session alive.
+    var headers = { Accept: "text/html", "X-Live-Refresh": "1" };
+    return fetch(url, { credentials: "same-origin", headers: headers }).then(function (response) {
       if (!response.ok) throw new Error("HTTP " + response.status);
       return response.text();
     });
