@@ -33,14 +33,14 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Migrate the database to head, and seed the demo clinic if asked."""
-    from bot.db import get_engine, session_scope
+    from bot.db import get_engine, session_scope, shown_url
     from bot.db.migrate import upgrade_to_head
     from bot.demo import DEMO_ADMIN_EMAIL, do_seed_demo
 
     settings = get_settings()
     engine = get_engine()
     upgrade_to_head(engine)
-    print(f"database ready: {engine.url.render_as_string(hide_password=True)}")
+    print(f"database ready: {shown_url(engine.url)}")
     if args.demo:
         with session_scope() as session:
             report = do_seed_demo(session=session)

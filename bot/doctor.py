@@ -11,6 +11,7 @@ from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from bot.config import Settings
+from bot.db import shown_url
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 CONNECT_TIMEOUT_SECONDS = 5
@@ -122,7 +123,7 @@ def check_rate_limits(settings: Settings) -> Finding:
 def _engine_for(settings: Settings) -> tuple[Engine | None, Finding | None]:
     """Return an engine that will not create a database or wait long for one."""
     url = settings.effective_database_url
-    shown = make_url(url).render_as_string(hide_password=True)
+    shown = shown_url(url)
     if url.startswith("sqlite"):
         path = make_url(url).database or ""
         if path and path != ":memory:" and not Path(path).exists():
@@ -136,7 +137,7 @@ def check_database(settings: Settings) -> list[Finding]:
     from bot.clinic_settings import ClinicProfile
     from bot.db.migrate import current_revision, head_revision
 
-    shown = make_url(settings.effective_database_url).render_as_string(hide_password=True)
+    shown = shown_url(settings.effective_database_url)
     engine, missing = _engine_for(settings)
     if engine is None:
         assert missing is not None

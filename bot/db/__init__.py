@@ -13,7 +13,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, MetaData, Table, create_engine, event, insert, text
+from sqlalchemy import (
+    JSON,
+    URL,
+    DateTime,
+    Engine,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    insert,
+    make_url,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -51,6 +63,20 @@ class Base(DeclarativeBase):
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+# Query parameters of a database URL that may hold a secret (libpq takes `?password=` as well as `user:pw@`).
+_SECRET_QUERY_WORDS = ("password", "secret", "token", "key")
+
+
+def shown_url(url: str | URL) -> str:
+    """Return a database URL fit to print: the password hidden, in the user part and in the query."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    query = {
+        name: ("***" if any(word in name.lower() for word in _SECRET_QUERY_WORDS) else value)
+        for name, value in parsed.query.items()
+    }
+    return parsed.set(query=query).render_as_string(hide_password=True)
 
 
 def utcnow() -> datetime:

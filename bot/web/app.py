@@ -50,7 +50,9 @@ def create_app(
             # Off the event loop: stopping joins threads, and closing Telegram's client runs its own loop.
             await run_in_threadpool(workers.stop)
 
-    app = FastAPI(title="clinicbot", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No schema of the whole app: it would list every staff and admin route to anyone who asks. The lab
+    # API, for integrators, serves its own under /api/v1.
+    app = FastAPI(title="clinicbot", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     from bot.web.routers import staff_admin, staff_cases, staff_inbox, staff_login, telegram, twilio, webchat
     from bot.web.staff_deps import install_handlers

@@ -217,6 +217,8 @@ def test_openapi_and_docs_page_are_served_locally(lab_api: LabApi) -> None:
     page = docs.text
     assert "<code>POST /api/v1/lab-orders</code>" in page and "<code>patient.phone</code>" in page
     assert "http://" not in page and "https://" not in page  # nothing loads from elsewhere
+    # Only the lab API's own schema: the whole app's would list every staff and admin route to anyone.
+    assert lab_api.client.get("/openapi.json").status_code == 404
 
 
 def _clinicbot(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:

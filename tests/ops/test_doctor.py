@@ -147,14 +147,22 @@ def test_pending_migrations(demo_db: str, monkeypatch, capsys) -> None:
     assert "         fix: run `clinicbot init` (it migrates to head; safe to repeat)" in lines
 
 
-def test_unreachable_database(model_dir: Path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://postgres:pw@127.0.0.1:1/clinic", "postgresql+psycopg://postgres:***@127.0.0.1:1/clinic"),
+        # libpq takes the password as a query parameter too
+        ("postgresql+psycopg://postgres@127.0.0.1:1/clinic?password=S3cretPW&sslmode=prefer",
+         "postgresql+psycopg://postgres@127.0.0.1:1/clinic?password=%2A%2A%2A&sslmode=prefer"),
+    ],
+)
+def test_unreachable_database(model_dir: Path, monkeypatch, capsys, url: str, shown: str) -> None:
     monkeypatch.setenv("CLINICBOT_DATA_DIR", str(model_dir))
-    status, lines = doctor(
-        monkeypatch, capsys, CLINICBOT_DATABASE_URL="postgresql+psycopg://postgres:pw@127.0.0.1:1/clinic"
-    )
+    status, lines = doctor(monkeypatch, capsys, CLINICBOT_DATABASE_URL=url)
     assert status == 1
+    assert "S3cretPW" not in "\n".join(lines)
     assert lines[-3:] == [
-        "PROBLEM  database: postgresql+psycopg://postgres:***@127.0.0.1:1/clinic unreachable (OperationalError)",
+        f"PROBLEM  database: {shown} unreachable (OperationalError)",
         "         fix: check CLINICBOT_DATABASE_URL, that PostgreSQL is running and accepts this user",
         "1 problem found",
     ]
