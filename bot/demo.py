@@ -14,7 +14,7 @@ from bot.labs.models import LabOrder, LabStatus
 from bot.patients.models import Patient
 from bot.staff import audit
 from bot.staff.models import CannedReply, Role, StaffUser
-from bot.staff.passwords import hash_password
+from bot.staff.passwords import hash_password, verify_password
 
 DEMO_ADMIN_EMAIL = "admin@riverside.example"
 # A demo-only credential, printed by `make run`; real clinics create staff with `clinicbot staff add`.
@@ -66,16 +66,21 @@ def demo_profile() -> ClinicProfile:
     )
 
 
+def accounts_with_demo_password(session: Session, emails: tuple[str, ...] | None = None) -> list[str]:
+    """Return the emails of the demo team's active accounts (or of `emails`) that still sign in with the published password."""
+    emails = emails or tuple(email for email, _, _ in DEMO_STAFF)
+    users = session.scalars(
+        select(StaffUser).where(StaffUser.email.in_(emails), StaffUser.disabled_at.is_(None)).order_by(StaffUser.id)
+    ).all()
+    return [user.email for user in users if verify_password(user.password_hash, DEMO_ADMIN_PASSWORD)]
+
+
 def demo_admin_password() -> str | None:
     """Return the demo admin's password while the demo admin still uses it, for `make run` to print."""
-    from bot.db import session_scope
-    from bot.staff.passwords import verify_password
+    from bot.db import read_scope
 
-    with session_scope() as session:
-        user = session.scalars(select(StaffUser).where(StaffUser.email == DEMO_ADMIN_EMAIL)).first()
-        if user is None or user.disabled_at is not None:
-            return None
-        return DEMO_ADMIN_PASSWORD if verify_password(user.password_hash, DEMO_ADMIN_PASSWORD) else None
+    with read_scope() as session:
+        return DEMO_ADMIN_PASSWORD if accounts_with_demo_password(session, (DEMO_ADMIN_EMAIL,)) else None
 
 
 DEMO_CANNED_REPLIES = (

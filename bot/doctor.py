@@ -172,9 +172,28 @@ def check_database(settings: Settings) -> list[Finding]:
                 select(ClinicProfile.timezone).order_by(ClinicProfile.id).limit(1)
             ).scalar()
         findings.append(check_timezone(zone))
+        findings.append(check_demo_accounts(settings, engine))
         return findings
     finally:
         engine.dispose()
+
+
+def check_demo_accounts(settings: Settings, engine: Engine) -> Finding:
+    """Check no demo staff account still signs in with the password the README and `make run` publish."""
+    from sqlalchemy.orm import Session
+
+    from bot.demo import accounts_with_demo_password
+
+    with Session(engine) as session:
+        exposed = accounts_with_demo_password(session)
+    if not exposed:
+        return _ok("demo accounts", "none signs in with the published demo password")
+    detail = f"{', '.join(exposed)} sign(s) in with the published demo password"
+    fix = "create real accounts (`clinicbot staff add`), then `clinicbot staff disable EMAIL` for each demo account"
+    host = urlsplit(settings.public_url).hostname
+    if host in LOOPBACK_HOSTS and not (settings.twilio_enabled or settings.telegram_enabled):
+        return Finding("demo accounts", "warning", f"{detail}: fine for a demo on this machine, not for patients", fix)
+    return _problem("demo accounts", f"{detail}, and this server is reachable by patients", fix)
 
 
 def check_timezone(zone: str | None) -> Finding:

@@ -9,7 +9,9 @@ from sqlalchemy import update
 
 from bot.cli import main
 from bot.clinic_settings import ClinicProfile
-from bot.db import session_scope
+from bot.db import session_scope, utcnow
+from bot.staff.models import StaffUser
+from bot.staff.passwords import hash_password
 from tests.conftest import reset_caches
 from tests.e2e.server import free_port
 from tests.ops.conftest import stamp
@@ -31,6 +33,12 @@ def _forget_settings():  # type: ignore[no-untyped-def]
     reset_caches()
 
 
+def retire_demo_accounts() -> None:
+    """Disable the demo team, as a clinic going live does once its real staff have accounts."""
+    with session_scope() as session:
+        session.execute(update(StaffUser).where(StaffUser.email.like("%@riverside.example")).values(disabled_at=utcnow()))
+
+
 def doctor(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], **env: str
 ) -> tuple[int, list[str]]:
@@ -42,6 +50,7 @@ def doctor(
 
 
 def test_a_good_configuration_passes(demo_db: str, monkeypatch, capsys) -> None:
+    retire_demo_accounts()
     status, lines = doctor(monkeypatch, capsys)
     assert status == 0
     assert lines[:6] == [
@@ -54,12 +63,41 @@ def test_a_good_configuration_passes(demo_db: str, monkeypatch, capsys) -> None:
     ]
     assert lines[5].startswith("ok       database: ") and lines[5].endswith(" reachable")
     assert lines[6].startswith("ok       migrations: at head (")
-    assert lines[7:] == ["ok       clinic timezone: America/New_York", "all good"]
+    assert lines[7:] == [
+        "ok       clinic timezone: America/New_York",
+        "ok       demo accounts: none signs in with the published demo password",
+        "all good",
+    ]
+
+
+def test_demo_accounts_with_the_published_password_are_a_problem_once_patients_can_reach_the_server(
+    demo_db: str, monkeypatch, capsys
+) -> None:
+    exposed = "admin@riverside.example, sam@riverside.example, priya@riverside.example sign(s) in with the published demo password"
+    fix = "         fix: create real accounts (`clinicbot staff add`), then `clinicbot staff disable EMAIL` for each demo account"
+    status, lines = doctor(monkeypatch, capsys)
+    assert status == 1
+    assert lines[-3:] == [f"PROBLEM  demo accounts: {exposed}, and this server is reachable by patients", fix,
+                          "1 problem found"]  # fmt: skip
+    # `make run`: this machine only, no channels: a reminder, not a failure.
+    off = {name: "" for name in GOOD if name.startswith(("TWILIO", "TELEGRAM"))}
+    status, lines = doctor(monkeypatch, capsys, CLINICBOT_PUBLIC_URL="http://127.0.0.1:8000", **off)
+    assert status == 0
+    assert f"warning  demo accounts: {exposed}: fine for a demo on this machine, not for patients" in lines
+    # One changed password leaves the others reported.
+    with session_scope() as session:
+        session.execute(update(StaffUser).where(StaffUser.email == "admin@riverside.example")
+                        .values(password_hash=hash_password("a-real-secret-now")))  # fmt: skip
+    status, lines = doctor(monkeypatch, capsys)
+    assert status == 1
+    assert ("PROBLEM  demo accounts: sam@riverside.example, priya@riverside.example sign(s) in with the published "
+            "demo password, and this server is reachable by patients") in lines  # fmt: skip
 
 
 def test_a_shared_rate_limit_redis_is_checked_and_its_password_never_shown(
     demo_db: str, redis_url: str, monkeypatch, capsys
 ) -> None:
+    retire_demo_accounts()
     status, lines = doctor(monkeypatch, capsys, CLINICBOT_RATE_LIMIT_STORAGE_URL=redis_url)
     assert "ok       rate limits: shared in Redis at 127.0.0.1:6379" in lines, lines
     assert status == 0
@@ -71,6 +109,7 @@ def test_a_shared_rate_limit_redis_is_checked_and_its_password_never_shown(
 
 
 def test_half_configured_channels_are_problems_with_fixes(demo_db: str, monkeypatch, capsys) -> None:
+    retire_demo_accounts()
     status, lines = doctor(
         monkeypatch, capsys, TWILIO_AUTH_TOKEN="", TWILIO_FROM_NUMBER="", TELEGRAM_WEBHOOK_SECRET=""
     )
@@ -123,13 +162,15 @@ def test_public_url_must_be_https_except_on_this_machine_without_channels(
 
 
 def test_unknown_clinic_timezone(demo_db: str, monkeypatch, capsys) -> None:
+    retire_demo_accounts()
     with session_scope() as session:
         session.execute(update(ClinicProfile).values(timezone="Mars/Base"))
     status, lines = doctor(monkeypatch, capsys)
     assert status == 1
-    assert lines[-3:] == [
+    assert lines[-4:] == [
         "PROBLEM  clinic timezone: unknown time zone 'Mars/Base'",
         "         fix: set the clinic's timezone to an IANA name such as America/New_York",
+        "ok       demo accounts: none signs in with the published demo password",
         "1 problem found",
     ]
 
