@@ -300,12 +300,16 @@ async def _parse(request: Request, model: type[Model]) -> Model:
 
 
 async def _admit(
-    request: Request, settings: Settings, *, limiter: str, model: type[Model]
+    request: Request, settings: Settings, *, limiter: str, model: type[Model], replace_lapsed: bool = False
 ) -> tuple[Visitor, Model]:
-    """Check origin and the visitor's rate limit, then parse the body; raise Refused on any failure."""
+    """Check origin and the visitor's rate limit, then parse the body; raise Refused on any failure.
+
+    `replace_lapsed`: a session whose verification lapsed is replaced first (see `_session_state`), so
+    verifying again, perhaps as someone else, never reopens the history of the earlier verification.
+    """
     _check_origin(request, settings)
     state = _state(request, settings)
-    visitor = await _visitor(request, state)
+    visitor = (await _current_visitor(request, state))[0] if replace_lapsed else await _visitor(request, state)
     retry = await state.limits.check(limiter, f"session:{visitor.session_id}")
     if retry is not None:
         log.info("web chat request refused: rate limit")
@@ -336,17 +340,35 @@ def page_language(request: Request) -> str:
     return best
 
 
-def _verified_name(address: str) -> str | None:
-    """Return the verified patient's preferred name for this session, ending a stale verification."""
+def _session_state(address: str) -> tuple[str | None, bool]:
+    """Return the verified patient's preferred name for this session, and whether its verification lapsed.
+
+    A stale verification is ended here. A lapsed session (verified once, not now) must not show its
+    history again: the answers it got while verified carry personal information, and the person at
+    this browser now may not be that patient (a shared computer left open past VERIFIED_SESSION_TTL).
+    """
     with session_scope() as session:
         identity = get_identity(session=session, channel=Channel.WEBCHAT, address=address)
         if identity is None:
-            return None
+            return None, False
         verification.expire_stale_verification(session=session, identity=identity)
         if not identity.is_verified:
-            return None
+            # A web chat identity gets a patient only by verifying, and keeps it for staff when that ends.
+            return None, identity.patient_id is not None
         patient = session.get(Patient, identity.patient_id)
-        return patient.display_name if patient is not None else None
+        return (patient.display_name if patient is not None else None), False
+
+
+async def _current_visitor(request: Request, state: WebChatState) -> tuple[Visitor, str | None]:
+    """Return the visitor and the verified name; a lapsed session is replaced by a new, empty one."""
+    visitor = await _visitor(request, state)
+    if visitor.new:
+        return visitor, None
+    name, lapsed = await run_in_threadpool(_session_state, visitor.address)
+    if lapsed:
+        log.info("web chat session replaced: its verification ended")
+        return Visitor(secrets.token_hex(16), new=True), None
+    return visitor, name
 
 
 @router.get("", response_class=HTMLResponse)
@@ -355,7 +377,7 @@ async def chat_page(request: Request, settings: SettingsDep, runtime: RuntimeDep
     state = _state(request, settings)
     lang = page_language(request)
     try:
-        visitor = await _visitor(request, state)
+        visitor, name = await _current_visitor(request, state)
     except Refused as refused:
         return templates.TemplateResponse(
             request,
@@ -364,7 +386,6 @@ async def chat_page(request: Request, settings: SettingsDep, runtime: RuntimeDep
             status_code=429,
             headers={**PAGE_HEADERS, "Retry-After": str(refused.retry_after or 60)},
         )
-    name = None if visitor.new else await run_in_threadpool(_verified_name, visitor.address)
     clinic = runtime.clinic
     today = clinic.calendar.local_date(utcnow())
     response = templates.TemplateResponse(
@@ -552,7 +573,7 @@ async def events(
     """Stream the conversation as Server-Sent Events; `once=1` returns after one read (tests, polling)."""
     state = _state(request, settings)
     try:
-        visitor = await _visitor(request, state)
+        visitor, _ = await _current_visitor(request, state)
     except Refused as refused:
         return refused.response()
     if not state.open_stream(visitor.session_id):
@@ -592,7 +613,7 @@ async def verify_start(
 ) -> Response:
     """Send a code if the phone and birth date match a patient; the answer is the same either way."""
     try:
-        visitor, body = await _admit(request, settings, limiter="verify", model=VerifyStartIn)
+        visitor, body = await _admit(request, settings, limiter="verify", model=VerifyStartIn, replace_lapsed=True)
         try:
             phone = normalize_phone(body.phone)
         except InvalidPhoneError:
@@ -639,7 +660,7 @@ async def verify_code(
 ) -> Response:
     """Check a code; a correct one verifies this chat session."""
     try:
-        visitor, body = await _admit(request, settings, limiter="verify", model=VerifyCodeIn)
+        visitor, body = await _admit(request, settings, limiter="verify", model=VerifyCodeIn, replace_lapsed=True)
     except Refused as refused:
         return refused.response()
     rotated = Visitor(secrets.token_hex(16), new=True)

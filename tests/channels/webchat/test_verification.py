@@ -110,6 +110,36 @@ def test_verification_lapses_after_twelve_hours(visitor: Visitor) -> None:
     assert not webchat_identity(visitor).is_verified
 
 
+def test_a_lapsed_verification_never_shows_its_history_again(visitor: Visitor) -> None:
+    # A shared computer left open: whoever sits down 13 hours later must not read Jim's answers.
+    visitor.start_verification(JIM, JIM_DOB)
+    [(_, _, code)] = sent_codes()
+    assert visitor.enter_code(code).status_code == 200
+    answered = " ".join(visitor.ask(LAB_QUESTION))
+    assert any(phrase in answered for phrase in PERSONAL)
+    assert any("Jim" in text for text in visitor.replies())
+    jims = visitor.client.cookies[COOKIE_NAME]
+    with time_machine.travel(utcnow() + timedelta(hours=13), tick=False):
+        # The event stream first (a reload of the chat reconnects it with the cookie it has).
+        stream = visitor.client.get("/chat/api/events", params={"once": "1"})
+        assert stream.status_code == 200
+        assert "Jim" not in stream.text and not any(phrase in stream.text for phrase in PERSONAL)
+        assert visitor.client.cookies[COOKIE_NAME] != jims  # a new, empty session
+        assert visitor.replies() == []
+        visitor.client.cookies.set(COOKIE_NAME, jims, path="/chat")
+        page = visitor.client.get("/chat")
+        assert "Jim" not in page.text and page.cookies[COOKIE_NAME] != jims
+        # Verifying again in that browser, as anyone, starts from an empty chat too.
+        visitor.client.cookies.set(COOKIE_NAME, jims, path="/chat")
+        again = visitor.start_verification(MARIA, MARIA_DOB)
+        assert again.status_code == 202 and again.cookies[COOKIE_NAME] != jims
+    with session_scope() as session:
+        old = session.scalars(select(ChannelIdentity).where(ChannelIdentity.address == address_for(jims))).one()
+        assert not old.is_verified and old.patient_id == jim_id()  # staff still see whose chat it was
+        ended = session.scalars(select(AuditEvent).where(AuditEvent.action == "identity.verification_ended")).one()
+        assert ended.details["reason"] == "expired"
+
+
 def test_five_wrong_codes_kill_the_code(visitor: Visitor) -> None:
     visitor.start_verification(JIM, JIM_DOB)
     [(key, _, code)] = sent_codes()
