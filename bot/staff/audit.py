@@ -9,6 +9,22 @@ from sqlalchemy.orm import Session
 from bot.staff.models import AuditEvent
 
 
+def patient_of(session: Session, conversation: Any) -> int | None:
+    """Return the patient a conversation's data is about, for the trail's patient_id.
+
+    The conversation's own patient, else its sender's: an SMS chat whose patient is known only through
+    the sender's phone still belongs in that patient's trail.
+    """
+    if conversation is None:
+        return None
+    if conversation.patient_id is not None:
+        return conversation.patient_id
+    from bot.patients.models import ChannelIdentity
+
+    identity = session.get(ChannelIdentity, conversation.identity_id)
+    return identity.patient_id if identity is not None else None
+
+
 def record(
     *,
     session: Session,

@@ -154,7 +154,7 @@ def do_open_case(*, session: Session, handoff_id: int, staff_id: int | None = No
         action="complaint.opened",
         subject_type="complaint_case",
         subject_id=case.id,
-        patient_id=conversation.patient_id,
+        patient_id=audit.patient_of(session, conversation),
         details={"handoff_id": handoff.id, "conversation_id": conversation.id},
     )
     log.info("complaint case %s opened (handoff %s)", case.id, handoff.id)
@@ -218,7 +218,7 @@ def do_open_case_for_conversation(
         action="complaint.opened_by_staff",
         subject_type="complaint_case",
         subject_id=case.id,
-        patient_id=conversation.patient_id,
+        patient_id=audit.patient_of(session, conversation),
         details={"message_id": sent.id if sent else None, "handoff_id": handoff.id},
     )
     return OpenedCase(case.id, acknowledged=sent is not None)
@@ -266,7 +266,7 @@ def _audit(session: Session, case: ComplaintCase, staff_id: int, action: str, **
         action=action,
         subject_type="complaint_case",
         subject_id=case.id,
-        patient_id=case.patient_id,
+        patient_id=case.patient_id or audit.patient_of(session, session.get(Conversation, case.conversation_id)),
         details=details,
     )
 

@@ -125,7 +125,7 @@ def do_send_correction(
         action="correction.sent",
         subject_type="incident",
         subject_id=incident.id,
-        patient_id=conversation.patient_id,
+        patient_id=audit.patient_of(session, conversation),
         details={
             "message_id": message.id,
             "correction_message_id": sent.id,
@@ -189,7 +189,7 @@ def do_mark_reviewed(*, session: Session, incident_id: int, staff_id: int, note:
         action="incident.reviewed",
         subject_type="incident",
         subject_id=incident.id,
-        patient_id=conversation.patient_id if conversation else None,
+        patient_id=audit.patient_of(session, conversation),
         details={"message_id": incident.message_id},
     )
     return incident

@@ -33,7 +33,7 @@ from bot.patients.models import Channel, ChannelIdentity, Patient
 from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 from bot.staff.auth import Principal
-from bot.staff.models import ComplaintCase, Role, StaffNote, StaffUser
+from bot.staff.models import AuditEvent, ComplaintCase, Role, StaffNote, StaffUser
 from bot.staff.outgoing import STAFF_PRIORITY, do_tell_patient
 from bot.when import render_due
 
@@ -100,7 +100,7 @@ def load_conversation(
             403,
             "This is a medical conversation: only clinicians and admins can open it.",
             outcome="denied",
-            patient_id=conversation.patient_id,
+            patient_id=audit.patient_of(session, conversation),
         )
     return conversation
 
@@ -163,6 +163,7 @@ class QueueRow:
     assigned_name: str | None
     closed_at: datetime | None
     outcome: str | None
+    patient_id: int | None = None  # shown only when the identity is verified, as the label is
 
 
 def _search_filter(q: str):  # type: ignore[no-untyped-def]
@@ -269,6 +270,7 @@ def queue(
                 else None,
                 closed_at=conversation.closed_at,
                 outcome=conversation.outcome,
+                patient_id=patient.id if patient is not None else None,
             )
         )
     if view != "closed":
@@ -584,6 +586,48 @@ def conversation_view(*, session: Session, conversation_id: int, staff: Principa
     )
 
 
+# Live refreshes repeat a view every minute or so: the trail records each staff member's view of a
+# conversation (and their searches) once in this window, not once a minute.
+VIEW_AUDIT_WINDOW = timedelta(minutes=30)
+
+
+def _recorded_since(session: Session, *, staff: Principal, action: str, subject: tuple[str, str | None]) -> bool:
+    return session.scalar(
+        select(AuditEvent.id)
+        .where(
+            AuditEvent.at >= utcnow() - VIEW_AUDIT_WINDOW,
+            AuditEvent.actor_kind == "staff",
+            AuditEvent.actor_id == str(staff.staff_id),
+            AuditEvent.action == action,
+            AuditEvent.subject_type == subject[0],
+            AuditEvent.subject_id.is_(None) if subject[1] is None else AuditEvent.subject_id == subject[1],
+        )
+        .limit(1)
+    ) is not None
+
+
+def audit_view(*, session: Session, staff: Principal, conversation: Conversation, purpose: str) -> None:
+    """Audit a view of a conversation's patient data outside its page (a fragment, a filled-in reply)."""
+    if _recorded_since(session, staff=staff, action="patient.viewed", subject=("conversation", str(conversation.id))):
+        return
+    audit.record(session=session, actor_kind="staff", actor_id=staff.staff_id, action="patient.viewed",
+                 subject_type="conversation", subject_id=conversation.id,
+                 patient_id=audit.patient_of(session, conversation), details={"purpose": purpose})  # fmt: skip
+
+
+def audit_search(*, session: Session, staff: Principal, rows: list[QueueRow], repeated: bool) -> None:
+    """Audit a search of the queue by name or number: which patients it showed (never what was typed).
+
+    `repeated`: a live refresh of a search already on screen, recorded again only after the window.
+    """
+    if repeated and _recorded_since(session, staff=staff, action="patient.searched", subject=("search", None)):
+        return
+    patients = sorted({row.patient_id for row in rows if row.patient_id is not None})
+    audit.record(session=session, actor_kind="staff", actor_id=staff.staff_id, action="patient.searched",
+                 subject_type="search", patient_id=patients[0] if len(patients) == 1 else None,
+                 details={"results": len(rows), "patient_ids": patients[:50]})  # fmt: skip
+
+
 def record_refusal(
     *, session: Session, staff: Principal, action: str, conversation_id: int, refused: Refused
 ) -> None:
@@ -625,7 +669,7 @@ class ActionResult:
 def _audit(session: Session, staff: Principal, action: str, conversation: Conversation, **details: object):  # type: ignore[no-untyped-def]
     return audit.record(session=session, actor_kind="staff", actor_id=staff.staff_id, action=action,
                         subject_type="conversation", subject_id=conversation.id,
-                        patient_id=conversation.patient_id, details=dict(details))  # fmt: skip
+                        patient_id=audit.patient_of(session, conversation), details=dict(details))  # fmt: skip
 
 
 def _claimed_handoff(

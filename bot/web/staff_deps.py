@@ -56,10 +56,15 @@ def clear_session_cookie(response: Response) -> None:
 LIVE_REFRESH_HEADER = "x-live-refresh"
 
 
+def is_live_refresh(request: Request) -> bool:
+    """Return whether the inbox's script fetched this on its own, for a change event (not a person's click)."""
+    return request.headers.get(LIVE_REFRESH_HEADER) == "1"
+
+
 def _is_stream(request: Request) -> bool:
     # Live updates keep a page current without the person doing anything: they must not keep the session
     # alive. That is the event stream, and the fragments it makes the page fetch (the queue, a transcript).
-    return request.url.path.endswith("/events") or request.headers.get(LIVE_REFRESH_HEADER) == "1"
+    return request.url.path.endswith("/events") or is_live_refresh(request)
 
 
 def current_staff(request: Request) -> Principal:

@@ -8,7 +8,7 @@ from bot.channels.models import OutboxMessage
 from bot.conversations.models import Conversation, Direction, Message
 from bot.db import session_scope
 from bot.demo import DEMO_ADMIN_EMAIL
-from bot.staff.models import Incident
+from bot.staff.models import AuditEvent, Incident
 from tests.staff.conftest import DEMO_CLINICIAN_EMAIL, DEMO_STAFF_EMAIL, sign_in
 from tests.staff.test_complaints import audit_rows, count, staff_id, visitor
 
@@ -52,6 +52,11 @@ def test_a_wrong_bot_answer_is_corrected_once_and_listed_for_review(make_app) ->
     preview = chat.client.post(url, data=data | {"intent": "preview"})
     assert preview.status_code == 200 and EXPECTED_TEXT.replace("'", "&#39;") in preview.text
     assert count(Incident) == 0 and count(OutboxMessage, OutboxMessage.key.like("correction:%")) == 0
+    # The preview shows the message again: audited as the form's view is.
+    with session_scope() as session:
+        purposes = session.scalars(select(AuditEvent.details).where(AuditEvent.action == "message.viewed")
+                                   .order_by(AuditEvent.id)).all()  # fmt: skip
+    assert purposes == [{"purpose": "correction"}, {"purpose": "correction_preview"}]
 
     sent = chat.client.post(url, data=data | {"intent": "send"}, follow_redirects=False)
     assert (sent.status_code, sent.headers["location"]) == (303, f"/staff/conversations/{conversation_id}")

@@ -23,7 +23,7 @@ from bot.demo import DEMO_ADMIN_EMAIL, DEMO_ADMIN_PASSWORD
 from bot.patients.models import Patient
 from bot.patients.service import get_or_create_identity
 from bot.promises.models import Promise
-from bot.staff.models import AuditEvent, StaffNote, StaffSession, StaffUser
+from bot.staff.models import AuditEvent, CannedReply, StaffNote, StaffSession, StaffUser
 from bot.web.routers import staff_inbox
 from tests.channels.twilio.conftest import JIM, SmsApp, fake_twilio, sms_app  # noqa: F401  (fixtures)
 from tests.staff.conftest import DEMO_CLINICIAN_EMAIL, DEMO_STAFF_EMAIL, sign_in
@@ -274,6 +274,68 @@ def test_events_say_signed_out_when_the_session_ends(queue_world, monkeypatch) -
             for row in session.scalars(select(StaffSession).where(StaffSession.ended_at.is_(None))):
                 row.ended_at, row.end_reason = utcnow(), "logout"
         assert [name for name, _ in read_events(lines, 1)] == ["signed-out"]
+
+
+def test_searching_the_queue_is_audited_by_the_patients_it_showed_never_by_what_was_typed(queue_world) -> None:  # type: ignore[no-untyped-def]
+    client, _ = queue_world
+    sign_in(client)
+    client.get("/staff")  # the queue itself: not a search
+    assert audit_rows("patient.searched") == []
+    assert ">Jim</a>" in client.get("/staff", params={"q": "jim"}).text
+    [searched] = audit_rows("patient.searched")
+    assert (searched.actor_id, searched.patient_id) == (str(staff_id(DEMO_ADMIN_EMAIL)), patient_id(JIM))
+    assert searched.details == {"results": 1, "patient_ids": [patient_id(JIM)]}
+    # The inbox refreshes a search on screen at every change: recorded again only after a while.
+    live = {"X-Live-Refresh": "1"}
+    client.get("/staff/queue", params={"q": "jim"}, headers=live)
+    assert len(audit_rows("patient.searched")) == 1
+    client.get("/staff/queue", params={"q": "0142"})  # a new search by number
+    assert len(audit_rows("patient.searched")) == 2
+    start = utcnow()
+    for minutes in (14, 28):
+        with time_machine.travel(start + timedelta(minutes=minutes), tick=False):
+            client.get("/staff")  # someone is there (the session stays open)
+    with time_machine.travel(start + timedelta(minutes=31), tick=False):
+        assert client.get("/staff/queue", params={"q": "jim"}, headers=live).status_code == 200
+    assert len(audit_rows("patient.searched")) == 3
+
+
+def test_the_transcript_and_a_filled_in_canned_reply_are_audited_as_views_of_the_patient(queue_world) -> None:  # type: ignore[no-untyped-def]
+    client, ids = queue_world
+    sign_in(client)
+    # A transcript can be fetched on its own, without the (audited) page around it.
+    assert "help please" in client.get(f"/staff/conversations/{ids['human']}/transcript").text
+    [viewed] = audit_rows("patient.viewed")
+    assert (viewed.subject_id, viewed.patient_id, viewed.details) == (
+        str(ids["human"]), patient_id(JIM), {"purpose": "transcript"})  # fmt: skip
+    client.get(f"/staff/conversations/{ids['human']}/transcript", headers={"X-Live-Refresh": "1"})
+    assert len(audit_rows("patient.viewed")) == 1  # live refreshes of the same view, within the window
+    with session_scope() as session:
+        canned_id = session.scalars(select(CannedReply.id).order_by(CannedReply.id)).first()
+    filled = client.get(f"/staff/canned/{canned_id}/render", params={"conversation": ids["unclear"]})
+    assert filled.status_code == 200
+    assert [(row.subject_id, row.patient_id, row.details) for row in audit_rows("patient.viewed")][1:] == [
+        (str(ids["unclear"]), patient_id(MARIA), {"purpose": "canned_reply"})]  # fmt: skip
+    start = utcnow()
+    for minutes in (14, 28):
+        with time_machine.travel(start + timedelta(minutes=minutes), tick=False):
+            client.get("/staff")  # someone is there (the session stays open)
+    with time_machine.travel(start + timedelta(minutes=31), tick=False):
+        transcript = client.get(f"/staff/conversations/{ids['human']}/transcript", headers={"X-Live-Refresh": "1"})
+        assert transcript.status_code == 200
+    assert len(audit_rows("patient.viewed")) == 3
+
+
+def test_staff_actions_on_a_chat_known_only_by_the_senders_phone_are_in_that_patients_trail(queue_world) -> None:  # type: ignore[no-untyped-def]
+    client, ids = queue_world
+    csrf = sign_in(client)
+    # The chat opened before Jim's number was on file; a lab order then linked his number (labs/flows.py),
+    # so the patient is known only through the sender's identity.
+    with session_scope() as session:
+        session.get(Conversation, ids["human"]).patient_id = None  # type: ignore[union-attr]
+    assert post(client, f"/staff/conversations/{ids['human']}/claim", csrf).status_code == 303  # type: ignore[attr-defined]
+    [claimed] = audit_rows("conversation.claimed")
+    assert claimed.patient_id == patient_id(JIM)
 
 
 # -- a conversation, end to end over SMS -------------------------------------------------------

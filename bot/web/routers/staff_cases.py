@@ -169,7 +169,8 @@ def _show_case(request: Request, staff: Principal, runtime: Any, case_id: int, *
             context["draft"] = draft
         context["error"] = error
         audit.record(session=session, actor_kind="staff", actor_id=staff.staff_id, action="complaint.viewed",
-                     subject_type="complaint_case", subject_id=case.id, patient_id=case.patient_id)  # fmt: skip
+                     subject_type="complaint_case", subject_id=case.id,
+                     patient_id=case.patient_id or audit.patient_of(session, context.get("conversation")))  # fmt: skip
     return page(request, "staff/complaint.html", context, status_code=status_code)
 
 
@@ -279,7 +280,7 @@ def correction_page(request: Request, message_id: int, staff: Staff, runtime: Ru
     with session_scope() as session:
         context = _correction_context(session, staff, runtime, message_id)
         audit.record(session=session, actor_kind="staff", actor_id=staff.staff_id, action="message.viewed",
-                     subject_type="message", subject_id=message_id, patient_id=context["conversation"].patient_id,
+                     subject_type="message", subject_id=message_id, patient_id=audit.patient_of(session, context["conversation"]),
                      details={"purpose": "correction"})  # fmt: skip
     return page(request, "staff/correction.html", context)
 
@@ -301,6 +302,11 @@ def correction_send(
             context["preview"] = corrections.correction_text(
                 session=session, domain=runtime.domain, conversation=context["conversation"], correction=correction
             ) if correction.strip() else None  # fmt: skip
+            # The page shows the message again: a view of the patient's data, as the GET is.
+            audit.record(session=session, actor_kind="staff", actor_id=staff.staff_id, action="message.viewed",
+                         subject_type="message", subject_id=message_id,
+                         patient_id=audit.patient_of(session, context["conversation"]),
+                         details={"purpose": "correction_preview" if intent == "preview" else "correction"})  # fmt: skip
         else:
             try:
                 corrections.do_send_correction(

@@ -26,7 +26,7 @@ from bot.staff.auth import Principal
 from bot.staff.inbox import Refused
 from bot.staff.models import AlertKind, StaffAlert
 from bot.web.deps import RuntimeDep, WorkersDep
-from bot.web.staff_deps import COOKIE_NAME, Admin, Staff, page, staff_router, templates
+from bot.web.staff_deps import COOKIE_NAME, Admin, Staff, is_live_refresh, page, staff_router, templates
 
 router = staff_router()
 
@@ -74,10 +74,12 @@ def _refuse(staff: Principal, action: str, conversation_id: int, refused: Refuse
 # -- the queue ---------------------------------------------------------------------------------
 
 
-def _queue_context(staff: Principal, view: str, q: str) -> dict[str, Any]:
+def _queue_context(staff: Principal, view: str, q: str, *, live: bool = False) -> dict[str, Any]:
     view = view if view in inbox.VIEWS else "open"
     with session_scope() as session:
         rows = inbox.queue(session=session, staff=staff, view=view, q=q)
+        if q.strip():
+            inbox.audit_search(session=session, staff=staff, rows=rows, repeated=live)
         return {"rows": rows, "view": view, "q": q, "views": VIEW_LABELS, **_common(session)}
 
 
@@ -94,7 +96,7 @@ def queue_rows(
     request: Request, staff: Staff, view: str = "open", q: Annotated[str, Query(max_length=100)] = ""
 ) -> Response:
     """Return the queue's rows as an HTML fragment, for live refreshes."""
-    return page(request, "staff/_queue_rows.html", _queue_context(staff, view, q))
+    return page(request, "staff/_queue_rows.html", _queue_context(staff, view, q, live=is_live_refresh(request)))
 
 
 # -- live updates ------------------------------------------------------------------------------
@@ -235,6 +237,7 @@ def transcript_fragment(request: Request, staff: Staff, conversation_id: int) ->
                 session=session, conversation_id=conversation_id, staff=staff
             )
             items = inbox.transcript(session=session, conversation=conversation)
+            inbox.audit_view(session=session, staff=staff, conversation=conversation, purpose="transcript")
             context = {"items": items, "c": conversation, **_common(session)}
     except Refused as refused:
         _refuse(staff, "patient.viewed", conversation_id, refused)
@@ -415,6 +418,7 @@ def render_canned(staff: Staff, canned_id: int, conversation: int) -> Response:
             text = canned.render_canned(
                 session=session, canned_id=canned_id, conversation=target, staff_name=staff.name
             )
+            inbox.audit_view(session=session, staff=staff, conversation=target, purpose="canned_reply")
     except Refused as refused:
         raise HTTPException(status_code=refused.status, detail=refused.message) from None
     except LookupError as missing:
