@@ -85,12 +85,13 @@ def demo_admin_password() -> str | None:
 
 DEMO_CANNED_REPLIES = (
     # title, English, Spanish; placeholders are filled per patient when staff insert the text.
+    # Never what a result says: texts sit on lock screens and shared phones (see bot.staff.outgoing).
     (
-        "Results reviewed, nothing to do",
-        "Hi {patient_name}, this is {staff_name} at {clinic_name}. The doctor has reviewed your results and "
-        "there is nothing you need to do. Call us at {clinic_phone} if you have any questions.",
-        "Hola {patient_name}, soy {staff_name} de {clinic_name}. El médico revisó sus resultados y no tiene "
-        "que hacer nada. Llámenos al {clinic_phone} si tiene alguna pregunta.",
+        "Results reviewed: see the portal",
+        "Hi {patient_name}, this is {staff_name} at {clinic_name}. The doctor has reviewed your results. You can "
+        "see them in the patient portal, or call us at {clinic_phone} and we will go over them with you.",
+        "Hola {patient_name}, soy {staff_name} de {clinic_name}. El médico revisó sus resultados. Puede verlos en "
+        "el portal del paciente, o llámenos al {clinic_phone} y los revisamos con usted.",
     ),
     (
         "Call us to book",

@@ -26,7 +26,7 @@ from bot.db import utcnow
 from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 from bot.staff.models import ComplaintAction, ComplaintCase, ComplaintStatus, StaffUser
-from bot.staff.outgoing import do_tell_patient
+from bot.staff.outgoing import ClinicalContentError, do_tell_patient
 from bot.when import render_due
 
 if TYPE_CHECKING:
@@ -50,9 +50,10 @@ ACTIVE = (ComplaintStatus.OPEN, ComplaintStatus.INVESTIGATING)
 class CaseError(ValueError):
     """A complaint action was refused; the message says why and `status` is the HTTP answer."""
 
-    def __init__(self, message: str, *, status: int = 400) -> None:
+    def __init__(self, message: str, *, status: int = 400, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason  # for the audit trail, where there is a short name for it
 
 
 def render_patient_text(
@@ -68,9 +69,15 @@ def render_patient_text(
 def do_queue_staff_text(
     *, session: Session, conversation: Conversation, staff_id: int, body: str, key: str, response_key: str | None = None
 ) -> Message | None:
-    """Store a staff-authored text in the conversation and queue it once under key; None if queued before."""
-    return do_tell_patient(session=session, conversation=conversation, staff_id=staff_id, body=body, key=key,
-                           response_key=response_key, route=Route.ANSWER)  # fmt: skip
+    """Store a staff-authored text in the conversation and queue it once under key; None if queued before.
+
+    Raises CaseError (400) when the text would name the patient's tests by SMS or Telegram.
+    """
+    try:
+        return do_tell_patient(session=session, conversation=conversation, staff_id=staff_id, body=body, key=key,
+                               response_key=response_key, route=Route.ANSWER)  # fmt: skip
+    except ClinicalContentError as named:
+        raise CaseError(str(named), reason="names_tests") from None
 
 
 def _complaint_promise(*, session: Session, case: ComplaintCase) -> Promise | None:

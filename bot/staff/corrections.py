@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, aliased
 from bot.conversations.models import Author, Conversation, Direction, Message
 from bot.db import utcnow
 from bot.staff import audit
-from bot.staff.complaints import do_queue_staff_text, render_patient_text
+from bot.staff.complaints import CaseError, do_queue_staff_text, render_patient_text
 from bot.staff.models import Incident, ReviewStatus, StaffUser
 
 if TYPE_CHECKING:
@@ -111,10 +111,13 @@ def do_send_correction(
     except IntegrityError:
         raise CorrectionError("This message was already corrected.", status=409) from None
     body = correction_text(session=session, domain=domain, conversation=conversation, correction=correction)
-    sent = do_queue_staff_text(
-        session=session, conversation=conversation, staff_id=staff_id, body=body,
-        key=f"correction:{incident.id}", response_key="utter_correction",
-    )  # fmt: skip
+    try:
+        sent = do_queue_staff_text(
+            session=session, conversation=conversation, staff_id=staff_id, body=body,
+            key=f"correction:{incident.id}", response_key="utter_correction",
+        )  # fmt: skip
+    except CaseError as refused:  # the correction names the patient's tests
+        raise CorrectionError(str(refused)) from None
     if sent is None:
         raise CorrectionError("This message was already corrected.", status=409)
     incident.correction_message_id = sent.id

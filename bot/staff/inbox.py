@@ -34,7 +34,7 @@ from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 from bot.staff.auth import Principal
 from bot.staff.models import AuditEvent, ComplaintCase, Role, StaffNote, StaffUser
-from bot.staff.outgoing import STAFF_PRIORITY, do_tell_patient
+from bot.staff.outgoing import STAFF_PRIORITY, ClinicalContentError, check_no_test_names, do_tell_patient
 from bot.when import render_due
 
 log = logging.getLogger(__name__)
@@ -824,6 +824,10 @@ def do_send(
     if len(text) > MAX_REPLY_CHARS:
         raise Refused(400, f"Replies are limited to {MAX_REPLY_CHARS} characters, including any promise "
                       f"sentence; this one has {len(text)}.", outcome="invalid")  # fmt: skip
+    try:
+        check_no_test_names(session=session, conversation=conversation, text=text)
+    except ClinicalContentError as named:
+        raise Refused(400, str(named), outcome="invalid") from None
     claimed = False
     if conversation.assigned_staff_id is None or conversation.state != ConversationState.STAFF:
         claimed = _do_claim(session=session, conversation=conversation, staff=staff, domain=domain, now=now)

@@ -170,6 +170,14 @@ def test_sms_complaint_is_resolved_with_the_patient_told_what_was_done(make_app,
 
     empty = staff.post(f"/staff/complaints/{case.id}/resolve", data={"csrf_token": csrf, "message": "  "})
     assert empty.status_code == 400 and "Write the message" in empty.text
+    # Jim's lipid panel is on file: an SMS may not name it, even in a resolution.
+    named = staff.post(f"/staff/complaints/{case.id}/resolve",
+                       data={"csrf_token": csrf, "message": "We also checked your lipid panel."})  # fmt: skip
+    assert named.status_code == 400 and "must not name tests or results, and this one names Lipid panel" in named.text
+    assert count(OutboxMessage, OutboxMessage.key.like("complaint-resolved:%")) == 0
+    with session_scope() as session:
+        reasons = session.scalars(select(AuditEvent.details).where(AuditEvent.action == "complaint.resolved")).all()
+    assert [reason["reason"] for reason in reasons] == ["no_action", "no_message", "names_tests"]
 
     done = staff.post(f"/staff/complaints/{case.id}/resolve", data={"csrf_token": csrf, "message": edited},
                            follow_redirects=False)  # fmt: skip
@@ -196,6 +204,7 @@ def test_sms_complaint_is_resolved_with_the_patient_told_what_was_done(make_app,
     assert late_action.status_code == 409
     assert count(ComplaintAction) == 2
     assert audit_rows("complaint.resolved") == [
+        (str(admin), str(case.id), jim.id, "refused"),
         (str(admin), str(case.id), jim.id, "refused"),
         (str(admin), str(case.id), jim.id, "refused"),
         (str(admin), str(case.id), jim.id, "ok"),

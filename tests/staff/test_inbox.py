@@ -482,6 +482,23 @@ def test_reply_refuses_empty_or_too_long_text_with_a_message(sms: SmsApp) -> Non
     assert [row.outcome for row in audit_rows("conversation.replied")] == ["invalid", "invalid"]
 
 
+def test_a_reply_by_sms_may_not_name_the_patients_tests(sms: SmsApp) -> None:
+    # Jim's lipid panel is on screen beside the reply box; an SMS sits on his lock screen.
+    sms.text_in("I want to talk to a person")
+    sms.settle()
+    conversation_id = conversation_id_of_jim()
+    csrf = sign_in(sms.client)
+    path = f"/staff/conversations/{conversation_id}/reply"
+    named = post(sms.client, path, csrf, body="Good news, your LIPID PANEL came back normal.")
+    assert named.status_code == 400  # type: ignore[attr-defined]
+    assert "Texts by SMS must not name tests or results, and this one names Lipid panel." in named.text  # type: ignore[attr-defined]
+    with session_scope() as session:
+        assert session.scalars(select(Message).where(Message.author_kind == "staff")).all() == []
+    assert [row.outcome for row in audit_rows("conversation.replied")] == ["invalid"]
+    fine = post(sms.client, path, csrf, body="The doctor has reviewed your results: please see the portal.")
+    assert fine.status_code == 303  # type: ignore[attr-defined]
+
+
 # Wednesday 2 December 2026, 10:00 in Cambridge MA (15:00 UTC); the clinic is open 08:00-18:00 on weekdays.
 WEDNESDAY_10AM = datetime(2026, 12, 2, 15, 0, tzinfo=UTC)
 FOLLOWUP_CASES = [

@@ -244,7 +244,7 @@ def complaint_resolve(
             refusal = str(error)
             audit.record(session=session, actor_kind="staff", actor_id=staff.staff_id, action="complaint.resolved",
                          subject_type="complaint_case", subject_id=case_id, patient_id=case.patient_id, outcome="refused",
-                         details={"reason": "no_action" if "action" in refusal else "no_message"})  # fmt: skip
+                         details={"reason": error.reason or ("no_action" if "action" in refusal else "no_message")})  # fmt: skip
         else:
             refusal = None
     if refusal is not None:
