@@ -141,9 +141,18 @@ def insert_or_ignore_many(*, session: Session, table: Table, rows: list[dict[str
 def make_engine(url: str) -> Engine:
     """Create an engine with the settings each backend needs."""
     if url.startswith("sqlite"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = make_url(url).database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            folder = Path(path).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                from bot.config import SettingsError
+
+                raise SettingsError(
+                    f"cannot create {folder}, the SQLite database's folder ({error.strerror}); "
+                    "check CLINICBOT_DATA_DIR, or CLINICBOT_DATABASE_URL if it is set"
+                ) from None
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

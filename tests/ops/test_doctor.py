@@ -153,11 +153,18 @@ def test_public_url_must_be_https_except_on_this_machine_without_channels(
         "warning  public url: http://127.0.0.1:8000 is plain http: fine on this machine, not for patients"
         in lines
     )
-    status, lines = doctor(monkeypatch, capsys, CLINICBOT_PUBLIC_URL="clinic.example.org")
-    assert status == 1
-    assert (
-        "PROBLEM  public url: CLINICBOT_PUBLIC_URL 'clinic.example.org' is not an absolute http(s) URL"
-        in lines
+    # The scheme's case does not matter, as for the Secure cookie; a URL that is not one stops every command.
+    status, lines = doctor(monkeypatch, capsys, CLINICBOT_PUBLIC_URL="HTTPS://clinic.example.org")
+    assert "ok       public url: HTTPS://clinic.example.org" in lines
+    with monkeypatch.context() as patch:
+        patch.setenv("CLINICBOT_PUBLIC_URL", "clinic.example.org")
+        reset_caches()
+        assert main(["doctor"]) == 2
+    reset_caches()
+    assert capsys.readouterr() == (
+        "",
+        "clinicbot: error: setting CLINICBOT_PUBLIC_URL: must be an absolute http(s) URL with a host, "
+        "e.g. https://clinic.example.org\n",
     )
 
 
