@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import logging
+import math
 import sys
 import time
 import uuid
@@ -15,7 +16,7 @@ from rich.console import Console
 
 from bot.clinic import ClinicConfigError
 from bot.clinic_settings import ClinicMissingError
-from bot.config import Settings, SettingsError, get_settings
+from bot.config import MAX_RETENTION_DAYS, Settings, SettingsError, get_settings
 from bot.conversations.domain import DomainError
 from bot.nlu.data import DialoguesError
 
@@ -29,6 +30,57 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
+
+
+# Argument types: a value out of range is a usage error naming the argument ("argument --port: …"),
+# never a number that overflows later in a socket, a date or the database.
+# The largest id SQLite and PostgreSQL (bigint) can store.
+MAX_ID = 2**63 - 1
+# `scheduler tick --at`: a time whose working days and UTC offset stay within the calendar's years.
+AT_YEARS = (2000, 2999)
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """Return an argument type: a whole number from low to high."""
+
+    def whole_number(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, not {raw}")
+        return value
+
+    return whole_number
+
+
+def _seconds(high: float) -> Callable[[str], float]:
+    """Return an argument type: a finite number of seconds from 0 to high."""
+
+    def seconds(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+        if not (math.isfinite(value) and 0 <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be 0 to {high:g} seconds, not {raw}")
+        return value
+
+    return seconds
+
+
+def _iso_time(raw: str) -> datetime.datetime:
+    """Read --at: an ISO 8601 time (clinic-local when it has no offset) in the years AT_YEARS."""
+    try:
+        at = datetime.datetime.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not an ISO 8601 time such as 2026-11-25T16:30:00"
+        ) from None
+    if not AT_YEARS[0] <= at.year <= AT_YEARS[1]:
+        raise argparse.ArgumentTypeError(f"must be in the years {AT_YEARS[0]} to {AT_YEARS[1]}, not {raw}")
+    return at
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -190,8 +242,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("  demo phone:   .venv/bin/clinicbot demo phone (the web chat's codes, which SMS would have sent)")
     if args.telegram_polling:
         print("  telegram:     long polling (the webhook is removed while this runs)")
-    if args.processors < 0:
-        raise UsageError("--processors must be 0 (in this process) or more")
     from bot.channels.workers import WorkerProcesses
 
     # Routing and sending in their own processes: acknowledgements keep a core and an interpreter lock.
@@ -367,6 +417,7 @@ def cmd_patient_export(args: argparse.Namespace) -> int:
     from bot.privacy import export_patient
 
     lookup = _patient_lookup(args)
+    _require_migrated()
     with session_scope() as session:
         patient = lookup(session)
         data = export_patient(session=session, patient=patient, actor_kind="cli")
@@ -392,6 +443,7 @@ def cmd_patient_erase(args: argparse.Namespace) -> int:
     lookup = _patient_lookup(args)
     if not args.yes:
         raise UsageError("patient erase: this cannot be undone; add --yes to erase")
+    _require_migrated()
     with session_scope() as session:
         patient = lookup(session)
         result = do_erase_patient(session=session, patient_id=patient.id, actor_kind="cli")
@@ -410,8 +462,7 @@ def cmd_retention_purge(args: argparse.Namespace) -> int:
     from bot.privacy import do_purge_bodies
 
     days = args.days if args.days is not None else get_settings().retention_days
-    if days < 1:
-        raise UsageError("retention purge: --days must be at least 1")
+    _require_migrated()
     with session_scope() as session:
         result = do_purge_bodies(session=session, days=days, actor_kind="cli")
     print(
@@ -442,17 +493,11 @@ def cmd_scheduler_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_at(raw: str) -> datetime.datetime:
-    """Read --at: ISO 8601, clinic-local when it has no offset; return aware UTC."""
+def _at_utc(at: datetime.datetime) -> datetime.datetime:
+    """Return --at as aware UTC, reading a time without an offset as clinic-local."""
     from bot.clinic_settings import load_clinic
     from bot.db import session_scope
 
-    try:
-        at = datetime.datetime.fromisoformat(raw)
-    except ValueError:
-        raise UsageError(
-            f"scheduler tick: --at {raw!r} is not an ISO 8601 time such as 2026-11-25T16:30:00"
-        ) from None
     if at.tzinfo is not None:
         return at.astimezone(datetime.UTC)
     with session_scope() as session:
@@ -466,7 +511,7 @@ def cmd_scheduler_tick(args: argparse.Namespace) -> int:
     from scheduler.jobs import build_sender, deliver_due, sweep_pass
 
     _require_migrated()
-    now = _parse_at(args.at) if args.at else None
+    now = _at_utc(args.at) if args.at else None
     counts = sweep_pass(now=now, wait=args.wait)
     if counts is None:
         raise UsageError(
@@ -641,12 +686,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     serve = commands.add_parser("serve", help="start the web server: webhooks, web chat, outbox sender")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_whole(1, 65535), default=8000)
     serve.add_argument("--no-scheduler", action="store_true",
                        help="do not run the promise sweeps here (run `clinicbot scheduler run` instead)")  # fmt: skip
     serve.add_argument("--telegram-polling", action="store_true",
                        help="fetch Telegram updates by long polling (development, no public URL)")  # fmt: skip
-    serve.add_argument("--processors", type=int, default=2, metavar="N",
+    serve.add_argument("--processors", type=_whole(0, 64), default=2, metavar="N",
                        help="worker processes that route messages (the first also sends texts; default 2; "
                             "0 runs routing and sending as threads of the web process)")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
@@ -687,8 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
     sched_run = sched_commands.add_parser("run", help="run the sweeps as a standalone process")
     sched_run.set_defaults(func=cmd_scheduler_run)
     tick = sched_commands.add_parser("tick", help="one pass of every sweep, then deliver what it queued")
-    tick.add_argument("--at", metavar="ISO", help="run as if at this time (clinic-local without an offset)")
-    tick.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+    tick.add_argument("--at", type=_iso_time, metavar="ISO", help="run as if at this time (clinic-local without an offset)")
+    tick.add_argument("--wait", type=_seconds(3600), default=60.0, metavar="SECONDS",
                       help="how long to wait for another scheduler's pass to finish")  # fmt: skip
     tick.set_defaults(func=cmd_scheduler_tick)
     doctor = commands.add_parser("doctor", help="check the configuration and say how to fix what is wrong")
@@ -699,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     erase = patient_commands.add_parser("erase", help="erase one patient's personal data (audited)")
     for sub in (export, erase):
         sub.add_argument("--phone", help="the patient's phone number on file")
-        sub.add_argument("--id", dest="patient_id", type=int, help="the patient's id (e.g. after an erasure)")
+        sub.add_argument("--id", dest="patient_id", type=_whole(1, MAX_ID), help="the patient's id (e.g. after an erasure)")
     export.add_argument("--out", metavar="FILE", help="write to a new file instead of standard output")
     export.set_defaults(func=cmd_patient_export)
     erase.add_argument("--yes", action="store_true", help="confirm: the erasure cannot be undone")
@@ -709,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge = retention_commands.add_parser(
         "purge", help="clear message bodies older than CLINICBOT_RETENTION_DAYS (metadata and audit stay)"
     )
-    purge.add_argument("--days", type=int, help="override CLINICBOT_RETENTION_DAYS")
+    purge.add_argument("--days", type=_whole(1, MAX_RETENTION_DAYS), help="override CLINICBOT_RETENTION_DAYS")
     purge.set_defaults(func=cmd_retention_purge)
     apikey = commands.add_parser("apikey", help="API keys for lab systems (REST /api/v1)")
     apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True, parser_class=_Parser)
@@ -734,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the HL7 v2 MLLP listener on its own (serve runs it too when CLINICBOT_MLLP_PORT is set)",
     )
     mllp.add_argument("--host", help="default CLINICBOT_MLLP_HOST (127.0.0.1)")
-    mllp.add_argument("--port", type=int, help="default CLINICBOT_MLLP_PORT")
+    mllp.add_argument("--port", type=_whole(1, 65535), help="default CLINICBOT_MLLP_PORT")
     mllp.set_defaults(func=cmd_mllp)
     return parser
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from bot.cli import main
 from bot.config import REPO_ROOT
 from bot.db import make_engine
 
@@ -86,6 +87,40 @@ def test_chat_before_init_says_what_to_run(env: dict[str, str]) -> None:
 def test_bad_option_is_one_line(env: dict[str, str]) -> None:
     assert_one_line_error(clinicbot("chat", "--bogus", env=env), "unrecognized arguments: --bogus")
     assert_one_line_error(clinicbot("frobnicate", env=env), "invalid choice")
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["mllp", "--port", "99999"], "clinicbot mllp: argument --port: must be 1 to 65535, not 99999"),
+        (["mllp", "--port", "-5"], "clinicbot mllp: argument --port: must be 1 to 65535, not -5"),
+        (["serve", "--port", "99999"], "clinicbot serve: argument --port: must be 1 to 65535, not 99999"),
+        (["serve", "--processors", "-1"], "clinicbot serve: argument --processors: must be 0 to 64, not -1"),
+        (["scheduler", "tick", "--at", "9999-12-31T23:59:00"],
+         "clinicbot scheduler tick: argument --at: must be in the years 2000 to 2999, not 9999-12-31T23:59:00"),
+        (["scheduler", "tick", "--wait", "-1"],
+         "clinicbot scheduler tick: argument --wait: must be 0 to 3600 seconds, not -1"),
+        (["scheduler", "tick", "--wait", "nan"],
+         "clinicbot scheduler tick: argument --wait: must be 0 to 3600 seconds, not nan"),
+        (["retention", "purge", "--days", "1000000"],
+         "clinicbot retention purge: argument --days: must be 1 to 36500, not 1000000"),
+        (["patient", "export", "--id", "99999999999999999999999"],
+         "clinicbot patient export: argument --id: must be 1 to 9223372036854775807, not 99999999999999999999999"),
+        (["patient", "erase", "--id", "seven", "--yes"], "clinicbot patient erase: argument --id: 'seven' is not a whole number"),
+    ],
+)  # fmt: skip
+def test_an_argument_out_of_range_is_a_usage_error_naming_the_argument(
+    database_url: str, args: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"clinicbot: error: {problem}\n"
+
+
+@pytest.mark.parametrize(
+    "args", [["patient", "export", "--id", "1"], ["patient", "erase", "--id", "1", "--yes"], ["retention", "purge"]]
+)
+def test_privacy_commands_before_init_say_what_to_run(env: dict[str, str], args: list[str]) -> None:
+    assert_one_line_error(clinicbot(*args, env=env), "not initialised", "run `clinicbot init")
 
 
 def test_bad_phone_is_one_line(env: dict[str, str]) -> None:

@@ -16,7 +16,10 @@ from tests.promises.factories import clear_demo_orders, local, make_lab_promise
 
 def test_a_bad_time_is_a_usage_error(clinic_db_sched, capsys) -> None:
     assert main(["scheduler", "tick", "--at", "next tuesday"]) == 2
-    assert "--at 'next tuesday' is not an ISO 8601 time" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "clinicbot: error: clinicbot scheduler tick: argument --at: 'next tuesday' is not an ISO 8601 time "
+        "such as 2026-11-25T16:30:00\n"
+    )
 
 
 def test_two_tick_processes_at_once_send_each_update_once(sms_app, capsys) -> None:
