@@ -1,4 +1,4 @@
-"""Logging: one JSON object per line (ids only), and a filter that withholds anything shaped like a phone number."""
+"""Logging: one JSON object per line (ids only) or text, and a filter that withholds anything shaped like a phone number."""
 
 from __future__ import annotations
 
@@ -89,6 +89,29 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class TextFormatter(logging.Formatter):
+    """Format a record as a line of text; an exception as its type and stack, like JsonFormatter."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the line, then the stack and the exception's type: never its message."""
+        exc_info, exc_text = record.exc_info, record.exc_text
+        # exc_text may hold another handler's full rendering (message included): neither is used here.
+        record.exc_info, record.exc_text = None, None
+        try:
+            line = super().format(record)
+        finally:
+            record.exc_info, record.exc_text = exc_info, exc_text
+        if exc_info and exc_info[0] is not None:
+            kind, _error, tb = exc_info
+            # The exception's message is left out: SQL parameters and provider answers can carry patient data.
+            stack = "".join(traceback.format_tb(tb))
+            line += f"\nTraceback (most recent call last):\n{stack}{kind.__name__} (message not logged)"
+        return line
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Write to whatever sys.stderr is at the time (test runners swap it)."""
 
@@ -106,7 +129,7 @@ def configure_logging(
 ) -> logging.Handler:
     """Send log records to one stream handler on the root logger (JSON or text), phone filter attached."""
     handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     handler.addFilter(PhoneNumberFilter())
     handler._clinicbot = True  # type: ignore[attr-defined]
     root = logging.getLogger()

@@ -140,6 +140,7 @@ def insert_or_ignore_many(*, session: Session, table: Table, rows: list[dict[str
 
 def make_engine(url: str) -> Engine:
     """Create an engine with the settings each backend needs."""
+    # hide_parameters: an error's text never carries the statement's values (message bodies, names).
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:" and not path.startswith("file:"):
@@ -153,10 +154,12 @@ def make_engine(url: str) -> Engine:
                     f"cannot create {folder}, the SQLite database's folder ({error.strerror}); "
                     "check CLINICBOT_DATA_DIR, or CLINICBOT_DATABASE_URL if it is set"
                 ) from None
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 10}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
 
 
 @lru_cache(maxsize=8)

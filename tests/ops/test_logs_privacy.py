@@ -17,7 +17,7 @@ from bot.channels.models import OutboxMessage
 from bot.cli import _configure_logging
 from bot.config import get_settings
 from bot.db import session_scope
-from bot.logging_setup import WITHHELD, JsonFormatter, PhoneNumberFilter, configure_logging
+from bot.logging_setup import WITHHELD, JsonFormatter, PhoneNumberFilter, TextFormatter, configure_logging
 from bot.patients.models import Patient
 from tests.channels.telegram.conftest import telegram_env
 from tests.channels.twilio.conftest import SmsApp, twilio_env
@@ -186,6 +186,57 @@ def test_json_lines_carry_ts_level_logger_message_extra_ids_and_no_exception_tex
     assert "secret detail" not in json.dumps(second) and "raise RuntimeError(detail)" in second["stack"]
 
 
+REPLY = "Thanks, Jim, your cholesterol results are back and look fine"
+
+
+def test_a_failed_insert_logged_as_text_shows_its_type_and_stack_but_never_the_text_it_carried(
+    database_url: str,
+) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from bot.patients.service import get_or_create_identity
+
+    stream = io.StringIO()
+    handler = configure_logging(level="INFO", json_lines=False, stream=stream)
+    failed: IntegrityError | None = None
+    try:
+        with session_scope() as session:
+            identity = get_or_create_identity(session=session, channel="webchat", address="web-visitor-7")
+            session.add(OutboxMessage(key="reply:7", channel="webchat", identity_id=identity.id, body="first"))
+        try:
+            with session_scope() as session:
+                session.add(OutboxMessage(key="reply:7", channel="webchat", identity_id=identity.id, body=REPLY))
+        except IntegrityError as error:  # the unique key: the reply was already queued
+            failed = error
+            logging.getLogger("bot.ops.example").exception("outbox %s not stored", "reply:7")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert failed is not None
+    assert REPLY not in str(failed), "the engines hide statement parameters from error texts"
+    lines = stream.getvalue().splitlines()
+    assert [needle for needle in ("Thanks", "Jim", "cholesterol") if needle in stream.getvalue()] == []
+    assert lines[0].endswith(" ERROR bot.ops.example: outbox reply:7 not stored")
+    assert (lines[1], lines[-1]) == ("Traceback (most recent call last):", "IntegrityError (message not logged)")
+    assert any("session.commit()" in line for line in lines)
+
+
+def test_text_lines_leave_the_exception_message_out_even_when_another_handler_rendered_it() -> None:
+    detail = "Thanks, Jim"
+    try:
+        raise RuntimeError(detail)
+    except RuntimeError:
+        import sys
+
+        entry = record("sending %s failed", 12)
+        entry.exc_info = sys.exc_info()
+    assert detail in logging.Formatter().format(entry)  # a plain formatter caches the full text on the record
+    text = TextFormatter().format(entry)
+    lines = text.splitlines()
+    assert lines[0].endswith(" INFO bot.test: sending 12 failed")
+    assert (lines[1], lines[-1]) == ("Traceback (most recent call last):", "RuntimeError (message not logged)")
+    assert detail not in text and "raise RuntimeError(detail)" in text
+
+
 @pytest.mark.parametrize(
     ("command", "log_format", "json_lines"),
     [("serve", "auto", True), ("scheduler", "auto", True), ("chat", "auto", False), ("chat", "json", True),
@@ -202,7 +253,7 @@ def test_cli_logs_json_for_long_running_processes(
     _configure_logging(command, get_settings())
     try:
         (ours,) = [h for h in root.handlers if getattr(h, "_clinicbot", False)]
-        assert isinstance(ours.formatter, JsonFormatter) is json_lines
+        assert isinstance(ours.formatter, JsonFormatter if json_lines else TextFormatter)
         assert any(isinstance(f, PhoneNumberFilter) for f in ours.filters)
     finally:
         root.removeHandler(ours)
