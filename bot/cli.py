@@ -34,8 +34,8 @@ class _Parser(argparse.ArgumentParser):
 
 # Argument types: a value out of range is a usage error naming the argument ("argument --port: …"),
 # never a number that overflows later in a socket, a date or the database.
-# The largest id SQLite and PostgreSQL (bigint) can store.
-MAX_ID = 2**63 - 1
+# The largest id our tables hold: their id columns are PostgreSQL's integer.
+MAX_ID = 2**31 - 1
 # `scheduler tick --at`: a time whose working days and UTC offset stay within the calendar's years.
 AT_YEARS = (2000, 2999)
 

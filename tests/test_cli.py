@@ -105,7 +105,9 @@ def test_bad_option_is_one_line(env: dict[str, str]) -> None:
         (["retention", "purge", "--days", "1000000"],
          "clinicbot retention purge: argument --days: must be 1 to 36500, not 1000000"),
         (["patient", "export", "--id", "99999999999999999999999"],
-         "clinicbot patient export: argument --id: must be 1 to 9223372036854775807, not 99999999999999999999999"),
+         "clinicbot patient export: argument --id: must be 1 to 2147483647, not 99999999999999999999999"),
+        (["patient", "export", "--id", "2147483648"],
+         "clinicbot patient export: argument --id: must be 1 to 2147483647, not 2147483648"),
         (["patient", "erase", "--id", "seven", "--yes"], "clinicbot patient erase: argument --id: 'seven' is not a whole number"),
     ],
 )  # fmt: skip
