@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import phonenumbers
 
@@ -17,6 +17,12 @@ ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 MAX_NAME = 200
 MAX_EXTERNAL_ID = 64
 EARLIEST_BIRTH = date(1900, 1, 1)
+# Lab times outside these years are typos or sentinels; near year 1 or 9999 a UTC offset overflows.
+EARLIEST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(2201, 1, 1, tzinfo=UTC)
+INSTANT_RANGE = "must be between the years 1900 and 2200"
+# PostgreSQL cannot store NUL in text, and a lone surrogate cannot be encoded at all.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,19 @@ def check_order_id(value: str) -> str:
     return value
 
 
+def check_storable(value: str) -> str:
+    """Return the text, or raise ValueError when it holds a NUL or a lone surrogate."""
+    found = UNSTORABLE.search(value)
+    if found is None:
+        return value
+    if found.group() == "\x00":
+        raise ValueError("must not contain NUL characters")
+    raise ValueError("must be valid Unicode text (it holds an unpaired surrogate)")
+
+
 def check_text(value: str, *, limit: int = MAX_NAME) -> str:
-    """Return trimmed text, or raise ValueError when it is empty or too long."""
-    value = " ".join(value.split())
+    """Return trimmed text, or raise ValueError when it is empty, too long or unstorable."""
+    value = " ".join(check_storable(value).split())
     if not value:
         raise ValueError("must not be empty")
     if len(value) > limit:
@@ -54,7 +70,7 @@ def check_external_id(value: str | None) -> str | None:
     """Return the external id, None when blank."""
     if value is None or not value.strip():
         return None
-    value = value.strip()
+    value = check_storable(value.strip())
     if len(value) > MAX_EXTERNAL_ID:
         raise ValueError(f"must be at most {MAX_EXTERNAL_ID} characters")
     return value
@@ -90,8 +106,19 @@ def check_birth_date(value: str, *, today: date) -> date:
     return parsed
 
 
+def check_in_range(value: datetime) -> datetime:
+    """Return an aware date-time in UTC, or raise ValueError when it is outside the years 1900-2200."""
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(INSTANT_RANGE) from None
+    if not EARLIEST_INSTANT <= value < LATEST_INSTANT:
+        raise ValueError(INSTANT_RANGE)
+    return value
+
+
 def check_instant(value: str) -> datetime:
-    """Return a timezone-aware ISO 8601 date-time, or raise ValueError."""
+    """Return an ISO 8601 date-time with a UTC offset, converted to UTC, or raise ValueError."""
     value = value.strip()
     try:
         parsed = datetime.fromisoformat(value)
@@ -101,7 +128,7 @@ def check_instant(value: str) -> datetime:
         raise ValueError("must include a time, e.g. 2026-11-25T12:00:00-05:00")
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValueError("must include a UTC offset or Z, e.g. 2026-11-25T12:00:00-05:00")
-    return parsed
+    return check_in_range(parsed)
 
 
 def check_order_row(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -173,6 +174,47 @@ def test_every_bad_field_is_listed_and_bad_json_is_named(lab_api: LabApi) -> Non
         ]
     }
     assert empty_patch.json() == {"detail": [{"field": "body", "problem": "give status or expected_by"}]}
+
+
+def test_times_near_the_calendar_limits_are_out_of_range_not_a_server_error(lab_api: LabApi) -> None:
+    client, headers = lab_api.client, lab_api.headers()
+    early = client.post(ORDERS, json=order_body(ordered_at="0001-01-01T00:00:00+14:00"), headers=headers)
+    late = client.post(ORDERS, json=order_body(expected_by="9999-12-31T23:00:00-14:00"), headers=headers)
+    old = client.post(ORDERS, json=order_body(ordered_at="1899-12-31T23:00:00Z"), headers=headers)
+    client.post(ORDERS, json=order_body(), headers=headers)
+    patched = client.patch(
+        f"{ORDERS}/ACME-1001", json={"expected_by": "9999-12-31T23:59:00-12:00"}, headers=headers
+    )
+    answers = [(r.status_code, r.json()) for r in (early, late, old, patched)]
+    out_of_range = "must be between the years 1900 and 2200"
+    assert answers == [
+        (422, {"detail": [{"field": "ordered_at", "problem": out_of_range}]}),
+        (422, {"detail": [{"field": "expected_by", "problem": out_of_range}]}),
+        (422, {"detail": [{"field": "ordered_at", "problem": out_of_range}]}),
+        (422, {"detail": [{"field": "expected_by", "problem": out_of_range}]}),
+    ]
+
+
+def test_nul_and_lone_surrogates_in_text_fields_are_a_422_naming_the_field(lab_api: LabApi) -> None:
+    client, headers = lab_api.client, lab_api.headers()
+    cases = [
+        ({"patient.name": "Rosa\u0000Diaz"}, "patient.name", "must not contain NUL characters"),
+        ({"test_name": "Thyroid\u0000"}, "test_name", "must not contain NUL characters"),
+        ({"patient.external_id": "RFC\u00002001"}, "patient.external_id", "must not contain NUL characters"),
+        ({"order_id": "ACME\u00001"}, "order_id",
+         "must be 1-64 letters, digits or . _ : # - (starting with a letter or digit)"),
+        ({"patient.name": "Rosa \ud800"}, "patient.name",
+         "must be valid Unicode text (it holds an unpaired surrogate)"),
+    ]  # fmt: skip
+    # json.dumps writes a lone surrogate as a \u escape, as a lab system's JSON encoder would.
+    responses = [client.post(ORDERS, content=json.dumps(order_body(**changes)).encode(),
+                             headers={**headers, "Content-Type": "application/json"}) for changes, _, _ in cases]  # fmt: skip
+    answers = [(response.status_code, response.json()) for response in responses]
+    assert answers == [
+        (422, {"detail": [{"field": field, "problem": problem}]}) for _, field, problem in cases
+    ]
+    with session_scope() as session:
+        assert session.scalars(select(LabOrder).where(LabOrder.order_id == "ACME-1001")).first() is None
 
 
 def test_missing_bad_and_revoked_keys_get_401(lab_api: LabApi) -> None:

@@ -85,6 +85,32 @@ def test_bad_rows_are_listed_by_line_and_nothing_is_imported(demo_db: str, tmp_p
     assert counts() == before
 
 
+def test_nul_characters_and_times_near_the_calendar_limits_are_row_errors(
+    demo_db: str, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        GOOD[0].replace("Maria Garcia", "Maria\x00Garcia"),
+        GOOD[1].replace("2026-11-20T10:00:00-05:00", "0001-01-01T00:00:00+14:00"),
+        GOOD[2].replace("2026-11-23T17:00:00Z", "9999-12-31T23:00:00-14:00"),
+        GOOD[2].replace("CSV-3,RFC-4001", "CSV-4,RFC\x004001").replace("Urinalysis", "Urine\x00culture"),
+    )
+    before = counts()
+    result = run_import(path)
+    assert (result.returncode, result.stdout.splitlines()) == (
+        2,
+        [
+            "line 2: name: must not contain NUL characters",
+            "line 3: ordered_at: must be between the years 1900 and 2200",
+            "line 4: expected_by: must be between the years 1900 and 2200",
+            "line 5: external_id: must not contain NUL characters",
+            "line 5: test_name: must not contain NUL characters",
+        ],
+    )
+    assert "Traceback" not in result.stderr
+    assert counts() == before
+
+
 def test_a_row_clashing_with_a_stored_order_rolls_back_the_whole_file(demo_db: str, tmp_path: Path) -> None:
     assert run_import(write(tmp_path, GOOD[0])).returncode == 0
     before = counts()
