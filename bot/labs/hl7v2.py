@@ -12,8 +12,9 @@ Field map (1-based HL7 positions):
     P/A/R/I preliminary or in progress -> in_lab, X -> cancelled. PID-3, when sent, must be the
     order's patient.
   Times without an offset are read in the clinic's time zone.
-ACK: AA stored; AE with a reason naming the segment and field (never patient data); AR for an
-unsupported message type. The ACK's code and reason are stored with MSH-10 so a retry of the same
+ACK: AA stored; AE with a reason naming the segment and field (never patient data), checked as the
+REST API checks it (lengths, NUL); AR for an unsupported message type or an unusable MSH-10. An MSH
+too short for an ACK to copy its fields gets one written by hand, MSA-2 still repeating MSH-10. The ACK's code and reason are stored with MSH-10 so a retry of the same
 message gets the same answer and changes nothing.
 """
 
@@ -23,7 +24,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import hl7
@@ -43,6 +44,7 @@ from bot.labs.flows import (
     get_order,
 )
 from bot.labs.models import LabMessage, LabStatus
+from bot.labs.validation import UNSTORABLE, check_external_id, check_in_range, check_storable, check_text
 from bot.patients.models import Patient
 from bot.patients.service import InvalidPhoneError, normalize_phone
 
@@ -74,6 +76,10 @@ FIELD_SOURCE = {
 }
 TS = re.compile(r"(\d{4})(\d{2})(\d{2})(?:(\d{2})(\d{2})?(\d{2})?(?:\.\d{1,4})?)?([+-]\d{4})?")
 MAX_CONTROL_ID = 64
+# Real UTC offsets run from -12:00 to +14:00; anything beyond 14 hours is a typo.
+MAX_OFFSET = timedelta(hours=14)
+# How much of a sender's value an ACK reason repeats (an unsupported code, say).
+SHOWN_CHARS = 20
 
 
 class Rejected(Exception):
@@ -115,6 +121,39 @@ def _segments(message: Any, name: str) -> list[Any]:
         return []
 
 
+def _shown(value: str) -> str:
+    return value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "..."
+
+
+def _checked(check: Any, value: str, *, where: str) -> Any:
+    """Run a REST API field check on an HL7 value; its problem becomes an AE naming the field."""
+    try:
+        return check(value)
+    except ValueError as error:
+        raise Rejected("AE", f"{where} {error}") from None
+
+
+def _unstorable_field(text: str) -> tuple[str, str] | None:
+    """Return where (SEG-n) the first NUL or lone surrogate is, and the problem, if the message holds one."""
+    if UNSTORABLE.search(text) is None:
+        return None
+    separator = text[3] if len(text) > 3 else "|"
+    for segment in text.split("\r"):
+        if UNSTORABLE.search(segment) is None:
+            continue
+        fields = segment.split(separator)
+        name = fields[0]
+        for number, value in enumerate(fields):
+            try:
+                check_storable(value)
+            except ValueError as error:
+                if number == 0:
+                    return "a segment name", str(error)
+                # MSH-1 is the field separator itself, so MSH's fields are numbered one higher.
+                return f"{name}-{number + 1 if name == 'MSH' else number}", str(error)
+    return "the message", "must not contain NUL characters"
+
+
 def _one(message: Any, name: str) -> Any:
     found = _segments(message, name)
     if not found:
@@ -133,10 +172,11 @@ def parse_ts(value: str, *, where: str, tz: Any) -> datetime:
     except ValueError:
         raise Rejected("AE", f"{where} is not a real date/time") from None
     if offset:
-        sign = 1 if offset[0] == "+" else -1
-        zone = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
-        return naive.replace(tzinfo=zone).astimezone(UTC)
-    return naive.replace(tzinfo=tz).astimezone(UTC)
+        shift = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+        if shift > MAX_OFFSET or int(offset[3:5]) > 59:
+            raise Rejected("AE", f"{where} has a UTC offset beyond 14 hours")
+        tz = timezone(shift if offset[0] == "+" else -shift)
+    return _checked(check_in_range, naive.replace(tzinfo=tz), where=where)
 
 
 def _birth_date(value: str) -> date | None:
@@ -174,8 +214,13 @@ def _name(pid: Any) -> str:
     name = " ".join(part for part in (given, family) if part)
     if not name:
         raise Rejected("AE", "PID-5 (patient name) is missing")
+    name = _checked(check_text, name, where="PID-5 (patient name)")
     # Many lab systems send names in capitals; store them the way people write them.
     return name.title() if name.isupper() else name
+
+
+def _external_id(pid: Any) -> str | None:
+    return _checked(check_external_id, _get(pid, 3), where="PID-3 (patient id)")
 
 
 def _placer_id(obr: Any, orc: Any | None, *, first: str) -> str:
@@ -187,20 +232,32 @@ def _placer_id(obr: Any, orc: Any | None, *, first: str) -> str:
     return order_id
 
 
-def _ack(message: Any | None, code: str, reason: str | None) -> str:
-    control = uuid.uuid4().hex[:20]
-    if message is None:
-        stamp = utcnow().strftime("%Y%m%d%H%M%S")
-        text = f"MSH|^~\\&|CLINICBOT||||{stamp}||ACK|{control}|P|2.5\rMSA|{code}|"
-        if reason:
-            text += "|" + reason.replace("|", "/").replace("^", " ").replace("&", "+").replace(
-                "~", "-"
-            ).replace("\\", "/")
-        return text + "\r"
-    ack = message.create_ack(ack_code=code, message_id=control)
+def _plain(value: str) -> str:
+    """Return text without HL7 separators or escapes (for an ACK written by hand)."""
+    value = value.replace("|", "/").replace("^", " ").replace("&", "+").replace("~", "-").replace("\\", "/")
+    return "".join(char for char in value if char.isprintable())
+
+
+def hand_built_ack(code: str, reason: str | None, *, control_id: str | None = None) -> str:
+    """Return an ACK written without the sender's MSH (missing or unusable); MSA-2 repeats its MSH-10 if known."""
+    stamp = utcnow().strftime("%Y%m%d%H%M%S")
+    text = f"MSH|^~\\&|CLINICBOT||||{stamp}||ACK|{uuid.uuid4().hex[:20]}|P|2.5\r"
+    text += f"MSA|{code}|{_plain(control_id or '')[:MAX_CONTROL_ID]}"
     if reason:
-        ack.segment("MSA").assign_field(ack.escape(reason), 3)
-    text = str(ack)
+        text += "|" + _plain(reason)
+    return text + "\r"
+
+
+def _ack(message: Any | None, code: str, reason: str | None, *, control_id: str | None = None) -> str:
+    if message is None:
+        return hand_built_ack(code, reason, control_id=control_id)
+    try:
+        ack = message.create_ack(ack_code=code, message_id=uuid.uuid4().hex[:20])
+        if reason:
+            ack.segment("MSA").assign_field(ack.escape(reason), 3)
+        text = str(ack)
+    except Exception:  # an MSH short of fields the ACK repeats (MSH-9.2, MSH-11, MSH-12) fails in many ways
+        return hand_built_ack(code, reason, control_id=control_id)
     return text if text.endswith("\r") else text + "\r"
 
 
@@ -225,16 +282,17 @@ def _upsert_from_orm(session: Session, message: Any) -> str:
                 raise Rejected("AE", "ORC-2 (placer order number): unknown order") from None
             continue
         if control != "NW":
-            raise Rejected("AE", f"ORC-1 (order control) must be NW or CA, not {control or 'empty'}")
+            raise Rejected("AE", f"ORC-1 (order control) must be NW or CA, not {_shown(control) or 'empty'}")
         patient = PatientIn(
             name=_name(pid),
             phone=_phone(pid),
             date_of_birth=_birth_date(_get(pid, 7)),
-            external_id=_get(pid, 3) or None,
+            external_id=_external_id(pid),
         )
         test_name = _get(obr, 4, 2) or _get(obr, 4, 1)
         if not test_name:
             raise Rejected("AE", "OBR-4 (universal service identifier) is missing")
+        test_name = _checked(check_text, test_name, where="OBR-4 (universal service identifier)")
         ordered_raw = _get(obr, 7) or _get(orc, 9)
         if not ordered_raw:
             raise Rejected("AE", "OBR-7 (observation date/time) is missing")
@@ -245,7 +303,7 @@ def _upsert_from_orm(session: Session, message: Any) -> str:
         else:
             expected_by = default_expected_by(ordered_at, calendar=clinic.calendar)
         result = do_upsert_order(session=session, order_id=order_id, patient=patient,
-                                 test_name=test_name[:200], ordered_at=ordered_at, expected_by=expected_by,
+                                 test_name=test_name, ordered_at=ordered_at, expected_by=expected_by,
                                  source=SOURCE)  # fmt: skip
         if result.outcome == UpsertOutcome.CONFLICT:
             fields = ", ".join(FIELD_SOURCE.get(field, field) for field in result.differences)
@@ -268,7 +326,7 @@ def _result_from_oru(session: Session, message: Any) -> str:
         raise Rejected("AE", "OBR segment is missing")
     orcs = _segments(message, "ORC")
     pids = _segments(message, "PID")
-    external_id = _get(pids[0], 3) if pids else ""
+    external_id = _external_id(pids[0]) if pids else None
     first_id = ""
     for index, obr in enumerate(obrs):
         order_id = _placer_id(obr, orcs[index] if index < len(orcs) else None, first="OBR-2")
@@ -286,7 +344,9 @@ def _result_from_oru(session: Session, message: Any) -> str:
         if not code:
             raise Rejected("AE", "OBR-25 (result status) is missing")
         if code not in RESULT_STATUS:
-            raise Rejected("AE", f"OBR-25 (result status) {code} is not supported (F, C, P, A, R, I, X)")
+            raise Rejected(
+                "AE", f"OBR-25 (result status) {_shown(code)} is not supported (F, C, P, A, R, I, X)"
+            )
         do_update_order(session=session, order_id=order_id, status=RESULT_STATUS[code], source=SOURCE)
     return first_id
 
@@ -304,39 +364,51 @@ def do_receive_hl7(*, session: Session, text: str) -> Hl7Result:
         reason = "MSH segment is not readable"
         return Hl7Result(code="AR", reason=reason, ack=_ack(None, "AR", reason), control_id=None)
     control_id = _get(msh, 10)
-    if not control_id or len(control_id) > MAX_CONTROL_ID:
-        reason = (
-            "MSH-10 (message control id) is missing"
-            if not control_id
-            else "MSH-10 is longer than 64 characters"
-        )
+    reason = None
+    if not control_id:
+        reason = "MSH-10 (message control id) is missing"
+    elif len(control_id) > MAX_CONTROL_ID:
+        reason = "MSH-10 is longer than 64 characters"
+    else:
+        try:
+            check_storable(control_id)
+        except ValueError as error:
+            reason = f"MSH-10 (message control id) {error}"
+    if reason is not None:
         return Hl7Result(code="AR", reason=reason, ack=_ack(message, "AR", reason), control_id=None)
     seen = session.scalars(
         select(LabMessage).where(LabMessage.source == SOURCE, LabMessage.control_id == control_id)
     ).first()
     if seen is not None:
         log.info("hl7 message %s repeated; answering %s again", seen.id, seen.ack_code)
-        return Hl7Result(code=seen.ack_code, reason=seen.error, ack=_ack(message, seen.ack_code, seen.error),
+        return Hl7Result(code=seen.ack_code, reason=seen.error,
+                         ack=_ack(message, seen.ack_code, seen.error, control_id=control_id),
                          control_id=control_id, duplicate=True)  # fmt: skip
     message_type = f"{_get(msh, 9, 1)}^{_get(msh, 9, 2)}".upper()
     code, reason, order_id = "AA", None, None
     try:
         with session.begin_nested():
+            unstorable = _unstorable_field(text)
+            if unstorable is not None:
+                raise Rejected("AE", " ".join(unstorable))
             if message_type == "ORM^O01":
                 order_id = _upsert_from_orm(session, message)
             elif message_type == "ORU^R01":
                 order_id = _result_from_oru(session, message)
             else:
                 raise Rejected(
-                    "AR", f"MSH-9 message type {message_type} is not supported; send ORM^O01 or ORU^R01"
+                    "AR",
+                    f"MSH-9 message type {_shown(message_type)} is not supported; send ORM^O01 or ORU^R01",
                 )
     except Rejected as rejected:
         code, reason = rejected.code, rejected.reason
     except LabInputError as error:
         code, reason = "AE", f"{FIELD_SOURCE.get(error.field, error.field)}: {error.problem}"
-    row = LabMessage(source=SOURCE, control_id=control_id, message_type=message_type[:16], ack_code=code,
+    stored_type = UNSTORABLE.sub("", message_type)[:16]
+    row = LabMessage(source=SOURCE, control_id=control_id, message_type=stored_type, ack_code=code,
                      error=reason, order_id=order_id)  # fmt: skip
     session.add(row)
     session.flush()
-    log.info("hl7 message %s %s stored: %s", row.id, message_type, code)
-    return Hl7Result(code=code, reason=reason, ack=_ack(message, code, reason), control_id=control_id)
+    log.info("hl7 message %s %s stored: %s", row.id, stored_type, code)
+    return Hl7Result(code=code, reason=reason, ack=_ack(message, code, reason, control_id=control_id),
+                     control_id=control_id)  # fmt: skip

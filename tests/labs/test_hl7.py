@@ -210,3 +210,71 @@ def test_a_changed_order_under_a_new_control_id_is_an_ae_naming_the_fields(demo_
     changed = receive(orm("MSG-changed").replace("TSH^Thyroid stimulating hormone", "LIPID^Lipid panel"))
     assert same[0] == "AA"
     assert changed[::2] == ("AE", "ORC-2 (placer order number): the order exists with a different OBR-4")
+
+
+def test_a_short_msh_gets_a_readable_ack_naming_the_field(demo_db: str) -> None:
+    before = counts()
+    bare = receive("MSH|^~\\&|")
+    short = receive("MSH|^~\\&|A|B|C|D|E|F|ORM^O01|CID1")
+    again = receive("MSH|^~\\&|A|B|C|D|E|F|ORM^O01|CID1")
+    assert bare == ("AR", "", "MSH-10 (message control id) is missing", "ACK")
+    # MSH-11 and MSH-12 are missing, so the ACK cannot copy them: it is written by hand, still naming MSH-10.
+    assert short == again == ("AE", "CID1", "PID segment is missing", "ACK")
+    assert counts() == tuple(n + (1 if i == 4 else 0) for i, n in enumerate(before))
+
+
+def test_times_with_impossible_offsets_or_years_are_an_ae_naming_the_field(demo_db: str) -> None:
+    before = counts()
+    ordered = "L|||20261120093000-0500"
+    cases = {
+        "offset": orm("T1").replace(ordered, "L|||202611201000+2500"),
+        "year 1": orm("T2").replace(ordered, "L|||00010101000000+1400"),
+        "year 9999": orm("T3").replace(ordered, "L|||99991231235900-1200"),
+        "local year 9999": orm("T4").replace(ordered, "L|||99991231"),
+        "expected year 9999": orm("T5", obr_extra="|" * 20 + "^^^^99991231235900-1200"),
+        "expected year 1": orm("T6", obr_extra="|" * 20 + "^^^^00010101"),
+    }
+    answers = {name: receive(text)[::2] for name, text in cases.items()}
+    out_of_range = "must be between the years 1900 and 2200"
+    assert answers == {
+        "offset": ("AE", "OBR-7 (observation date/time) has a UTC offset beyond 14 hours"),
+        "year 1": ("AE", f"OBR-7 (observation date/time) {out_of_range}"),
+        "year 9999": ("AE", f"OBR-7 (observation date/time) {out_of_range}"),
+        "local year 9999": ("AE", f"OBR-7 (observation date/time) {out_of_range}"),
+        "expected year 9999": ("AE", f"OBR-27 (quantity/timing) {out_of_range}"),
+        "expected year 1": ("AE", f"OBR-27 (quantity/timing) {out_of_range}"),
+    }
+    assert counts() == tuple(n + (len(cases) if i == 4 else 0) for i, n in enumerate(before))
+
+
+def test_over_long_fields_and_nul_characters_are_an_ae_naming_the_field(demo_db: str) -> None:
+    before = counts()
+    pid = "PID|1||RFC-3001^^^RFC^MR||NGUYEN^LINH||19880212|F|||||(617) 555-0123"
+    cases = {
+        "long name": orm("L1", pid=pid.replace("NGUYEN^LINH", "NGUYEN^" + "L" * 500)),
+        "long id": orm("L2", pid=pid.replace("RFC-3001^", "R" * 200 + "^")),
+        "long test": orm("L3").replace("Thyroid stimulating hormone", "T" * 201),
+        "NUL in name": orm("L4", pid=pid.replace("LINH", "LI\x00NH")),
+        "NUL in MSH-9": orm("L5").replace("ORM^O01", "ORM^O01\x00"),
+        "NUL in OBX": oru("L6").replace("2.1|mIU/L", "2.1\x00|mIU/L"),
+        "NUL in ORU PID-3": oru("L7", pid="PID|1||RFC\x003001"),
+        "long ORU PID-3": oru("L8", pid="PID|1||" + "R" * 200),
+    }
+    answers = {name: receive(text)[::2] for name, text in cases.items()}
+    nul_in_control_id = receive(orm("L9\x00"))
+    assert answers == {
+        "long name": ("AE", "PID-5 (patient name) must be at most 200 characters"),
+        "long id": ("AE", "PID-3 (patient id) must be at most 64 characters"),
+        "long test": ("AE", "OBR-4 (universal service identifier) must be at most 200 characters"),
+        "NUL in name": ("AE", "PID-5 must not contain NUL characters"),
+        "NUL in MSH-9": ("AE", "MSH-9 must not contain NUL characters"),
+        "NUL in OBX": ("AE", "OBX-5 must not contain NUL characters"),
+        "NUL in ORU PID-3": ("AE", "PID-3 must not contain NUL characters"),
+        "long ORU PID-3": ("AE", "PID-3 (patient id) must be at most 64 characters"),
+    }
+    assert nul_in_control_id[::2] == ("AR", "MSH-10 (message control id) must not contain NUL characters")
+    assert counts() == tuple(n + (len(cases) if i == 4 else 0) for i, n in enumerate(before))
+    with session_scope() as session:
+        assert session.scalars(
+            select(LabMessage.message_type).where(LabMessage.control_id == "L5")
+        ).one() == ("ORM^O01")

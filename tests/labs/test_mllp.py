@@ -83,6 +83,16 @@ def test_a_retry_on_a_new_connection_gets_the_same_ack(listener: MllpListener) -
         assert session.scalars(select(LabMessage.control_id).order_by(LabMessage.id)).all() == ["R-1", "R-2"]
 
 
+def test_a_short_msh_is_answered_and_the_next_frame_on_the_connection_still_gets_its_ack(
+    listener: MllpListener,
+) -> None:
+    stream = frame("MSH|^~\\&|") + frame("MSH|^~\\&|A|B|C|D|E|F|ORM^O01|CID1") + frame(orm("M-1"))
+    acks = exchange(listener.port, stream)
+    assert [ack_of(a) for a in acks] == [("AR", ""), ("AE", "CID1"), ("AA", "M-1")]
+    with session_scope() as session:
+        assert session.scalars(select(LabMessage.control_id).order_by(LabMessage.id)).all() == ["CID1", "M-1"]
+
+
 def test_a_message_that_cannot_be_stored_gets_no_ack(demo_db: str) -> None:
     def broken_store(payload: bytes) -> bytes:
         raise RuntimeError("database unavailable")
