@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from bot.labs.flows import UpsertOutcome, do_upsert_order
+from bot.labs.flows import PatientConflict, UpsertOutcome, do_upsert_order
 from bot.labs.validation import OrderIn, check_order_row
 
 COLUMNS = (
@@ -59,10 +59,10 @@ class ImportCounts:
 
 
 class ImportConflicts(Exception):
-    """Rows that clash with orders already stored; the import was rolled back."""
+    """Rows that clash with orders or patients already stored; the import was rolled back."""
 
     def __init__(self, rejections: list[Rejection]) -> None:
-        super().__init__(f"{len(rejections)} rows clash with stored orders")
+        super().__init__(f"{len(rejections)} rows clash with stored orders or patients")
         self.rejections = rejections
 
 
@@ -146,9 +146,18 @@ def do_import_orders(
     conflicts: list[Rejection] = []
     for item in orders:
         order = item.order
-        result = do_upsert_order(session=session, order_id=order.order_id, patient=order.patient,
-                                 test_name=order.test_name, ordered_at=order.ordered_at,
-                                 expected_by=order.expected_by, source=SOURCE)  # fmt: skip
+        try:
+            result = do_upsert_order(session=session, order_id=order.order_id, patient=order.patient,
+                                     test_name=order.test_name, ordered_at=order.ordered_at,
+                                     expected_by=order.expected_by, source=SOURCE)  # fmt: skip
+        except PatientConflict as conflict:
+            # Refused before anything was written; keep checking the other rows.
+            conflicts.extend(
+                Rejection(item.line, COLUMN_OF.get(field, field), conflict.problem)
+                for field in conflict.fields
+            )
+            advance()
+            continue
         if result.outcome == UpsertOutcome.CREATED:
             created += 1
         elif result.outcome == UpsertOutcome.UNCHANGED:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -59,6 +60,14 @@ class LabInputError(ValueError):
 
 class LabStatusConflict(LabInputError):
     """A status change would move an order backwards."""
+
+
+class PatientConflict(LabInputError):
+    """The order's patient details match a patient on file in one way and differ in another."""
+
+    def __init__(self, fields: tuple[str, ...], problem: str) -> None:
+        super().__init__(fields[0], problem)
+        self.fields = fields
 
 
 @dataclass(frozen=True)
@@ -124,19 +133,45 @@ def order_fingerprint(
 
 
 def _find_patient(session: Session, patient: PatientIn) -> Patient | None:
+    """Return the patient on file the order is for, None for a new one; refuse a partial match."""
     if patient.external_id:
         found = session.scalars(select(Patient).where(Patient.external_id == patient.external_id)).first()
         if found is not None:
+            # The same id on someone born on another day is a wrong id, not a new birthday.
+            if _born_apart(found, patient):
+                raise PatientConflict(
+                    ("patient.date_of_birth",), "differs from the patient on file with this external_id"
+                )
             return found
     by_phone = get_by_phone(session=session, phone=patient.phone)
-    # A phone match with another external id is another person who shares the number.
-    if (
-        by_phone is not None
-        and patient.external_id
-        and by_phone.external_id not in (None, patient.external_id)
-    ):
+    if by_phone is None:
         return None
+    # A phone match with another external id is another person who shares the number.
+    if patient.external_id and by_phone.external_id not in (None, patient.external_id):
+        return None
+    # A phone alone is not an identity: attaching the order needs the name and date of birth to agree.
+    differs = tuple(
+        field
+        for field, differ in (
+            ("patient.name", not _same_person_name(by_phone.name, patient.name)),
+            ("patient.date_of_birth", _born_apart(by_phone, patient)),
+        )
+        if differ
+    )
+    if differs:
+        raise PatientConflict(differs, "differs from the patient on file with this phone number")
     return by_phone
+
+
+def _born_apart(on_file: Patient, patient: PatientIn) -> bool:
+    return bool(
+        on_file.date_of_birth and patient.date_of_birth and on_file.date_of_birth != patient.date_of_birth
+    )
+
+
+def _same_person_name(a: str, b: str) -> bool:
+    """Return whether two names have the same words, whatever their order, case and punctuation."""
+    return sorted(re.findall(r"\w+", a.casefold())) == sorted(re.findall(r"\w+", b.casefold()))
 
 
 def _same_name(a: str, b: str) -> bool:

@@ -37,6 +37,7 @@ from bot.db import utcnow
 from bot.labs.flows import (
     LabInputError,
     LabOrderNotFound,
+    PatientConflict,
     PatientIn,
     UpsertOutcome,
     do_update_order,
@@ -402,6 +403,11 @@ def do_receive_hl7(*, session: Session, text: str) -> Hl7Result:
                 )
     except Rejected as rejected:
         code, reason = rejected.code, rejected.reason
+    except PatientConflict as conflict:
+        code, reason = (
+            "AE",
+            f"{', '.join(FIELD_SOURCE[field] for field in conflict.fields)}: {conflict.problem}",
+        )
     except LabInputError as error:
         code, reason = "AE", f"{FIELD_SOURCE.get(error.field, error.field)}: {error.problem}"
     stored_type = UNSTORABLE.sub("", message_type)[:16]

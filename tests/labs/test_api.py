@@ -54,6 +54,38 @@ def test_create_then_repeat_then_conflict(lab_api: LabApi) -> None:
     assert [tuple(a) for a in actions] == [("lab_order.created", "api", str(lab_api.key_id))]
 
 
+def test_an_order_for_a_patient_on_file_with_other_details_is_a_409_naming_the_field(lab_api: LabApi) -> None:
+    client, headers = lab_api.client, lab_api.headers()
+    jims_phone = client.post(
+        ORDERS,
+        json=order_body(**{"patient.phone": "+16175550142", "patient.name": "Someone Else",
+                           "patient.date_of_birth": "1990-01-01", "patient.external_id": None}),
+        headers=headers,
+    )  # fmt: skip
+    first = client.post(ORDERS, json=order_body(), headers=headers)
+    reused_id = client.post(
+        ORDERS,
+        json=order_body(order_id="ACME-1002", **{"patient.phone": "+16175550166", "patient.name": "Ann Other",
+                                                 "patient.date_of_birth": "1970-03-03"}),
+        headers=headers,
+    )  # fmt: skip
+    by_phone = "differs from the patient on file with this phone number"
+    assert (jims_phone.status_code, jims_phone.json()) == (
+        409,
+        {"detail": [{"field": "patient.name", "problem": by_phone},
+                    {"field": "patient.date_of_birth", "problem": by_phone}]},
+    )  # fmt: skip
+    assert first.status_code == 201
+    assert (reused_id.status_code, reused_id.json()) == (
+        409,
+        {"detail": [{"field": "patient.date_of_birth",
+                     "problem": "differs from the patient on file with this external_id"}]},
+    )  # fmt: skip
+    with session_scope() as session:
+        orders = session.scalars(select(LabOrder.order_id).where(LabOrder.order_id.like("ACME-%"))).all()
+    assert orders == ["ACME-1001"]
+
+
 def test_get_returns_the_order_and_404_for_unknown(lab_api: LabApi) -> None:
     client, headers = lab_api.client, lab_api.headers()
     client.post(ORDERS, json=order_body(), headers=headers)

@@ -123,6 +123,25 @@ def test_a_row_clashing_with_a_stored_order_rolls_back_the_whole_file(demo_db: s
     assert counts() == before
 
 
+def test_a_row_for_a_patient_on_file_with_other_details_is_rejected_by_line(
+    demo_db: str, tmp_path: Path
+) -> None:
+    before = counts()
+    jims_phone = "CSV-5,,Someone Else,1990-01-01,+16175550142,Ferritin,2026-11-20T10:00:00-05:00,2026-11-25T12:00:00-05:00\n"
+    reused_id = GOOD[1].replace(",,Omar Haddad,", ",RFC-1001,Omar Haddad,")
+    result = run_import(write(tmp_path, GOOD[2], jims_phone, reused_id))
+    assert (result.returncode, result.stdout.splitlines()) == (
+        2,
+        [
+            "line 3: name: differs from the patient on file with this phone number",
+            "line 3: date_of_birth: differs from the patient on file with this phone number",
+            "line 4: date_of_birth: differs from the patient on file with this external_id",
+        ],
+    )
+    assert "Traceback" not in result.stderr
+    assert counts() == before
+
+
 def test_missing_file_and_wrong_header_are_one_line_errors(demo_db: str, tmp_path: Path) -> None:
     missing = run_import(tmp_path / "nope.csv")
     wrong = run_import(

@@ -12,6 +12,7 @@ from bot.labs.flows import (
     LabInputError,
     LabOrderNotFound,
     LabStatusConflict,
+    PatientConflict,
     PatientIn,
     UpsertOutcome,
     do_update_order,
@@ -123,6 +124,58 @@ def test_known_patient_is_matched_by_external_id_and_keeps_the_clinics_record(de
             "James Wilson",
             patient.id,
         )
+
+
+JIM_PHONE = "+16175550142"
+JIM_BORN = date(1957, 11, 2)
+
+
+def test_an_order_matching_a_patient_on_file_only_in_part_is_refused_naming_the_field(demo_db: str) -> None:
+    someone_else = PatientIn(name="Someone Else", phone=JIM_PHONE, date_of_birth=date(1990, 1, 1))
+    same_name_other_birthday = PatientIn(name="James Wilson", phone=JIM_PHONE, date_of_birth=date(1990, 1, 1))
+    same_birthday_other_name = PatientIn(name="Someone Else", phone=JIM_PHONE, date_of_birth=JIM_BORN)
+    reused_id = PatientIn(
+        name="Someone Else", phone="+16175550166", date_of_birth=date(1990, 1, 1), external_id="RFC-1002"
+    )
+    with session_scope() as session:
+        before = (count(session, Patient), count(session, LabOrder), count(session, Promise))
+        refused = []
+        for number, patient in enumerate(
+            (someone_else, same_name_other_birthday, same_birthday_other_name, reused_id)
+        ):
+            with pytest.raises(PatientConflict) as conflict:
+                upsert(session, order_id=f"ACME-{number}", patient=patient)
+            refused.append((conflict.value.fields, conflict.value.problem))
+        after = (count(session, Patient), count(session, LabOrder), count(session, Promise))
+    by_phone = "differs from the patient on file with this phone number"
+    assert refused == [
+        (("patient.name", "patient.date_of_birth"), by_phone),
+        (("patient.date_of_birth",), by_phone),
+        (("patient.name",), by_phone),
+        (("patient.date_of_birth",), "differs from the patient on file with this external_id"),
+    ]
+    assert after == before
+
+
+def test_a_patient_on_file_is_still_matched_when_the_details_agree(demo_db: str) -> None:
+    # The name written another way; a new phone under the same external id and birthday (the clinic's
+    # number is kept: it verifies the patient's SMS); a family member with an id of their own.
+    wilson_james = PatientIn(name="WILSON, James", phone=JIM_PHONE, date_of_birth=JIM_BORN)
+    new_phone = PatientIn(
+        name="Jim Wilson", phone="+16175550166", date_of_birth=JIM_BORN, external_id="RFC-1002"
+    )
+    family = PatientIn(
+        name="Mary Wilson", phone=JIM_PHONE, date_of_birth=date(1960, 4, 1), external_id="RFC-9"
+    )
+    with session_scope() as session:
+        jim = session.scalars(select(Patient).where(Patient.external_id == "RFC-1002")).one()
+        orders = [
+            upsert(session, order_id=f"ACME-{n}", patient=p).order
+            for n, p in enumerate((wilson_james, new_phone, family))
+        ]
+        mary = session.scalars(select(Patient).where(Patient.external_id == "RFC-9")).one()
+        assert [order.patient_id for order in orders] == [jim.id, jim.id, mary.id]
+        assert (jim.name, jim.phone, mary.phone) == ("James Wilson", JIM_PHONE, JIM_PHONE)
 
 
 def test_status_moves_forward_and_keeps_or_cancels_the_promise(demo_db: str) -> None:

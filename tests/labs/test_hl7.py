@@ -278,3 +278,28 @@ def test_over_long_fields_and_nul_characters_are_an_ae_naming_the_field(demo_db:
         assert session.scalars(
             select(LabMessage.message_type).where(LabMessage.control_id == "L5")
         ).one() == ("ORM^O01")
+
+
+def test_an_order_for_a_patient_on_file_with_other_details_is_an_ae_naming_the_field(demo_db: str) -> None:
+    before = counts()
+    jims_phone = orm("P1", pid="PID|1||||ELSE^SOMEONE||19900101|F|||||(617) 555-0142")
+    reused_id = orm(
+        "P2", order_id="HL7-P2", pid="PID|1||RFC-1002||NGUYEN^LINH||19880212|F|||||(617) 555-0123"
+    )
+    same_person = orm("P3", order_id="HL7-P3", pid="PID|1||||WILSON^JAMES||19571102|M|||||(617) 555-0142")
+    assert receive(jims_phone)[::2] == (
+        "AE",
+        "PID-5, PID-7: differs from the patient on file with this phone number",
+    )
+    assert receive(reused_id)[::2] == ("AE", "PID-7: differs from the patient on file with this external_id")
+    assert receive(same_person)[::2] == ("AA", "")
+    patients, identities, orders, promises, messages = before
+    # Only James Wilson's own order is stored, with an SMS identity on the number on file.
+    assert counts() == (patients, identities + 1, orders + 1, promises + 1, messages + 3)
+    with session_scope() as session:
+        owner = session.scalars(
+            select(Patient.external_id)
+            .join(LabOrder, LabOrder.patient_id == Patient.id)
+            .where(LabOrder.order_id == "HL7-P3")
+        ).one()
+    assert owner == "RFC-1002"

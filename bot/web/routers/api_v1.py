@@ -23,6 +23,7 @@ from bot.labs.flows import (
     LabInputError,
     LabOrderNotFound,
     LabStatusConflict,
+    PatientConflict,
     PatientIn,
     UpsertOutcome,
     do_update_order,
@@ -229,7 +230,11 @@ def _not_found() -> JSONResponse:
     summary="Create a lab order",
     responses={
         200: {"model": LabOrderOut, "description": "The same order was sent before; nothing changed."},
-        409: {"model": Problems, "description": "An order with this order_id exists with other values."},
+        409: {
+            "model": Problems,
+            "description": "An order with this order_id exists with other values, or the patient's details"
+            " match a patient on file (by external_id or phone) only in part.",
+        },
         **PROBLEM_RESPONSES,
     },
 )
@@ -248,6 +253,8 @@ def create_lab_order(body: LabOrderCreate, key_id: ApiKeyId) -> JSONResponse:
                                      expected_by=body.expected_by, source="rest", actor_kind="api",
                                      actor_id=key_id)  # fmt: skip
             payload = _out(result.order)
+    except PatientConflict as conflict:
+        return _problems(409, *((field, conflict.problem) for field in conflict.fields))
     except LabInputError as error:
         return _problems(422, (error.field, error.problem))
     if result.outcome == UpsertOutcome.CONFLICT:
