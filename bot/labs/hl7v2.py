@@ -262,6 +262,21 @@ def _ack(message: Any | None, code: str, reason: str | None, *, control_id: str 
     return text if text.endswith("\r") else text + "\r"
 
 
+def framing_nak(head: str, reason: str) -> str:
+    """Return the AR for bytes that were not a well-formed MLLP frame; MSA-2 names its MSH-10 if it has one."""
+    first = normalize_segments(head).split("\r", 1)[0]
+    msh, control_id = None, ""
+    if first.startswith("MSH"):
+        try:
+            msh = hl7.parse(first)
+            control_id = _get(msh.segment("MSH"), 10)
+        except Exception:  # the parser raises many kinds on malformed input
+            msh = None
+    if msh is None or not control_id or len(control_id) > MAX_CONTROL_ID or UNSTORABLE.search(control_id):
+        return hand_built_ack("AR", reason)
+    return _ack(msh, "AR", reason, control_id=control_id)
+
+
 def _upsert_from_orm(session: Session, message: Any) -> str:
     pid = _one(message, "PID")
     orcs, obrs = _segments(message, "ORC"), _segments(message, "OBR")

@@ -3,6 +3,11 @@
 Each message is applied and its LabMessage row committed in one transaction before the ACK is
 written, so an acknowledged message is never lost. If storing fails (the database is down), no ACK
 is sent and the connection is closed: the sender keeps the message and sends it again.
+
+Bytes that are not a well-formed frame (no start block, FS without its CR, a frame over 1 MiB, a
+frame whose end never comes) get an AR saying what was wrong, with MSA-2 naming the message's MSH-10
+when it can be read, and a warning logged with sizes only; nothing is stored, and the connection
+stays open for the next frame.
 """
 
 from __future__ import annotations
@@ -12,49 +17,156 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
 from bot.db import session_scope
-from bot.labs.hl7v2 import do_receive_hl7
+from bot.labs.hl7v2 import do_receive_hl7, framing_nak
 
 log = logging.getLogger(__name__)
 
 START = b"\x0b"
 END = b"\x1c\x0d"
+FS, CR = 0x1C, 0x0D
 MAX_FRAME_BYTES = 1 << 20
 READ_BYTES = 64 * 1024
+# Whitespace (keep-alive newlines) and NUL padding between frames carry nothing.
+IGNORED = b" \t\r\n\x00"
+# Enough of a bad frame to find its MSH-10, so the NAK can name the message it answers.
+HEAD_BYTES = 4096
+# A sender waits for its ACK: stray bytes, or a frame ended by FS alone, are answered after this pause.
+PAUSE_SECONDS = 1.0
+# A frame whose end block has not come after this long is answered with a NAK and dropped.
+STALL_SECONDS = 30.0
+
+NO_START = "bytes outside a frame: a message must start with VT (0x0B) and end with FS CR (0x1C 0x0D)"
+END_WITHOUT_START = "a message ended with FS CR (0x1C 0x0D) but did not start with VT (0x0B)"
+START_BEFORE_END = "a frame has no end block (FS CR) before the next start block (VT)"
+FS_WITHOUT_CR = "a frame ended with FS (0x1C) without the CR (0x0D) after it"
+STALLED = "the frame's end block (FS CR) did not arrive"
+CLOSED = "the connection closed before the frame's end block (FS CR)"
 
 
-class FrameTooLarge(Exception):
-    """A frame grew past the limit without its end marker."""
+@dataclass(frozen=True)
+class FramingError:
+    """Bytes that are not a well-formed frame: what was wrong, their first bytes and their size."""
+
+    reason: str
+    head: bytes
+    size: int
 
 
 class MllpFramer:
-    """Split a TCP byte stream into MLLP frames, however the reads cut it."""
+    """Split a TCP byte stream into MLLP frames and framing errors, however the reads cut it."""
 
     def __init__(self, *, limit: int = MAX_FRAME_BYTES) -> None:
         self.buffer = bytearray()
         self.limit = limit
+        self.junk = bytearray()  # the head of a run of bytes outside any frame
+        self.junk_size = 0
+        self.skipping = False  # inside a frame past the limit: dropped up to its end block
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add bytes; return every frame now complete."""
+    def feed(self, data: bytes) -> list[bytes | FramingError]:
+        """Add bytes; return every frame now complete and every framing error now certain."""
         self.buffer += data
-        frames = []
-        while True:
+        found: list[bytes | FramingError] = []
+        while self.buffer:
+            if self.skipping:
+                end = self.buffer.find(END)
+                if end < 0:
+                    del self.buffer[: -1 if self.buffer[-1] == FS else None]
+                    break
+                del self.buffer[: end + len(END)]
+                self.skipping = False
+                continue
             start = self.buffer.find(START)
-            if start < 0:
-                # Bytes outside a frame (keep-alive newlines, noise) carry nothing.
-                self.buffer.clear()
-                return frames
-            end = self.buffer.find(END, start + 1)
+            if start != 0:
+                # Keep a trailing FS: its CR may come in the next read.
+                cut = len(self.buffer) - (self.buffer[-1] == FS) if start < 0 else start
+                found.extend(self._outside(bytes(self.buffer[:cut])))
+                del self.buffer[:cut]
+                if start < 0:
+                    break
+                continue
+            if self.junk_size:
+                found.append(self._take_junk(NO_START))
+            item = self._frame()
+            if item is None:
+                break
+            found.append(item)
+        return found
+
+    def _frame(self) -> bytes | FramingError | None:
+        """Take the frame at the start of the buffer; None while it is incomplete."""
+        buffer = self.buffer
+        fs, restart = buffer.find(FS, 1), buffer.find(START, 1)
+        if restart > 0 and (fs < 0 or restart < fs):
+            return self._drop(restart, START_BEFORE_END, skip=0)
+        too_large = f"a frame is larger than {self.limit} bytes"
+        if fs < 0:
+            if len(buffer) - 1 > self.limit:
+                # Answer now and drop the rest as it comes, holding at most the limit in memory.
+                error = FramingError(too_large, bytes(buffer[1:HEAD_BYTES]), len(buffer) - 1)
+                buffer.clear()
+                self.skipping = True
+                return error
+            return None
+        if fs + 1 == len(buffer):
+            return None  # the CR may be on its way
+        if buffer[fs + 1] != CR:
+            return self._drop(fs, FS_WITHOUT_CR, skip=1)
+        if fs - 1 > self.limit:
+            return self._drop(fs, too_large, skip=len(END))
+        payload = bytes(buffer[1:fs])
+        del buffer[: fs + len(END)]
+        return payload
+
+    def _drop(self, end: int, reason: str, *, skip: int) -> FramingError:
+        error = FramingError(reason, bytes(self.buffer[1 : min(end, HEAD_BYTES)]), end - 1)
+        del self.buffer[: end + skip]
+        return error
+
+    def _outside(self, chunk: bytes) -> list[FramingError]:
+        found = []
+        while chunk:
+            end = chunk.find(END)
+            self._add_junk(chunk if end < 0 else chunk[: end + len(END)])
             if end < 0:
-                del self.buffer[:start]
-                if len(self.buffer) > self.limit:
-                    raise FrameTooLarge(f"frame exceeds {self.limit} bytes")
-                return frames
-            frames.append(bytes(self.buffer[start + 1 : end]))
-            del self.buffer[: end + len(END)]
+                break
+            found.append(self._take_junk(END_WITHOUT_START))
+            chunk = chunk[end + len(END) :]
+        return found
+
+    def _add_junk(self, part: bytes) -> None:
+        if not self.junk_size:
+            part = part.lstrip(IGNORED)
+        self.junk += part[: max(0, HEAD_BYTES - len(self.junk))]
+        self.junk_size += len(part)
+
+    def _take_junk(self, reason: str) -> FramingError:
+        error = FramingError(reason, bytes(self.junk), self.junk_size)
+        self.junk.clear()
+        self.junk_size = 0
+        return error
+
+    def wait(self, *, pause: float, stall: float) -> float | None:
+        """Return how long to wait for more bytes before answering what is held, None for as long as it takes."""
+        if self.junk_size or (self.buffer.startswith(START) and self.buffer.endswith(b"\x1c")):
+            return pause
+        if self.buffer.startswith(START):
+            return stall
+        return None
+
+    def flush(self, *, closed: bool = False) -> list[FramingError]:
+        """The sender paused (or closed): answer stray bytes and any frame left without its end block."""
+        found = [self._take_junk(NO_START)] if self.junk_size else []
+        if self.buffer.startswith(START) and self.buffer.endswith(b"\x1c"):
+            found.append(self._drop(len(self.buffer) - 1, FS_WITHOUT_CR, skip=1))
+        elif self.buffer.startswith(START):
+            found.append(self._drop(len(self.buffer), CLOSED if closed else STALLED, skip=0))
+        self.buffer.clear()
+        return found
 
 
 def decode(payload: bytes) -> str:
@@ -81,19 +193,35 @@ def store_and_ack(payload: bytes) -> bytes:
 
 
 async def _serve_connection(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Callable[[bytes], bytes]
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    handler: Callable[[bytes], bytes],
+    *,
+    pause: float = PAUSE_SECONDS,
+    stall: float = STALL_SECONDS,
 ) -> None:
     framer = MllpFramer()
     peer = writer.get_extra_info("peername")
     try:
-        while data := await reader.read(READ_BYTES):
-            for frame in framer.feed(data):
-                # Database work runs off the event loop; frames on one connection are answered in order.
-                ack = await asyncio.to_thread(handler, frame)
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(READ_BYTES), framer.wait(pause=pause, stall=stall))
+            except TimeoutError:
+                data, found = None, framer.flush()
+            else:
+                found = framer.feed(data) if data else framer.flush(closed=True)
+            for item in found:
+                if isinstance(item, FramingError):
+                    # Sizes only: the bytes may be a patient's message.
+                    log.warning("mllp from %s: %s (%d bytes); answered AR", peer, item.reason, item.size)
+                    ack = framing_nak(decode(item.head), item.reason).encode("utf-8")
+                else:
+                    # Database work runs off the event loop; frames on one connection are answered in order.
+                    ack = await asyncio.to_thread(handler, item)
                 writer.write(START + ack + END)
                 await writer.drain()
-    except FrameTooLarge:
-        log.warning("mllp frame from %s too large; connection closed", peer)
+            if data == b"":
+                break
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     except Exception:
@@ -107,8 +235,17 @@ async def _serve_connection(
 class MllpListener:
     """An asyncio MLLP server; run it in the current loop or in a thread of its own."""
 
-    def __init__(self, *, host: str, port: int, handler: Callable[[bytes], bytes] = store_and_ack) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        handler: Callable[[bytes], bytes] = store_and_ack,
+        pause: float = PAUSE_SECONDS,
+        stall: float = STALL_SECONDS,
+    ) -> None:
         self.host, self.port, self.handler = host, port, handler
+        self.pause, self.stall = pause, stall
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -116,7 +253,9 @@ class MllpListener:
     async def start(self) -> None:
         """Bind and start accepting; port 0 picks a free port (read it from .port)."""
         self._server = await asyncio.start_server(
-            lambda r, w: _serve_connection(r, w, self.handler), host=self.host, port=self.port
+            lambda r, w: _serve_connection(r, w, self.handler, pause=self.pause, stall=self.stall),
+            host=self.host,
+            port=self.port,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("mllp listening on %s:%s", self.host, self.port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.db import session_scope
-from bot.labs.mllp import END, START, MllpFramer, MllpListener
+from bot.labs.mllp import END, NO_START, START, FramingError, MllpFramer, MllpListener
 from bot.labs.models import LabMessage, LabOrder
 from tests.labs.conftest import orm, oru
 
@@ -19,7 +20,7 @@ from tests.labs.conftest import orm, oru
 @pytest.fixture
 def listener(demo_db: str) -> Iterator[MllpListener]:
     """A listener on a free loopback port, on the demo clinic's database."""
-    server = MllpListener(host="127.0.0.1", port=0)
+    server = MllpListener(host="127.0.0.1", port=0, pause=0.2, stall=1.0)
     server.start_in_thread()
     yield server
     server.stop_thread()
@@ -43,9 +44,27 @@ def exchange(port: int, *chunks: bytes, pause: float = 0.0) -> list[str]:
     return acks
 
 
+def converse(port: int, *turns: bytes) -> list[str]:
+    """Send each chunk on one open connection and wait for one ACK frame after each."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        framer, acks = MllpFramer(), []
+        for turn in turns:
+            sock.sendall(turn)
+            expected = len(acks) + 1
+            while len(acks) < expected and (data := sock.recv(4096)):
+                acks.extend(payload.decode() for payload in framer.feed(data))  # type: ignore[union-attr]
+    return acks
+
+
 def ack_of(text: str) -> tuple[str, str]:
     msa = hl7.parse(text).segment("MSA")
     return str(msa(1)), str(msa(2))
+
+
+def nak_of(text: str) -> tuple[str, str, str]:
+    ack = hl7.parse(text)
+    msa = ack.segment("MSA")
+    return str(msa(1)), str(msa(2)), ack.unescape(str(msa(3))) if len(msa) > 3 else ""
 
 
 def test_two_messages_in_one_connection_get_one_ack_each_in_order(listener: MllpListener) -> None:
@@ -106,10 +125,69 @@ def test_a_message_that_cannot_be_stored_gets_no_ack(demo_db: str) -> None:
 
 
 def test_framer_handles_any_cut() -> None:
-    stream = frame("MSH|a") + b"junk" + frame("MSH|b") + frame("MSH|c")
+    stream = (
+        frame("MSH|a") + b"\r\n" + frame("MSH|b") + b"junk" + frame("MSH|c") + b"\x1c\r" + frame("MSH|d")[:-1]
+    )
     for size in (1, 2, 3, 7, len(stream)):
         framer = MllpFramer()
         frames = []
         for offset in range(0, len(stream), size):
             frames.extend(framer.feed(stream[offset : offset + size]))
-        assert frames == [b"MSH|a", b"MSH|b", b"MSH|c"], size
+        assert frames == [
+            b"MSH|a",
+            b"MSH|b",
+            FramingError(NO_START, b"junk", 4),
+            b"MSH|c",
+            FramingError(
+                "a message ended with FS CR (0x1C 0x0D) but did not start with VT (0x0B)", b"\x1c\r", 2
+            ),
+        ], size
+        assert framer.flush() == [
+            FramingError("a frame ended with FS (0x1C) without the CR (0x0D) after it", b"MSH|d", 5)
+        ], size
+
+
+def test_unframed_bytes_and_a_frame_ended_by_fs_alone_get_a_nak_and_the_connection_stays_open(
+    listener: MllpListener, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bot.labs.mllp")
+    unframed = orm("U-1").encode()
+    fs_only = frame(orm("F-1"))[:-1]
+    acks = converse(listener.port, unframed, frame(orm("M-1")), fs_only, frame(oru("M-2", status="P")))
+    assert [nak_of(a) for a in acks] == [
+        ("AR", "U-1", NO_START),
+        ("AA", "M-1", ""),
+        ("AR", "F-1", "a frame ended with FS (0x1C) without the CR (0x0D) after it"),
+        ("AA", "M-2", ""),
+    ]
+    with session_scope() as session:
+        assert session.scalars(select(LabMessage.control_id).order_by(LabMessage.id)).all() == ["M-1", "M-2"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w.split(": ", 1)[1] for w in warnings] == [
+        f"{NO_START} ({len(unframed)} bytes); answered AR",
+        f"a frame ended with FS (0x1C) without the CR (0x0D) after it ({len(fs_only) - 2} bytes); answered AR",
+    ]
+    assert "NGUYEN" not in caplog.text and "U-1" not in caplog.text
+
+
+def test_an_oversized_frame_gets_a_nak_and_the_next_frame_its_ack(listener: MllpListener) -> None:
+    huge = frame(orm("BIG-1").replace("NGUYEN", "N" * (1 << 20)))
+    acks = converse(listener.port, huge, frame(orm("M-1")))
+    assert [nak_of(a) for a in acks] == [
+        ("AR", "BIG-1", "a frame is larger than 1048576 bytes"),
+        ("AA", "M-1", ""),
+    ]
+    with session_scope() as session:
+        assert session.scalars(select(LabMessage.control_id)).all() == ["M-1"]
+
+
+def test_a_frame_without_its_end_block_gets_a_nak_when_the_sender_stalls_or_closes(
+    listener: MllpListener,
+) -> None:
+    stalled = converse(listener.port, START + orm("S-1").encode(), frame(orm("M-1")))
+    closed = exchange(listener.port, START + orm("C-1").encode())
+    assert [nak_of(a) for a in stalled + closed] == [
+        ("AR", "S-1", "the frame's end block (FS CR) did not arrive"),
+        ("AA", "M-1", ""),
+        ("AR", "C-1", "the connection closed before the frame's end block (FS CR)"),
+    ]
