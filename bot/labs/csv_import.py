@@ -78,9 +78,9 @@ def read_records(path: Path) -> list[tuple[int, dict[str, str | None]]]:
         raise CsvFileError(f"{path}: not UTF-8 text") from None
     except OSError as error:
         raise CsvFileError(f"{path}: cannot be read ({error.strerror})") from None
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.reader(text.splitlines(keepends=True))
     try:
-        header = [name.strip() for name in (reader.fieldnames or [])]
+        header = [name.strip() for name in next(reader, [])]
     except csv.Error as error:
         raise CsvFileError(f"{path}: line 1: {error}") from None
     missing = [column for column in COLUMNS if column not in header]
@@ -94,18 +94,24 @@ def read_records(path: Path) -> list[tuple[int, dict[str, str | None]]]:
         if not parts:
             parts.append("repeated column names")
         raise CsvFileError(f"{path}: wrong header ({'; '.join(parts)}); expected {','.join(COLUMNS)}")
-    reader.fieldnames = header
-    records = []
-    try:
-        for row in reader:
-            extra = row.pop(None, None)  # type: ignore[call-overload]
-            if extra:
-                records.append((reader.line_num, {"__extra__": "yes"}))
-                continue
-            records.append((reader.line_num, {key: value for key, value in row.items()}))
-    except csv.Error as error:
-        raise CsvFileError(f"{path}: line {reader.line_num}: {error}") from None
-    return records
+    records: list[tuple[int, dict[str, str | None]]] = []
+    while True:
+        # A quoted value may span lines: a row is named by the line it starts on.
+        first_line = reader.line_num + 1
+        try:
+            row = next(reader, None)
+        except csv.Error as error:
+            raise CsvFileError(f"{path}: line {first_line}: {error}") from None
+        if row is None:
+            return records
+        if not row:
+            continue  # a blank line
+        if len(row) > len(header):
+            records.append((first_line, {"__extra__": "yes"}))
+            continue
+        values: dict[str, str | None] = dict.fromkeys(header)
+        values.update(zip(header, row, strict=False))
+        records.append((first_line, values))
 
 
 def check_records(

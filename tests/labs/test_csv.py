@@ -111,6 +111,21 @@ def test_nul_characters_and_times_near_the_calendar_limits_are_row_errors(
     assert counts() == before
 
 
+def test_a_row_spanning_lines_is_named_by_the_line_it_starts_on(demo_db: str, tmp_path: Path) -> None:
+    spanning = 'CSV-7,,"Omar\nHaddad",1979-08-01,617-555-0188,Ferritin,2026-11-20T10:00:00-05:00,2026-11-25T12:00:00-05:00\n'
+    blank_then_bad = (
+        "\nCSV-8,,Ann Bo,1979-02-30,+16175550177,Ferritin,2026-11-20T10:00:00Z,2026-11-25T12:00:00Z\n"
+    )
+    result = run_import(write(tmp_path, GOOD[0], spanning, blank_then_bad))
+    assert (result.returncode, result.stdout.splitlines()) == (
+        2,
+        [
+            "line 3: phone: must be an E.164 phone number such as +16175550101",
+            "line 6: date_of_birth: is not a real calendar date",
+        ],
+    )
+
+
 def test_a_row_clashing_with_a_stored_order_rolls_back_the_whole_file(demo_db: str, tmp_path: Path) -> None:
     assert run_import(write(tmp_path, GOOD[0])).returncode == 0
     before = counts()

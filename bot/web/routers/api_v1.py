@@ -335,8 +335,9 @@ def describe_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
         loc = [str(part) for part in error.get("loc", ())]
         if loc and loc[0] in {"body", "path", "query"}:
             loc = loc[1:]
-        field = ".".join(loc) or "body"
         kind = error.get("type", "")
+        # A JSON syntax error's location is a character offset in the body, not a field.
+        field = "body" if kind == "json_invalid" else ".".join(loc) or "body"
         if kind in _PROBLEM_TEXT:
             problem = _PROBLEM_TEXT[kind]
         elif kind == "literal_error":
