@@ -101,23 +101,23 @@ class MllpFramer:
         """Take the frame at the start of the buffer; None while it is incomplete."""
         buffer = self.buffer
         fs, restart = buffer.find(FS, 1), buffer.find(START, 1)
-        if restart > 0 and (fs < 0 or restart < fs):
-            return self._drop(restart, START_BEFORE_END, skip=0)
-        too_large = f"a frame is larger than {self.limit} bytes"
-        if fs < 0:
-            if len(buffer) - 1 > self.limit:
-                # Answer now and drop the rest as it comes, holding at most the limit in memory.
-                error = FramingError(too_large, bytes(buffer[1:HEAD_BYTES]), len(buffer) - 1)
-                buffer.clear()
-                self.skipping = True
-                return error
+        end = min((at for at in (fs, restart) if at > 0), default=len(buffer))
+        if end - 1 > self.limit:
+            # Answer now, and drop the rest up to its end block as it comes (holding at most the limit).
+            error = FramingError(
+                f"a frame is larger than {self.limit} bytes", bytes(buffer[1:HEAD_BYTES]), end - 1
+            )
+            del buffer[:1]
+            self.skipping = True
+            return error
+        if end == len(buffer):
             return None
+        if end == restart:
+            return self._drop(restart, START_BEFORE_END, skip=0)
         if fs + 1 == len(buffer):
             return None  # the CR may be on its way
         if buffer[fs + 1] != CR:
             return self._drop(fs, FS_WITHOUT_CR, skip=1)
-        if fs - 1 > self.limit:
-            return self._drop(fs, too_large, skip=len(END))
         payload = bytes(buffer[1:fs])
         del buffer[: fs + len(END)]
         return payload

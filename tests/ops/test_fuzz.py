@@ -211,3 +211,80 @@ def fuzz_operation(operation: Any, auth: dict[str, str]) -> None:
         assert_safe_answer(response, before, allowed={200, 201, 400, 401, 404, 409, 413, 415, 422})
 
     run()
+
+
+# HL7 field values: any text (NUL, separators and segment breaks included), impossible times, long ids.
+hl7_values = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["", "\x00", "^^^", "~", "\\", "&", "x" * 300, "00010101", "99991231235959-1200",
+                     "202611201000+2500", "20261120", "19880212", "(617) 555-0142", "F", "X", "CA", "NW"]),
+)  # fmt: skip
+
+
+@st.composite
+def hl7_messages(draw: st.DrawFn) -> str:
+    """A lab's ORM or ORU with a few fields replaced, sometimes cut short."""
+    from tests.labs.conftest import orm, oru
+
+    base = draw(
+        st.sampled_from([orm("FUZZ"), oru("FUZZ"), orm("FUZZ", obr_extra="|" * 20 + "^^^^202611261200")])
+    )
+    segments = [segment.split("|") for segment in base.strip("\r").split("\r")]
+    for _ in range(draw(st.integers(1, 3))):
+        fields = segments[draw(st.integers(0, len(segments) - 1))]
+        number = draw(st.integers(1, len(fields) + 2))
+        fields.extend([""] * (number + 1 - len(fields)))
+        fields[number] = draw(hl7_values)
+    text = "\r".join("|".join(fields) for fields in segments) + "\r"
+    return text[: draw(st.one_of(st.none(), st.integers(0, len(text))))]
+
+
+def test_malformed_hl7_messages_always_get_an_ack_and_an_ae_stores_no_order(demo_db: str) -> None:
+    import itertools
+
+    import hl7
+
+    from bot.labs.hl7v2 import do_receive_hl7
+
+    control_ids = itertools.count(1)
+
+    @FUZZ
+    @given(text=hl7_messages())
+    def run(text: str) -> None:
+        text = text.replace("|FUZZ|", f"|FUZZ-{next(control_ids)}|")  # each case its own MSH-10
+        before = snapshot()
+        with session_scope() as session:
+            result = do_receive_hl7(session=session, text=text)
+        ack = hl7.parse(result.ack)
+        assert str(ack.segment("MSA")(1)) == result.code in {"AA", "AE", "AR"}
+        if result.code != "AA":
+            assert snapshot()[STORED.index(LabOrder)] == before[STORED.index(LabOrder)]
+
+    run()
+
+
+def test_mllp_framer_answers_any_byte_stream_the_same_however_it_is_cut() -> None:
+    from bot.labs.mllp import MllpFramer
+
+    pieces = st.one_of(
+        st.sampled_from(
+            [b"\x0b", b"\x1c", b"\r", b"\x1c\r", b"\n", b"MSH|^~\\&|A|B|C|D|E|F|ORM^O01|X1|P|2.5"]
+        ),
+        st.binary(max_size=30),
+    )
+
+    @FUZZ
+    @given(parts=st.lists(pieces, max_size=12), cut=st.integers(1, 40))
+    def run(parts: list[bytes], cut: int) -> None:
+        stream = b"".join(parts)
+        answers = []
+        for size in (len(stream) or 1, cut):
+            framer, found = MllpFramer(limit=64), []
+            for at in range(0, len(stream), size):
+                found += framer.feed(stream[at : at + size])
+                assert len(framer.buffer) <= 64 + size and len(framer.junk) <= 4096  # bounded memory
+            found += framer.flush(closed=True)
+            answers.append([item if isinstance(item, bytes) else item.reason for item in found])
+        assert answers[0] == answers[1]
+
+    run()
