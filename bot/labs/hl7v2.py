@@ -12,10 +12,11 @@ Field map (1-based HL7 positions):
     P/A/R/I preliminary or in progress -> in_lab, X -> cancelled. PID-3, when sent, must be the
     order's patient.
   Times without an offset are read in the clinic's time zone.
-ACK: AA stored; AE with a reason naming the segment and field (never patient data), checked as the
-REST API checks it (lengths, NUL); AR for an unsupported message type or an unusable MSH-10. An MSH
-too short for an ACK to copy its fields gets one written by hand, MSA-2 still repeating MSH-10. The ACK's code and reason are stored with MSH-10 so a retry of the same
-message gets the same answer and changes nothing.
+ACK: AA stored; AE with a reason naming the segment and field (never patient data), values checked
+as the REST API checks them (lengths, NUL); AR for an unsupported message type or an unusable MSH-10.
+An MSH too short for an ACK to copy its fields gets one written by hand, MSA-2 still repeating
+MSH-10. The ACK's code and reason are stored with MSH-10 so a retry of the same message gets the
+same answer and changes nothing.
 """
 
 from __future__ import annotations
