@@ -232,10 +232,13 @@ def conversation_languages(*, session: Session, ids: Iterable[int]) -> dict[int,
     wanted = sorted(set(ids))
     if not wanted:
         return {}
+    # .all(), not the result itself: dict() takes anything with keys() for a mapping, and a Result has keys().
     return dict(
         session.execute(
             select(Conversation.id, Conversation.language).where(_among(session, Conversation.id, wanted))
-        ).tuples()
+        )
+        .tuples()
+        .all()
     )
 
 

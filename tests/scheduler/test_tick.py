@@ -1,4 +1,4 @@
-"""`clinicbot scheduler tick`: its errors, and two ticking processes at once against one database."""
+"""`clinicbot scheduler tick`: errors, a late hand-off in its conversation, two ticking processes at once."""
 
 from __future__ import annotations
 
@@ -7,9 +7,18 @@ import subprocess
 import sys
 from datetime import date
 
+import time_machine
+from sqlalchemy import select
+
+from bot.channels.models import OutboxMessage
 from bot.cli import main
 from bot.config import REPO_ROOT
+from bot.conversations.flows import do_handoff
+from bot.conversations.models import HandoffReason
+from bot.conversations.service import open_conversation
 from bot.db import session_scope
+from bot.patients.models import Channel
+from bot.patients.service import get_or_create_identity
 from tests.channels.twilio.conftest import twilio_env
 from tests.promises.factories import clear_demo_orders, local, make_lab_promise
 
@@ -19,6 +28,32 @@ def test_a_bad_time_is_a_usage_error(clinic_db_sched, capsys) -> None:
     assert capsys.readouterr().err == (
         "clinicbot: error: clinicbot scheduler tick: argument --at: 'next tuesday' is not an ISO 8601 time "
         "such as 2026-11-25T16:30:00\n"
+    )
+
+
+def test_a_late_hand_off_tied_to_its_conversation_gets_its_update_in_the_conversations_language(
+    clinic_db_sched, capsys
+) -> None:
+    tuesday = date(2026, 11, 17)
+    with session_scope() as session:
+        clear_demo_orders(session)
+        visitor = get_or_create_identity(session=session, channel=Channel.WEBCHAT, address="visitor-1")
+        conversation = open_conversation(session=session, identity=visitor)
+        conversation.language = "es"
+        # Asked for a person at 10:00: the front desk's hour of working time was due by 11:00.
+        with time_machine.travel(local(tuesday, 10), tick=False):
+            do_handoff(session=session, conversation_id=conversation.id, reason=HandoffReason.HUMAN)
+        conversation_id, visitor_id = conversation.id, visitor.id
+    assert main(["scheduler", "tick", "--at", "2026-11-17T16:30:00"]) == 0
+    assert capsys.readouterr().out.startswith("tick: 1 updates, 0 on the call list")
+    with session_scope() as session:
+        [(identity_id, text_conversation, body)] = session.execute(
+            select(OutboxMessage.identity_id, OutboxMessage.conversation_id, OutboxMessage.body)
+        ).all()
+    assert (identity_id, text_conversation) == (visitor_id, conversation_id)
+    assert body == (
+        "Hola. Le escribe Riverside Family Clinic. Nuestro equipo aún no ha respondido a su mensaje; "
+        "disculpe la espera. Le daremos otra actualización mañana antes de las 16:00."
     )
 
 
