@@ -27,7 +27,7 @@ from bot.conversations.domain import Domain
 from bot.conversations.models import Author, Conversation, Direction, Message
 from bot.conversations.service import open_conversation
 from bot.db import Base, utcnow
-from bot.patients.models import Channel, ChannelIdentity, Patient
+from bot.patients.models import Channel, ChannelIdentity, Patient, verification_holds
 from bot.patients.service import get_by_phone, get_or_create_identity
 from bot.staff import audit
 
@@ -39,8 +39,7 @@ MAX_WRONG_ATTEMPTS = 5
 MAX_CODES_PER_PHONE = 3
 MAX_CODES_PER_SESSION = 5
 CODE_LIMIT_WINDOW = timedelta(hours=1)
-# A web chat verification lapses after this long: a shared computer must not keep access all week.
-VERIFIED_SESSION_TTL = timedelta(hours=12)
+# How long a verified session lasts is bot.patients.models.VERIFIED_SESSION_TTL: is_verified honours it.
 VERIFICATION_METHOD = "otp"
 
 
@@ -347,10 +346,9 @@ def do_end_verification(*, session: Session, identity: ChannelIdentity, reason: 
 
 def expire_stale_verification(*, session: Session, identity: ChannelIdentity, now: datetime | None = None) -> bool:
     """End a web chat verification older than VERIFIED_SESSION_TTL; return whether it ended."""
-    verified_at = identity.verified_at
-    if identity.channel != Channel.WEBCHAT or verified_at is None:
+    if identity.channel != Channel.WEBCHAT or identity.verified_at is None:
         return False
-    if verified_at > (now or utcnow()) - VERIFIED_SESSION_TTL:
+    if verification_holds(channel=identity.channel, verified_at=identity.verified_at, now=now or utcnow()):
         return False
     return do_end_verification(session=session, identity=identity, reason="expired")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
@@ -18,6 +18,21 @@ class Channel(StrEnum):
     TELEGRAM = "telegram"
     WEBCHAT = "webchat"
     TERMINAL = "terminal"
+
+
+# A web chat verification lapses after this long: a shared computer must not keep access all week.
+VERIFIED_SESSION_TTL = timedelta(hours=12)
+
+
+def verification_holds(*, channel: str, verified_at: datetime | None, now: datetime) -> bool:
+    """Return whether a verification holds at an instant; a web chat's lapses after VERIFIED_SESSION_TTL.
+
+    A lapsed web chat verification is ended only when the visitor comes back (or a sweep passes it), so
+    until then its row still says verified: whoever trusts an identity asks this, not `verified_at`.
+    """
+    if verified_at is None:
+        return False
+    return channel != Channel.WEBCHAT or verified_at > now - VERIFIED_SESSION_TTL
 
 
 class Patient(Base):
@@ -64,4 +79,6 @@ class ChannelIdentity(Base):
     @property
     def is_verified(self) -> bool:
         """Return whether personal information may be shared with this identity."""
-        return self.patient_id is not None and self.verified_at is not None
+        return self.patient_id is not None and verification_holds(
+            channel=self.channel, verified_at=self.verified_at, now=utcnow()
+        )

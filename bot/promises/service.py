@@ -227,6 +227,14 @@ def identities_by_id(*, session: Session, ids: Iterable[int]) -> dict[int, Ident
     return {row.id: IdentityRow(*row) for row in rows}
 
 
+def identities_to_change(*, session: Session, ids: Iterable[int]) -> list[ChannelIdentity]:
+    """Return identities as ORM objects, by id, for a flow that changes them."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return []
+    return list(session.scalars(select(ChannelIdentity).where(_among(session, ChannelIdentity.id, wanted))))
+
+
 def conversation_languages(*, session: Session, ids: Iterable[int]) -> dict[int, str]:
     """Return conversations' languages by id."""
     wanted = sorted(set(ids))

@@ -18,11 +18,13 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bot.channels.verification import expire_stale_verification
 from bot.clinic import ClinicCalendar
 from bot.clinic_settings import ClinicContext, load_clinic
 from bot.conversations.domain import Domain
 from bot.conversations.rendering import clinic_values
 from bot.db import session_scope
+from bot.patients.models import Channel, verification_holds
 from bot.promises import service
 from bot.promises.models import UpdateKind
 from bot.promises.service import IdentityRow, PatientRow
@@ -85,27 +87,39 @@ def escalation_cutoff(calendar: ClinicCalendar, *, today: date, working_days: in
     return calendar.at_local(day, time(0, 0))
 
 
+def holds(identity: IdentityRow, now: datetime) -> bool:
+    """Return whether an identity is verified at now: a web chat's verification lapses after a while."""
+    return verification_holds(channel=identity.channel, verified_at=identity.verified_at, now=now)
+
+
+def lapsed(identity: IdentityRow, now: datetime) -> bool:
+    """Return whether an identity once verified as a patient no longer is (ended, or lapsed by now)."""
+    return identity.patient_id is not None and not holds(identity, now)
+
+
 def choose_identity(
-    *, patient_identities: Sequence[IdentityRow], promise_identity: IdentityRow | None
+    *, patient_identities: Sequence[IdentityRow], promise_identity: IdentityRow | None, now: datetime
 ) -> IdentityRow | None:
     """Pick where to write: the patient's most recently seen verified identity, else the promise's own.
 
     Opted-out identities are never chosen; None means the patient cannot be texted (call them instead).
     """
-    verified = [i for i in patient_identities if i.verified_at is not None and i.opted_out_at is None]
+    verified = [i for i in patient_identities if holds(i, now) and i.opted_out_at is None]
     if verified:
         # Never-seen identities (created by lab intake) rank below any the patient has written from.
         return max(
             verified, key=lambda i: (i.last_seen_at is not None, i.last_seen_at or i.verified_at, i.id)
         )
-    if promise_identity is not None and promise_identity.opted_out_at is None:
-        return promise_identity
-    return None
+    # Not even anonymously to an identity that no longer vouches for its patient: a lapsed web chat is a
+    # session its browser has replaced (nobody would read it, or the next person at a shared computer would).
+    if promise_identity is None or promise_identity.opted_out_at is not None or lapsed(promise_identity, now):
+        return None
+    return promise_identity
 
 
-def is_known(identity: IdentityRow, patient: PatientRow | None) -> bool:
-    """Return whether the text may greet the patient by name: the identity is verified as theirs."""
-    return patient is not None and identity.patient_id == patient.id and identity.verified_at is not None
+def is_known(identity: IdentityRow, patient: PatientRow | None, *, now: datetime) -> bool:
+    """Return whether the text may greet the patient by name: the identity is verified as theirs, still."""
+    return patient is not None and identity.patient_id == patient.id and holds(identity, now)
 
 
 def update_response(reason_key: str) -> str:
@@ -253,6 +267,7 @@ def _text_row(*, key: str, identity: IdentityRow, body: str, conversation_id: in
 class _Reach:
     """Where and how to write to the patient behind each claimed row."""
 
+    now: datetime
     patients: dict[int, PatientRow]
     by_patient: dict[int, list[IdentityRow]]
     by_id: dict[int, IdentityRow]
@@ -260,14 +275,36 @@ class _Reach:
 
     @classmethod
     def load(
-        cls, session: Session, *, patient_ids: list[int], identity_ids: list[int], conversation_ids: list[int]
-    ) -> _Reach:
-        return cls(
+        cls, session: Session, *, now: datetime, patient_ids: list[int], identity_ids: list[int],
+        conversation_ids: list[int],
+    ) -> _Reach:  # fmt: skip
+        reach = cls(
+            now=now,
             patients=service.patients_by_id(session=session, ids=patient_ids),
             by_patient=service.identities_of_patients(session=session, patient_ids=patient_ids),
             by_id=service.identities_by_id(session=session, ids=identity_ids),
             languages=service.conversation_languages(session=session, ids=conversation_ids),
         )
+        reach.end_lapsed_verifications(session)
+        return reach
+
+    def identities(self) -> list[IdentityRow]:
+        """Return every identity loaded, each once."""
+        rows = {row.id: row for group in self.by_patient.values() for row in group}
+        return list({**rows, **self.by_id}.values())
+
+    def end_lapsed_verifications(self, session: Session) -> None:
+        """End the web chat verifications that lapsed, as (and audited as) when their visitor comes back.
+
+        The texts are chosen as if they were ended either way; this makes the rows say so too, for the
+        staff inbox and for anyone who reads `verified_at`.
+        """
+        stale = [
+            i.id for i in self.identities()
+            if i.channel == Channel.WEBCHAT and i.verified_at is not None and not holds(i, self.now)
+        ]  # fmt: skip
+        for identity in service.identities_to_change(session=session, ids=stale):
+            expire_stale_verification(session=session, identity=identity, now=self.now)
 
     def target(
         self, *, patient_id: int | None, identity_id: int | None, conversation_id: int | None
@@ -276,6 +313,7 @@ class _Reach:
         identity = choose_identity(
             patient_identities=self.by_patient.get(patient_id, []) if patient_id is not None else [],
             promise_identity=self.by_id.get(identity_id) if identity_id is not None else None,
+            now=self.now,
         )
         if patient is not None:
             lang = patient.language
@@ -288,6 +326,7 @@ def _late_batch(session: Session, rows: Sequence[Any], *, wording: Wording, toda
     """Plan and write one claimed batch of late promises."""
     reach = _Reach.load(
         session,
+        now=wording.now,
         patient_ids=[r.patient_id for r in rows if r.patient_id is not None],
         identity_ids=[r.identity_id for r in rows if r.identity_id is not None],
         conversation_ids=[r.conversation_id for r in rows if r.conversation_id is not None],
@@ -300,7 +339,7 @@ def _late_batch(session: Session, rows: Sequence[Any], *, wording: Wording, toda
         if identity is None:
             effects.append(_Effect(row.id, UpdateKind.CALL_LIST, row.reason_key, counts_as="call_list"))
             continue
-        known = is_known(identity, patient)
+        known = is_known(identity, patient, now=wording.now)
         body = wording.render(update_response(row.reason_key), lang=lang, patient=patient, known=known)
         key = outbox_key(promise_id=row.id, local_date=today, kind=UpdateKind.LATE_UPDATE)
         text = _text_row(key=key, identity=identity, body=body, conversation_id=row.conversation_id)
@@ -382,6 +421,7 @@ def do_sweep_results_ready(
         # Columns: order id, patient id, promise id, promise identity id, conversation id.
         reach = _Reach.load(
             session,
+            now=now,
             patient_ids=[r[1] for r in rows],
             identity_ids=[r[3] for r in rows if r[3] is not None],
             conversation_ids=[],
@@ -402,7 +442,7 @@ def do_sweep_results_ready(
                     )
                 continue
             body = wording.render(
-                RESULTS_RESPONSE, lang=lang, patient=patient, known=is_known(identity, patient)
+                RESULTS_RESPONSE, lang=lang, patient=patient, known=is_known(identity, patient, now=now)
             )
             key = (
                 outbox_key(promise_id=promise_id, local_date=today, kind=UpdateKind.RESULTS_READY)

@@ -15,6 +15,7 @@ from bot.patients.models import ChannelIdentity, Patient
 from bot.promises.models import Promise, PromiseKind, PromiseStatus, PromiseUpdate
 
 _numbers = itertools.count(1)
+VERIFICATION_METHODS = {"sms": "phone_on_file", "webchat": "otp", "telegram": "telegram_contact"}
 
 
 def local(day: date, hour: int, minute: int = 0) -> datetime:
@@ -69,6 +70,7 @@ def make_identity(
     verified: bool = True,
     opted_out: bool = False,
     last_seen_at: datetime | None = None,
+    verified_at: datetime | None = None,
 ) -> ChannelIdentity:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     identity = ChannelIdentity(
@@ -76,8 +78,9 @@ def make_identity(
         address=address
         or (patient.phone if patient is not None and channel == "sms" else f"addr-{next(_numbers)}"),
         patient_id=patient.id if patient is not None else None,
-        verified_at=now if verified and patient is not None else None,
-        verification_method="phone_on_file" if verified and patient is not None else None,
+        verified_at=(verified_at or now) if verified and patient is not None else None,
+        # Each channel's own way of verifying: the number on file, a code, the Telegram account's phone.
+        verification_method=VERIFICATION_METHODS[channel] if verified and patient is not None else None,
         opted_out_at=now if opted_out else None,
         last_seen_at=last_seen_at,
     )

@@ -6,18 +6,27 @@ import threading
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+import time_machine
 from sqlalchemy import select
 
 from bot.channels.models import OutboxMessage
 from bot.clinic_settings import ClinicProfile
+from bot.conversations.flows import do_handoff
+from bot.conversations.models import HandoffReason
+from bot.conversations.service import open_conversation
 from bot.db import session_scope
+from bot.labs.flows import PatientIn, do_update_order, do_upsert_order
 from bot.labs.models import LabOrder, LabStatus
+from bot.patients.models import Channel, ChannelIdentity
+from bot.patients.service import get_by_phone, get_identity
 from bot.promises.models import Promise, PromiseKind, PromiseStatus, PromiseUpdate
 from bot.promises.sweeps import SweepCounts, do_run_sweeps
+from bot.staff.models import AuditEvent
 from tests.promises.factories import local, make_identity, make_lab_promise, make_patient, make_promise
 
 WED, THANKSGIVING, FRI = date(2026, 11, 25), date(2026, 11, 26), date(2026, 11, 27)
 TUE = date(2026, 11, 17)
+JIM = "+16175550142"  # the demo patient James Wilson, who goes by Jim
 
 
 def updates() -> list[tuple[int, date, str]]:
@@ -216,6 +225,84 @@ def test_channel_language_name_and_reason(clinic_db, sweep) -> None:
         "for the wait. We'll update you by 4 pm tomorrow.",
         stranger_id,
     )
+
+
+def jims_results_in(at: datetime) -> tuple[int, int]:
+    """Run lab intake for Jim: an order (his SMS identity linked by the number on file), resulted at `at`.
+
+    Return his patient id and his SMS identity's id.
+    """
+    jim = PatientIn(name="James Wilson", phone=JIM, external_id="RFC-1002")
+    with time_machine.travel(at, tick=False), session_scope() as session:
+        do_upsert_order(session=session, order_id="ORD-JIM", patient=jim, test_name="Lipid panel",
+                        ordered_at=at - timedelta(days=2), expected_by=at - timedelta(hours=1),
+                        source="rest")  # fmt: skip
+        order = do_update_order(session=session, order_id="ORD-JIM", status=LabStatus.RESULTED, source="rest")
+        sms = get_identity(session=session, channel=Channel.SMS, address=JIM)
+        return order.patient_id, sms.id
+
+
+def jims_web_chat(*, verified_at: datetime) -> int:
+    """Return a web chat Jim verified with a code at `verified_at` and chatted in for ten minutes."""
+    with session_scope() as session:
+        jim = get_by_phone(session=session, phone=JIM)
+        chat = make_identity(session, jim, channel=Channel.WEBCHAT, verified_at=verified_at,
+                             last_seen_at=verified_at + timedelta(minutes=10))  # fmt: skip
+        return chat.id
+
+
+def ended_verifications() -> list[dict[str, object]]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent.details).where(AuditEvent.action == "identity.verification_ended")
+            )
+        )
+
+
+def test_a_web_chat_verified_within_twelve_hours_gets_the_named_results_notice(clinic_db, sweep) -> None:
+    noon = local(TUE, 12)
+    jims_results_in(local(TUE, 9))
+    chat_id = jims_web_chat(verified_at=noon - timedelta(hours=11))
+    assert sweep(noon) == SweepCounts(results_ready=1)
+    [(_, body, identity_id)] = texts()
+    assert identity_id == chat_id
+    assert body.startswith("Hi Jim, this is Riverside Family Clinic. Your lab results are in.")
+    assert ended_verifications() == []
+
+
+def test_a_web_chat_whose_verification_lapsed_is_passed_over_for_the_phone_and_ended(
+    clinic_db, sweep
+) -> None:
+    noon = local(TUE, 12)
+    jim_id, sms_id = jims_results_in(local(TUE, 9))
+    # Verified 13 hours ago and seen more recently than the phone, which never wrote to us.
+    chat_id = jims_web_chat(verified_at=noon - timedelta(hours=13))
+    assert sweep(noon) == SweepCounts(results_ready=1)
+    [(_, body, identity_id)] = texts()
+    assert identity_id == sms_id
+    assert body.startswith("Hi Jim, this is Riverside Family Clinic. Your lab results are in.")
+    # Ended here as when the visitor comes back: audited, and kept as Jim's for staff.
+    assert ended_verifications() == [{"patient_id": jim_id, "reason": "expired"}]
+    with session_scope() as session:
+        chat = session.get(ChannelIdentity, chat_id)
+        assert (chat.verified_at, chat.patient_id) == (None, jim_id)
+
+
+def test_a_lapsed_web_chat_and_no_other_channel_puts_the_update_on_the_call_list(clinic_db, sweep) -> None:
+    monday = date(2026, 11, 16)
+    chat_id = jims_web_chat(verified_at=local(monday, 14))
+    with session_scope() as session:
+        conversation = open_conversation(session=session, identity=session.get(ChannelIdentity, chat_id))
+        with time_machine.travel(local(monday, 14, 5), tick=False):
+            do_handoff(session=session, conversation_id=conversation.id, reason=HandoffReason.HUMAN)
+        promise = session.scalars(select(Promise)).one()
+        assert (promise.patient_id, promise.identity_id) == (conversation.patient_id, chat_id)
+        promise_id = promise.id
+    # Jim has no phone or Telegram identity: the browser that verified is nobody's now, so nothing is written.
+    assert sweep(local(TUE, 16, 30)) == SweepCounts(call_list=1)
+    assert texts() == []
+    assert updates() == [(promise_id, TUE, "call_list")]
 
 
 def test_a_crash_mid_sweep_then_a_restart_handles_each_promise_exactly_once(

@@ -9,6 +9,8 @@ from sqlalchemy import select
 
 from bot.channels.models import OutboxMessage, OutboxStatus
 from bot.channels.verification import VerificationCode, hash_code
+from bot.conversations.flows import patient_for
+from bot.conversations.models import Conversation
 from bot.db import session_scope, utcnow
 from bot.patients.models import ChannelIdentity, Patient
 from bot.staff.models import AuditEvent
@@ -108,6 +110,20 @@ def test_verification_lapses_after_twelve_hours(visitor: Visitor) -> None:
     with time_machine.travel(utcnow() + timedelta(hours=13), tick=False):
         assert not any(phrase in " ".join(visitor.ask(LAB_QUESTION)) for phrase in PERSONAL)
     assert not webchat_identity(visitor).is_verified
+
+
+def test_a_lapsed_verification_is_trusted_nowhere_even_before_its_visitor_comes_back(visitor: Visitor) -> None:
+    visitor.start_verification(JIM, JIM_DOB)
+    [(_, _, code)] = sent_codes()
+    assert visitor.enter_code(code).status_code == 200
+    with time_machine.travel(utcnow() + timedelta(hours=13), tick=False), session_scope() as session:
+        identity = session.get(ChannelIdentity, webchat_identity(visitor).id)
+        conversation = session.scalars(select(Conversation).where(Conversation.identity_id == identity.id)).one()
+        # Nobody has come back to end it yet, but whatever trusts the session (a staff reply's name, an
+        # action's patient) finds no patient behind it.
+        assert identity.verified_at is not None and identity.patient_id == jim_id()
+        assert not identity.is_verified
+        assert patient_for(session=session, conversation_id=conversation.id) is None
 
 
 def test_a_lapsed_verification_never_shows_its_history_again(visitor: Visitor) -> None:
