@@ -33,7 +33,7 @@ from bot.conversations.service import open_conversation, store_inbound
 from bot.db import utcnow
 from bot.nlu.pipeline import Analysis, Nlu
 from bot.patients.models import ChannelIdentity, Patient
-from bot.patients.service import PHONE_CHANNELS, get_or_create_identity
+from bot.patients.service import PHONE_CHANNELS, get_or_create_identity, verified_patient
 from bot.staff import audit
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class Engine:
         assert conversation is not None
         identity = session.get(ChannelIdentity, conversation.identity_id)
         assert identity is not None
-        patient = session.get(Patient, identity.patient_id) if identity.is_verified else None
+        patient = verified_patient(session=session, identity=identity)
         # Read before anything changes, so this query does not flush: the message's changes flush once, below.
         clinic = self.clinic(session=session)
         # Kept off the acknowledgement path: storing a webhook writes only the message row.

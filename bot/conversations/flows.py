@@ -24,6 +24,7 @@ from bot.conversations.models import (
 from bot.db import utcnow
 from bot.labs.service import orders_to_report
 from bot.patients.models import ChannelIdentity, Patient
+from bot.patients.service import verified_patient
 from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 
@@ -260,11 +261,13 @@ def lab_status(*, session: Session, conversation_id: int) -> list[LabStatusLine]
     """Return the verified patient's order statuses, or None when the sender is not verified."""
     conversation = _conversation(session, conversation_id)
     identity = session.get(ChannelIdentity, conversation.identity_id)
-    if identity is None or not identity.is_verified:
+    # Checked again here, not only when the message was routed: this is the disclosure itself.
+    patient = verified_patient(session=session, identity=identity) if identity is not None else None
+    if patient is None:
         return None
     now = utcnow()
     lines = []
-    for order in orders_to_report(session=session, patient_id=identity.patient_id, now=now):
+    for order in orders_to_report(session=session, patient_id=patient.id, now=now):
         status = "resulted" if order.status == "resulted" else ("late" if order.expected_by <= now else "pending")
         lines.append(LabStatusLine(order.id, status, order.ordered_at, order.expected_by))
     audit.record(
@@ -272,7 +275,7 @@ def lab_status(*, session: Session, conversation_id: int) -> list[LabStatusLine]
         actor_kind="bot",
         action="lab_status.disclosed",
         subject_type="patient",
-        subject_id=identity.patient_id,
+        subject_id=patient.id,
         details={"conversation_id": conversation.id, "orders": [line.order_id for line in lines]},
     )
     return lines
@@ -287,7 +290,5 @@ def patient_for(*, session: Session, conversation_id: int) -> Patient | None:
     """Return the verified patient behind a conversation, if any."""
     conversation = _conversation(session, conversation_id)
     identity = session.get(ChannelIdentity, conversation.identity_id)
-    if identity is None or not identity.is_verified:
-        return None
-    return session.get(Patient, identity.patient_id)
+    return verified_patient(session=session, identity=identity) if identity is not None else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 import phonenumbers
@@ -11,9 +12,14 @@ from sqlalchemy.orm import Session
 
 from bot.db import utcnow
 from bot.patients.models import Channel, ChannelIdentity, Patient
+from bot.staff import audit
+
+log = logging.getLogger(__name__)
 
 # Channels whose address is a phone number the provider vouches for.
 PHONE_CHANNELS = frozenset({Channel.SMS, Channel.TERMINAL})
+# The verification of a phone channel: its number is on file for exactly one patient.
+PHONE_ON_FILE = "phone_on_file"
 
 
 class InvalidPhoneError(ValueError):
@@ -64,7 +70,7 @@ def get_or_create_identity(*, session: Session, channel: str, address: str) -> C
                 # The number on file is the verification factor for phone channels.
                 identity.patient_id = patient.id
                 identity.verified_at = utcnow()
-                identity.verification_method = "phone_on_file"
+                identity.verification_method = PHONE_ON_FILE
         try:
             with session.begin_nested():
                 session.add(identity)
@@ -73,3 +79,45 @@ def get_or_create_identity(*, session: Session, channel: str, address: str) -> C
             identity = get_identity(session=session, channel=channel, address=address)
             assert identity is not None
     return identity
+
+
+def verified_patient(*, session: Session, identity: ChannelIdentity) -> Patient | None:
+    """Return the patient whose personal information may be shared over an identity, or None.
+
+    A phone-on-file link is checked again each time, in the one indexed query that also loads the
+    patient: lab intake may since have filed the number for a second patient (a family line), and then
+    neither may read the other's records. A link that no longer holds is withdrawn.
+    """
+    if not identity.is_verified:
+        return None
+    if identity.verification_method != PHONE_ON_FILE:
+        return session.get(Patient, identity.patient_id)
+    # No flush: the engine routes a batch of messages and writes their changes in one flush after.
+    with session.no_autoflush:
+        on_file = session.scalars(select(Patient).where(Patient.phone == identity.address).limit(2)).all()
+    if [patient.id for patient in on_file] == [identity.patient_id]:
+        return on_file[0]
+    do_withdraw_phone_link(session=session, identity=identity, patients_on_file=len(on_file))
+    return None
+
+
+def do_withdraw_phone_link(*, session: Session, identity: ChannelIdentity, patients_on_file: int) -> bool:
+    """Stop trusting a phone no longer on file for exactly its patient (audited); return whether it was."""
+    if identity.verified_at is None:
+        return False
+    identity.verified_at = None
+    # Keep patient_id, as an ended web chat verification does: whose number it was stays on record.
+    audit.record(
+        session=session,
+        actor_kind="system",
+        action="identity.link_withdrawn",
+        subject_type="channel_identity",
+        subject_id=identity.id,
+        details={
+            "patient_id": identity.patient_id,
+            "method": PHONE_ON_FILE,
+            "reason": "phone_shared" if patients_on_file > 1 else "phone_not_on_file",
+        },
+    )
+    log.info("identity %s: phone link to patient %s withdrawn", identity.id, identity.patient_id)
+    return True

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Integer,
     Row,
     Select,
+    String,
     and_,
     any_,
     bindparam,
@@ -51,6 +52,7 @@ class IdentityRow:
     verified_at: datetime | None
     opted_out_at: datetime | None
     last_seen_at: datetime | None
+    verification_method: str | None
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,10 @@ def _postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _among(session: Session, column: Any, ids: Sequence[int]) -> Any:
+def _among(session: Session, column: Any, ids: Sequence[Any], *, element: Any = Integer) -> Any:
     """Return `column IN ids`; on PostgreSQL as `= ANY(array)`, one parameter instead of thousands."""
     if _postgres(session):
-        return column == any_(bindparam(None, list(ids), type_=ARRAY(Integer)))
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(element)))
     return column.in_(ids)
 
 
@@ -198,6 +200,7 @@ _IDENTITY_COLUMNS = (
     ChannelIdentity.verified_at,
     ChannelIdentity.opted_out_at,
     ChannelIdentity.last_seen_at,
+    ChannelIdentity.verification_method,
 )
 
 
@@ -233,6 +236,22 @@ def identities_to_change(*, session: Session, ids: Iterable[int]) -> list[Channe
     if not wanted:
         return []
     return list(session.scalars(select(ChannelIdentity).where(_among(session, ChannelIdentity.id, wanted))))
+
+
+def patients_on_phones(*, session: Session, phones: Iterable[str]) -> dict[str, list[int]]:
+    """Return, by number, the ids of the patients it is on file for (a number nobody has is left out)."""
+    wanted = sorted(set(phones))
+    on_file: dict[str, list[int]] = {}
+    if not wanted:
+        return on_file
+    rows = session.execute(
+        select(Patient.phone, Patient.id)
+        .where(_among(session, Patient.phone, wanted, element=String))
+        .order_by(Patient.id)
+    )
+    for phone, patient_id in rows.tuples():
+        on_file.setdefault(phone, []).append(patient_id)
+    return on_file
 
 
 def conversation_languages(*, session: Session, ids: Iterable[int]) -> dict[int, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from bot.conversations.domain import Domain
 from bot.conversations.rendering import clinic_values
 from bot.db import session_scope
 from bot.patients.models import Channel, verification_holds
+from bot.patients.service import PHONE_ON_FILE, do_withdraw_phone_link
 from bot.promises import service
 from bot.promises.models import UpdateKind
 from bot.promises.service import IdentityRow, PatientRow
@@ -111,7 +112,8 @@ def choose_identity(
             verified, key=lambda i: (i.last_seen_at is not None, i.last_seen_at or i.verified_at, i.id)
         )
     # Not even anonymously to an identity that no longer vouches for its patient: a lapsed web chat is a
-    # session its browser has replaced (nobody would read it, or the next person at a shared computer would).
+    # session its browser has replaced (nobody would read it, or the next person at a shared computer would),
+    # and a withdrawn phone link is a number now on file for someone else too.
     if promise_identity is None or promise_identity.opted_out_at is not None or lapsed(promise_identity, now):
         return None
     return promise_identity
@@ -286,6 +288,7 @@ class _Reach:
             languages=service.conversation_languages(session=session, ids=conversation_ids),
         )
         reach.end_lapsed_verifications(session)
+        reach.withdraw_phone_links(session)
         return reach
 
     def identities(self) -> list[IdentityRow]:
@@ -305,6 +308,32 @@ class _Reach:
         ]  # fmt: skip
         for identity in service.identities_to_change(session=session, ids=stale):
             expire_stale_verification(session=session, identity=identity, now=self.now)
+
+    def withdraw_phone_links(self, session: Session) -> None:
+        """Withdraw the phone-on-file links whose number is no longer on file for exactly their patient.
+
+        Lab intake may file a patient's number for a second patient (a family line) after the first one's
+        phone was linked; from then on neither may get the other's texts. One query for the whole batch.
+        """
+        linked = [
+            i
+            for i in self.identities()
+            if i.verification_method == PHONE_ON_FILE and i.verified_at is not None
+        ]
+        on_file = service.patients_on_phones(session=session, phones=[i.address for i in linked])
+        broken = {i.id for i in linked if on_file.get(i.address, []) != [i.patient_id]}
+        if not broken:
+            return
+        for identity in service.identities_to_change(session=session, ids=broken):
+            do_withdraw_phone_link(
+                session=session, identity=identity, patients_on_file=len(on_file.get(identity.address, []))
+            )
+
+        def withdrawn(row: IdentityRow) -> IdentityRow:
+            return replace(row, verified_at=None) if row.id in broken else row
+
+        self.by_patient = {key: [withdrawn(row) for row in rows] for key, rows in self.by_patient.items()}
+        self.by_id = {key: withdrawn(row) for key, row in self.by_id.items()}
 
     def target(
         self, *, patient_id: int | None, identity_id: int | None, conversation_id: int | None

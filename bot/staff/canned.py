@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from bot.clinic_settings import load_clinic
 from bot.conversations.models import Conversation
-from bot.patients.models import ChannelIdentity, Patient
+from bot.patients.models import ChannelIdentity
+from bot.patients.service import verified_patient
 from bot.staff import audit
 from bot.staff.models import CannedReply
 
@@ -129,9 +130,7 @@ def render_canned(*, session: Session, canned_id: int, conversation: Conversatio
     if not reply.active:
         raise LookupError(f"Canned reply {canned_id} is no longer in use.")
     identity = session.get(ChannelIdentity, conversation.identity_id)
-    patient = (
-        session.get(Patient, identity.patient_id) if identity is not None and identity.is_verified else None
-    )
+    patient = verified_patient(session=session, identity=identity) if identity is not None else None
     clinic = load_clinic(session=session)
     values = {
         # Only a verified patient's name: an unverified sender may not be who the record says.

@@ -30,6 +30,7 @@ from bot.conversations.models import (
 from bot.db import utcnow
 from bot.labs.models import OPEN_LAB_STATUSES, LabOrder
 from bot.patients.models import Channel, ChannelIdentity, Patient
+from bot.patients.service import verified_patient
 from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 from bot.staff.auth import Principal
@@ -538,8 +539,7 @@ def _identity_and_patient(
 ) -> tuple[ChannelIdentity, Patient | None]:
     identity = session.get(ChannelIdentity, conversation.identity_id)
     assert identity is not None
-    patient = session.get(Patient, identity.patient_id) if identity.is_verified else None
-    return identity, patient
+    return identity, verified_patient(session=session, identity=identity)
 
 
 def colleagues_for(*, session: Session, conversation: Conversation, staff: Principal) -> list[StaffUser]:

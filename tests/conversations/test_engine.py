@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
 from sqlalchemy import func, select
 
+from bot.conversations.flows import lab_status
 from bot.conversations.models import (
     Conversation,
     ConversationState,
@@ -19,7 +20,9 @@ from bot.conversations.models import (
     Route,
 )
 from bot.db import session_scope
-from bot.patients.models import ChannelIdentity
+from bot.labs.flows import PatientIn, do_upsert_order
+from bot.patients.models import ChannelIdentity, Patient
+from bot.patients.service import get_identity
 from bot.promises.models import Promise
 from bot.staff.models import AuditEvent
 
@@ -231,6 +234,49 @@ def test_lab_status_for_known_patient_names_no_test(runtime) -> None:
     body = texts(outcome).lower()
     for secret in ("lipid", "panel", "metabolic", "hemoglobin", "blood count"):
         assert secret not in body
+
+
+def file_ann_under_jims_number() -> None:
+    """Run lab intake for Ann Wilson, another record, filed under Jim's number: a family line from now on."""
+    ann = PatientIn(name="Ann Wilson", phone=JIM, external_id="RFC-9001")
+    with session_scope() as session:
+        do_upsert_order(session=session, order_id="ORD-ANN", patient=ann, test_name="Thyroid panel",
+                                  ordered_at=OPEN_HOURS - timedelta(days=1),
+                                  expected_by=OPEN_HOURS + timedelta(days=2), source="rest")  # fmt: skip
+        assert session.scalars(select(func.count()).where(Patient.phone == JIM)).one() == 2
+
+
+def jims_phone() -> tuple[ChannelIdentity, list[dict[str, object]]]:
+    """Return Jim's SMS identity and the audit trail's withdrawn links."""
+    with session_scope() as session:
+        identity = get_identity(session=session, channel="sms", address=JIM)
+        withdrawn = select(AuditEvent.details).where(AuditEvent.action == "identity.link_withdrawn")
+        return identity, list(session.scalars(withdrawn))
+
+
+def test_a_number_later_filed_for_a_second_patient_no_longer_gets_the_first_ones_lab_statuses(
+    runtime,
+) -> None:
+    assert "Jim" in texts(send(runtime, "hello there", address=JIM))  # his number, on file for him alone
+    file_ann_under_jims_number()
+    outcome = send(runtime, "are my lab results back yet", address=JIM)
+    assert [r.response_key for r in outcome.replies] == ["utter_lab_results_unverified"]
+    identity, withdrawn = jims_phone()
+    assert not identity.is_verified and identity.verified_at is None
+    assert withdrawn == [
+        {"patient_id": identity.patient_id, "method": "phone_on_file", "reason": "phone_shared"}
+    ]
+    assert "Jim" not in texts(send(runtime, "hello there", address=JIM))
+
+
+def test_the_lab_status_disclosure_checks_the_number_itself(runtime) -> None:
+    # Routed before Ann was filed (or by another process): the disclosure must not trust the earlier check.
+    outcome = send(runtime, "hello there", address=JIM)
+    file_ann_under_jims_number()
+    with session_scope() as session:
+        assert lab_status(session=session, conversation_id=outcome.conversation_id) is None
+    identity, withdrawn = jims_phone()
+    assert identity.verified_at is None and [d["reason"] for d in withdrawn] == ["phone_shared"]
 
 
 def test_lab_status_for_unknown_sender_is_general(runtime) -> None:

@@ -17,7 +17,7 @@ from bot.conversations.service import open_conversation
 from bot.db import session_scope
 from bot.labs.flows import PatientIn, do_update_order, do_upsert_order
 from bot.labs.models import LabOrder, LabStatus
-from bot.patients.models import Channel, ChannelIdentity
+from bot.patients.models import Channel, ChannelIdentity, Patient
 from bot.patients.service import get_by_phone, get_identity
 from bot.promises.models import Promise, PromiseKind, PromiseStatus, PromiseUpdate
 from bot.promises.sweeps import SweepCounts, do_run_sweeps
@@ -303,6 +303,46 @@ def test_a_lapsed_web_chat_and_no_other_channel_puts_the_update_on_the_call_list
     assert sweep(local(TUE, 16, 30)) == SweepCounts(call_list=1)
     assert texts() == []
     assert updates() == [(promise_id, TUE, "call_list")]
+
+
+def file_ann_under_jims_number(at: datetime) -> None:
+    """Run lab intake for Ann Wilson, another record, filed under Jim's number: a family line from now on."""
+    ann = PatientIn(name="Ann Wilson", phone=JIM, external_id="RFC-9001")
+    with time_machine.travel(at, tick=False), session_scope() as session:
+        do_upsert_order(session=session, order_id="ORD-ANN", patient=ann, test_name="Thyroid panel",
+                        ordered_at=at, expected_by=at + timedelta(days=3), source="rest")  # fmt: skip
+
+
+def withdrawn_links() -> list[dict[str, object]]:
+    with session_scope() as session:
+        return list(
+            session.scalars(select(AuditEvent.details).where(AuditEvent.action == "identity.link_withdrawn"))
+        )
+
+
+def test_results_for_a_number_now_on_file_for_two_patients_go_on_the_call_list(clinic_db, sweep) -> None:
+    jim_id, sms_id = jims_results_in(local(TUE, 9))
+    file_ann_under_jims_number(local(TUE, 10))
+    assert sweep(local(TUE, 12)) == SweepCounts(call_list=1)
+    assert texts() == []
+    assert withdrawn_links() == [{"patient_id": jim_id, "method": "phone_on_file", "reason": "phone_shared"}]
+    with session_scope() as session:
+        phone = session.get(ChannelIdentity, sms_id)
+        assert (phone.verified_at, phone.patient_id) == (None, jim_id)
+
+
+def test_results_for_a_number_now_shared_go_to_the_patients_telegram_instead(clinic_db, sweep) -> None:
+    jim_id, sms_id = jims_results_in(local(TUE, 9))
+    with session_scope() as session:
+        jim = session.get(Patient, jim_id)
+        telegram = make_identity(session, jim, channel=Channel.TELEGRAM, last_seen_at=local(TUE, 8)).id
+        # He texted from the phone more recently than from Telegram.
+        session.get(ChannelIdentity, sms_id).last_seen_at = local(TUE, 9, 30)
+    file_ann_under_jims_number(local(TUE, 10))
+    assert sweep(local(TUE, 12)) == SweepCounts(results_ready=1)
+    [(_, body, identity_id)] = texts()
+    assert identity_id == telegram
+    assert body.startswith("Hi Jim, this is Riverside Family Clinic. Your lab results are in.")
 
 
 def test_a_crash_mid_sweep_then_a_restart_handles_each_promise_exactly_once(
