@@ -248,7 +248,8 @@ class VerifyCodeIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    code: Annotated[str, StringConstraints(pattern=r"^\d{6}$")]
+    # [0-9], not \d: \d also matches other scripts' digits ("١٢٣٤٥٦"), which no code we send contains.
+    code: Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]
     lang: Literal["en", "es"] = "en"
 
     @field_validator("code", mode="before")
@@ -268,7 +269,7 @@ def _describe(error: dict[str, Any]) -> tuple[str, str]:
     elif kind == "string_too_short":
         what = "must not be empty"
     elif kind == "string_pattern_mismatch":
-        what = "must be 6 digits" if name == "code" else "may contain only letters, digits, '-' and '_'"
+        what = "must be 6 digits (0-9)" if name == "code" else "may contain only letters, digits, '-' and '_'"
     elif kind == "string_type":
         what = "must be a string"
     elif kind == "value_error":

@@ -156,6 +156,23 @@ def test_a_lapsed_verification_never_shows_its_history_again(visitor: Visitor) -
         assert ended.details["reason"] == "expired"
 
 
+def test_a_code_in_digits_other_than_0_to_9_is_refused_naming_the_field_and_costs_no_attempt(
+    visitor: Visitor,
+) -> None:
+    visitor.start_verification(JIM, JIM_DOB)
+    [(_, _, code)] = sent_codes()
+    # The same code in Arabic-Indic, Devanagari and fullwidth digits: each is a digit to \\d, none to ASCII.
+    lookalikes = ["".join(chr(zero + int(d)) for d in code) for zero in (0x0660, 0x0966, 0xFF10)]
+    answers = [visitor.enter_code(lookalike) for lookalike in lookalikes]
+
+    assert [(a.status_code, a.json()["field"], a.json()["detail"]) for a in answers] == [
+        (422, "code", "code: must be 6 digits (0-9)")
+    ] * 3
+    with session_scope() as session:
+        assert session.scalars(select(VerificationCode.attempts)).one() == 0
+    assert visitor.enter_code(f"{code[:3]} {code[3:]}").json()["status"] == "verified"
+
+
 def test_five_wrong_codes_kill_the_code(visitor: Visitor) -> None:
     visitor.start_verification(JIM, JIM_DOB)
     [(key, _, code)] = sent_codes()
