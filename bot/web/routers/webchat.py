@@ -291,6 +291,9 @@ async def _parse(request: Request, model: type[Model]) -> Model:
         data = json.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError):
         raise Refused(422, "body: must be a JSON object", field="body") from None
+    except RecursionError:
+        # json gives up on arrays or objects nested about a thousand deep; no chat message looks like that.
+        raise Refused(422, "body: must be a JSON object, not nested this deep", field="body") from None
     if not isinstance(data, dict):
         raise Refused(422, "body: must be a JSON object", field="body")
     try:

@@ -177,6 +177,19 @@ def test_body_that_is_not_json_is_refused(visitor: Visitor) -> None:
     assert (response.status_code, response.json()["field"]) == (422, "body")
 
 
+def test_a_body_nested_too_deep_to_parse_is_refused_not_a_server_error(visitor: Visitor) -> None:
+    bodies = [b"[" * 16_000, b'{"text": "hi", "client_message_id": "a", "x": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"]
+    answers = [visitor.client.post("/chat/api/messages", content=body, headers={**ORIGIN, "Content-Type": "application/json"})
+               for body in bodies]  # fmt: skip
+    coded = visitor.client.post("/chat/api/verify/code", content=b"{" + b'"a":{' * 3_000, headers=ORIGIN)
+
+    assert [(a.status_code, a.json()) for a in (*answers, coded)] == [
+        (422, {"detail": "body: must be a JSON object, not nested this deep", "field": "body"})
+    ] * 3
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Message)) == 0
+
+
 FOREIGN_ORIGINS = [{}, {"Origin": "https://evil.example"}, {"Origin": "null"},
                    {"Referer": "https://evil.example/chat"}, {"Origin": "http://testserver.evil.example"},
                    {"Origin": "http://testserver:8080"}, {"Origin": "file://testserver"}]  # fmt: skip
