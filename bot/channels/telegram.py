@@ -425,6 +425,9 @@ def parse_update(body: bytes) -> Update:
         raise InvalidUpdate("the body is not UTF-8 text") from None
     except json.JSONDecodeError as error:
         raise InvalidUpdate(f"the body is not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    except RecursionError:
+        # json gives up on arrays or objects nested about a thousand deep; no update is.
+        raise InvalidUpdate("the body is not JSON we can read (nested too deep)") from None
     if not isinstance(data, dict):
         raise InvalidUpdate("the body is not a JSON object")
     update_id = data.get("update_id")

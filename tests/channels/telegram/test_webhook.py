@@ -78,6 +78,9 @@ def test_a_malformed_update_is_a_clear_400(telegram_app: TelegramApp) -> None:
         (b'{"update_id": "7"}', "update_id must be a non-negative integer"),
         (b'{"update_id": 7, "message": {"message_id": 1, "chat": {"id": 1, "type": "private"}}}',
          "not a Telegram update: KeyError 'date'"),
+        (b'{"update_id": 1, "x": ' + b"[" * 16_000, "the body is not JSON we can read (nested too deep)"),
+        (b'{"update_id": 1, "x": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+         "the body is not JSON we can read (nested too deep)"),
     ]  # fmt: skip
     answers = [telegram_app.post(body) for body, _ in cases]
 
