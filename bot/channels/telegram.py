@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -415,6 +415,109 @@ class Handled:
     duplicate: bool = False
 
 
+# -- the fields we read, checked ---------------------------------------------------------------
+# python-telegram-bot builds objects from whatever JSON it is given, unchecked: a number where text
+# belongs, or a message without its chat, would only fail later (a 500) or be stored as it came (a
+# chat id {"x": 1} became the address "{'x': 1}"). So every field `read_update` reads from the kinds
+# it handles is checked here first, and a wrong one is a 400 naming it. Telegram always sends these
+# fields with these types: a body without them is not an update we can act on, and answering 400
+# (which Telegram retries, and shows in getWebhookInfo's last_error_message) is never a silent drop.
+# The kinds we do not handle (edited_message, channel_post ...) are not read, so not checked: they
+# are acknowledged and ignored by update id (see `read_update`).
+
+# Telegram's ids fit in a signed 64-bit integer; a longer number is not an id and overflows columns.
+_MAX_ID = 2**63 - 1
+_JSON_TYPE = {str: "a string", int: "an integer", dict: "an object", list: "an array"}
+
+
+def _field(parent: dict[str, Any], name: str, kind: type, where: str, *, required: bool = False) -> Any:
+    """Return parent[name] if it has the JSON type kind (None when absent); raise InvalidUpdate naming it."""
+    value = parent.get(name)
+    path = f"{where}.{name}" if where else name
+    if value is None:
+        if required:
+            raise InvalidUpdate(f"{path} is required")
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidUpdate(f"{path} must be {_JSON_TYPE[kind]}")
+    if kind is int and not -_MAX_ID - 1 <= value <= _MAX_ID:
+        raise InvalidUpdate(f"{path} must be a 64-bit integer")
+    return value
+
+
+def _objects(values: list[Any], where: str) -> list[dict[str, Any]]:
+    for index, value in enumerate(values):
+        if not isinstance(value, dict):
+            raise InvalidUpdate(f"{where}[{index}] must be an object")
+    return values
+
+
+def _check_chat(parent: dict[str, Any], where: str) -> None:
+    chat = _field(parent, "chat", dict, where, required=True)
+    _field(chat, "id", int, f"{where}.chat", required=True)
+    _field(chat, "type", str, f"{where}.chat", required=True)
+
+
+def _check_user(parent: dict[str, Any], where: str, *, required: bool) -> None:
+    user = _field(parent, "from", dict, where, required=required)
+    if user is not None:
+        _field(user, "id", int, f"{where}.from", required=True)
+        _field(user, "language_code", str, f"{where}.from")
+
+
+def _check_message(message: dict[str, Any], where: str) -> None:
+    """Check what `_read_message` and `_button_title` read from a message."""
+    _check_chat(message, where)
+    _check_user(message, where, required=False)
+    _field(message, "text", str, where)
+    _field(message, "caption", str, where)
+    contact = _field(message, "contact", dict, where)
+    if contact is not None:
+        _field(contact, "phone_number", str, f"{where}.contact", required=True)
+        _field(contact, "user_id", int, f"{where}.contact")
+    sticker = _field(message, "sticker", dict, where)
+    if sticker is not None:
+        _field(sticker, "emoji", str, f"{where}.sticker")
+    for kind in _FILE_KINDS:
+        # A photo comes in several sizes (an array); every other kind is one object.
+        attachment = _field(message, kind, list if kind == "photo" else dict, where)
+        items = _objects(attachment, f"{where}.{kind}") if isinstance(attachment, list) else [attachment]
+        for index, item in enumerate(items):
+            if item is not None:
+                at = f"{where}.{kind}" + (f"[{index}]" if kind == "photo" else "")
+                _field(item, "file_id", str, at, required=True)
+    markup = _field(message, "reply_markup", dict, where)
+    rows = _field(markup, "inline_keyboard", list, f"{where}.reply_markup") if markup is not None else None
+    for row_index, row in enumerate(rows or ()):
+        at = f"{where}.reply_markup.inline_keyboard[{row_index}]"
+        if not isinstance(row, list):
+            raise InvalidUpdate(f"{at} must be an array")
+        for index, button in enumerate(_objects(row, at)):
+            _field(button, "text", str, f"{at}[{index}]", required=True)
+            _field(button, "callback_data", str, f"{at}[{index}]")
+
+
+def _check_fields(data: dict[str, Any]) -> None:
+    """Check the fields `read_update` reads; raise InvalidUpdate naming the first one wrong."""
+    message = _field(data, "message", dict, "")
+    if message is not None:
+        _check_message(message, "message")
+    query = _field(data, "callback_query", dict, "")
+    if query is not None:
+        _field(query, "id", str, "callback_query", required=True)
+        # Always sent: the language comes from it, and the chat too when the update carries no message.
+        _check_user(query, "callback_query", required=True)
+        _field(query, "data", str, "callback_query")
+        tapped_on = _field(query, "message", dict, "callback_query")
+        if tapped_on is not None:
+            _check_message(tapped_on, "callback_query.message")
+    member = _field(data, "my_chat_member", dict, "")
+    if member is not None:
+        _check_chat(member, "my_chat_member")
+        new = _field(member, "new_chat_member", dict, "my_chat_member", required=True)
+        _field(new, "status", str, "my_chat_member.new_chat_member", required=True)
+
+
 def parse_update(body: bytes) -> Update:
     """Parse a webhook body into an Update, or raise InvalidUpdate saying what is wrong."""
     if len(body) > MAX_UPDATE_BYTES:
@@ -433,8 +536,13 @@ def parse_update(body: bytes) -> Update:
     update_id = data.get("update_id")
     if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
         raise InvalidUpdate("update_id must be a non-negative integer")
+    if update_id > _MAX_ID:
+        raise InvalidUpdate("update_id must be a 64-bit integer")
+    _check_fields(data)
+    # Only the kinds we act on are parsed: any other kind is acknowledged and ignored whatever it holds.
+    handled = {name: data[name] for name in ALLOWED_UPDATES if name in data}
     try:
-        return Update.de_json(data, None)
+        return Update.de_json({"update_id": update_id, **handled}, None)
     except Exception as error:
         # PTB raises whatever a malformed field provokes (KeyError, TypeError, ValueError ...).
         raise InvalidUpdate(f"not a Telegram update: {error.__class__.__name__} {error}") from None
@@ -503,6 +611,8 @@ def read_update(update: Update) -> TelegramEvent:
     if update.callback_query is not None:
         return _read_callback(update_id, update.callback_query)
     member = update.my_chat_member
+    # Anything else (another kind of update, a group's member change, a kind of status we do not act on)
+    # is acknowledged and ignored, logged by update id: Telegram would resend it on any other answer.
     if member is not None and member.chat.type == ChatType.PRIVATE:
         status = member.new_chat_member.status
         if status == ChatMember.BANNED:

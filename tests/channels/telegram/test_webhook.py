@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+import pytest
 from sqlalchemy import select
 
 from bot.channels.models import OutboxMessage
@@ -86,6 +90,76 @@ def test_a_malformed_update_is_a_clear_400(telegram_app: TelegramApp) -> None:
 
     assert [(a.status_code, a.json()) for a in answers] == [(400, {"detail": detail}) for _, detail in cases]
     assert count(Message) == 0
+
+
+def with_message(update: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """Return a text update whose message has these fields replaced (None: removed)."""
+    message = {**update["message"], **fields}
+    return {**update, "message": {k: v for k, v in message.items() if v is not None}}
+
+
+def test_a_field_we_read_that_is_missing_or_of_the_wrong_type_is_a_400_naming_it(telegram_app: TelegramApp) -> None:
+    text = text_update(20, CHAT, "hello")
+    tap = callback_update(21, CHAT, "/hours", buttons=[("opening hours", "/hours")])
+    query = tap["callback_query"]
+    chat = text["message"]["chat"]
+    photo = with_message(text, text=None, caption="rash", photo=[{"file_id": 5, "file_unique_id": "u", "width": 1, "height": 1}])
+    cases = [
+        (with_message(text, text=12345), "message.text must be a string"),
+        (with_message(text, text=None, caption=5), "message.caption must be a string"),
+        (with_message(text, chat=None), "message.chat is required"),
+        (with_message(text, chat={**chat, "id": {"x": 1}}), "message.chat.id must be an integer"),
+        (with_message(text, chat={**chat, "id": "5001"}), "message.chat.id must be an integer"),
+        (with_message(text, chat={**chat, "id": True}), "message.chat.id must be an integer"),
+        (with_message(text, chat={**chat, "id": 2**64}), "message.chat.id must be a 64-bit integer"),
+        (with_message(text, chat={"id": CHAT}), "message.chat.type is required"),
+        (with_message(text, **{"from": {"id": CHAT, "language_code": 5}}), "message.from.language_code must be a string"),
+        (with_message(text, text=None, contact={"phone_number": 16175550142}), "message.contact.phone_number must be a string"),
+        (with_message(text, text=None, sticker={"emoji": ["x"]}), "message.sticker.emoji must be a string"),
+        (photo, "message.photo[0].file_id must be a string"),
+        (with_message(text, text=None, document="a.pdf"), "message.document must be an object"),
+        ({"update_id": 20, "message": "hello"}, "message must be an object"),
+        ({"update_id": 2**64, "message": text["message"]}, "update_id must be a 64-bit integer"),
+        ({"update_id": 21, "callback_query": {"id": "cb-1", "chat_instance": "ci", "data": "/hours"}},
+         "callback_query.from is required"),
+        ({**tap, "callback_query": {**query, "data": 5}}, "callback_query.data must be a string"),
+        ({**tap, "callback_query": {**query, "id": 5}}, "callback_query.id must be a string"),
+        ({**tap, "callback_query": {**query, "message": {**query["message"], "reply_markup": {"inline_keyboard": [
+            [{"text": 7, "callback_data": "/hours"}]]}}}},
+         "callback_query.message.reply_markup.inline_keyboard[0][0].text must be a string"),
+        ({"update_id": 22, "my_chat_member": {"chat": {"id": 1, "type": "private"}}},
+         "my_chat_member.new_chat_member is required"),
+        ({"update_id": 22, "my_chat_member": {"chat": {"id": 1, "type": "private"}, "new_chat_member": {"status": 1}}},
+         "my_chat_member.new_chat_member.status must be a string"),
+    ]  # fmt: skip
+    answers = [telegram_app.post(update) for update, _ in cases]
+    telegram_app.settle()
+
+    assert [(a.status_code, a.json()) for a in answers] == [(400, {"detail": detail}) for _, detail in cases]
+    assert (count(Message), count(ChannelIdentity), telegram_app.fake.sent) == (0, 0, [])
+    assert telegram_app.post(text).status_code == 200 and telegram_app.post(tap).status_code == 200
+    assert count(Message) == 2
+
+
+def test_update_kinds_we_do_not_act_on_are_acknowledged_and_logged_by_update_id(
+    telegram_app: TelegramApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Telegram resends an update until it gets a 2xx; these are deliberately taken and dropped.
+    updates = [
+        {"update_id": 30, "edited_message": {"text": 5, "chat": "not read"}},
+        {"update_id": 31, "channel_post": {"message_id": 1, "date": 0, "chat": {"id": -1001, "type": "channel"}}},
+        with_message(text_update(32, CHAT, ""), text=None, location={"latitude": 42.36, "longitude": -71.06}),
+        member_update(33, CHAT, status="left"),
+    ]
+    with caplog.at_level(logging.INFO, logger="bot.channels.telegram"):
+        answers = [telegram_app.post(update) for update in updates]
+    telegram_app.settle()
+
+    assert [(a.status_code, a.json()) for a in answers] == [(200, {"ok": True})] * 4
+    assert [r.getMessage() for r in caplog.records if r.name == "bot.channels.telegram"] == [
+        f"telegram update {n} ignored" for n in (30, 31, 32, 33)
+    ]
+    assert (count(Message), telegram_app.fake.sent) == (0, [])
 
 
 def test_a_redelivered_update_is_stored_and_answered_once(telegram_app: TelegramApp) -> None:
