@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from functools import lru_cache
 from urllib.parse import parse_qsl
 
@@ -17,6 +18,7 @@ from bot.channels.outbox import record_status
 from bot.channels.twilio_sms import INBOUND_PATH, STATUS_CALLBACK_PATH
 from bot.channels.workers import Workers
 from bot.config import get_settings
+from bot.conversations.service import MAX_BODY_CHARS
 from bot.db import session_scope
 from bot.patients.models import Channel
 from bot.patients.service import InvalidPhoneError, normalize_phone
@@ -29,6 +31,11 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 FORM_TYPE = "application/x-www-form-urlencoded"
 # Twilio attaches at most ten media files to one message.
 MAX_MEDIA = 10
+# Twilio takes at most 1,600 characters in a message; with every field Twilio sends, percent-encoded
+# (an emoji is 12 bytes), its webhook is a few kilobytes. The cap leaves room and stops a flood early.
+MAX_FORM_BYTES = 64 * 1024
+# A Twilio SID ("SM" and 32 hex digits), leniently: printable ASCII that fits the provider id columns.
+_SID = re.compile(r"[!-~]{1,128}")
 
 
 class FormParams(dict[str, list[str]]):
@@ -38,17 +45,43 @@ class FormParams(dict[str, list[str]]):
         """Return every value sent for a field."""
         return self[name]
 
-    def first(self, name: str) -> str | None:
-        """Return a field's first value, or None when it was not sent."""
+    def one(self, name: str) -> str | None:
+        """Return a field's value, or None when it was not sent; answer 400 when it was sent twice."""
         values = self.get(name)
-        return values[0] if values else None
+        if not values:
+            return None
+        if len(values) > 1:
+            # Which value was meant would be a guess (the signature covers all of them: they were sent).
+            raise HTTPException(status_code=400, detail=f"form field {name}: sent {len(values)} times")
+        return values[0]
 
     def required(self, name: str) -> str:
-        """Return a field's value, or answer 400 naming the missing field."""
-        value = self.first(name)
+        """Return a field's value, or answer 400 naming the missing (or repeated) field."""
+        value = self.one(name)
         if value is None:
             raise HTTPException(status_code=400, detail=f"missing form field {name}")
         return value
+
+    def sid(self, name: str) -> str:
+        """Return a required field that holds a Twilio SID, or answer 400 naming it."""
+        value = self.required(name)
+        if not _SID.fullmatch(value):
+            detail = f"form field {name}: must be 1 to 128 printable ASCII characters"
+            raise HTTPException(status_code=400, detail=detail)
+        return value
+
+
+async def _read_form(request: Request) -> bytes:
+    """Return the body, or answer 413 as soon as it is longer than any Twilio webhook."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            detail = f"a Twilio webhook is at most {MAX_FORM_BYTES:,} bytes"
+            raise HTTPException(status_code=413, detail=detail)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _signed_form(request: Request) -> FormParams:
@@ -62,7 +95,7 @@ async def _signed_form(request: Request) -> FormParams:
     # third of the cost of Starlette's streaming form parser, which also takes uploads Twilio never sends.
     if request.headers.get("content-type", "").partition(";")[0].strip().lower() != FORM_TYPE:
         raise HTTPException(status_code=415, detail=f"a Twilio webhook is {FORM_TYPE}")
-    body = await request.body()
+    body = await _read_form(request)
     try:
         pairs = parse_qsl(body.decode(), keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
@@ -88,14 +121,17 @@ def _validator(token: str) -> RequestValidator:
 
 def _inbound_from(params: FormParams) -> InboundText:
     """Read an inbound text from Twilio's fields; answer 400 naming the field that is wrong."""
-    sid = params.required("MessageSid")
+    sid = params.sid("MessageSid")
     raw_from = params.required("From")
     body = params.required("Body")
+    if len(body) > MAX_BODY_CHARS:
+        # Twilio's own limit is 1,600 characters; a longer text would be stored cut short.
+        raise HTTPException(status_code=413, detail=f"form field Body: at most {MAX_BODY_CHARS:,} characters")
     try:
         address = normalize_phone(raw_from)
     except InvalidPhoneError as error:
         raise HTTPException(status_code=400, detail=f"form field From: {error}") from None
-    raw_count = params.first("NumMedia") or "0"
+    raw_count = params.one("NumMedia") or "0"
     try:
         count = int(raw_count)
     except ValueError:
@@ -143,11 +179,11 @@ def _apply_status(*, sid: str, status: str, error_code: str | None) -> tuple[boo
 async def twilio_status(request: Request) -> Response:
     """Apply a delivery status callback; a status only moves forward, error codes are kept."""
     params = await _signed_form(request)
-    sid = params.required("MessageSid")
-    status = params.first("MessageStatus") or params.first("SmsStatus")
+    sid = params.sid("MessageSid")
+    status = params.one("MessageStatus") or params.one("SmsStatus")
     if not status:
         raise HTTPException(status_code=400, detail="missing form field MessageStatus")
-    error_code = params.first("ErrorCode") or None
+    error_code = params.one("ErrorCode") or None
     known, applied = await run_in_threadpool(_apply_status, sid=sid, status=status, error_code=error_code)
     if not known:
         # Later parts of a split text, or texts sent by another system on this number.

@@ -121,6 +121,63 @@ def test_malformed_webhooks_answer_400_naming_the_field(sms_app: SmsApp) -> None
     assert inbound_count() == 0
 
 
+def test_a_message_sid_that_is_empty_or_could_not_be_stored_is_a_400_naming_it(sms_app: SmsApp) -> None:
+    sids = ["", " ", "SM\x00" + "ab" * 16, "SM" + "a" * 127, "SM 12", "SMé12"]
+    answers = [sms_app.text_in(f"message {i}", extra=(("MessageSid", sid),)) for i, sid in enumerate(sids)]
+    statuses = [sms_app.status(sid, "delivered") for sid in sids]
+    sms_app.settle()
+
+    detail = "form field MessageSid: must be 1 to 128 printable ASCII characters"
+    assert [(a.status_code, a.json()["detail"]) for a in (*answers, *statuses)] == [(400, detail)] * 12
+    assert (inbound_count(), sms_app.fake.messages) == (0, [])
+    longest = "SM" + "a" * 126
+    assert [sms_app.text_in("hello", extra=(("MessageSid", longest),)).status_code for _ in range(2)] == [200, 200]
+    assert inbound_count() == 1
+
+
+def test_a_field_we_read_sent_twice_is_a_400_naming_it_and_the_signature_still_covers_both(sms_app: SmsApp) -> None:
+    good = [("MessageSid", new_sid()), ("From", JIM), ("To", CLINIC_NUMBER), ("Body", "hello"), ("NumMedia", "0")]
+    repeats = {"MessageSid": new_sid(), "From": STRANGER, "Body": "goodbye", "NumMedia": "0"}
+    answers = {name: sms_app.post("/webhooks/twilio/sms", [*good, (name, value)]) for name, value in repeats.items()}
+    unsigned_repeat = sms_app.post("/webhooks/twilio/sms", [*good, ("Body", "goodbye")],
+                                   signature=sign(token=sms_app.fake.auth_token, url=PUBLIC_URL + "/webhooks/twilio/sms",
+                                                  pairs=good))  # fmt: skip
+    status = [("MessageSid", new_sid()), ("MessageStatus", "delivered"), ("MessageStatus", "failed")]
+    repeated_status = sms_app.post("/webhooks/twilio/status", status)
+
+    assert {name: (a.status_code, a.json()["detail"]) for name, a in answers.items()} == {
+        name: (400, f"form field {name}: sent 2 times") for name in repeats
+    }
+    assert (unsigned_repeat.status_code, repeated_status.json()["detail"]) == (403, "form field MessageStatus: sent 2 times")
+    assert inbound_count() == 0
+
+
+def test_a_webhook_larger_than_twilio_ever_sends_is_a_413_and_nothing_is_stored(sms_app: SmsApp) -> None:
+    huge = sms_app.text_in("x" * 5_000_000)
+    unsigned = sms_app.post("/webhooks/twilio/sms", [("Body", "x" * 70_000)], signature="")
+    # Under the form's cap but longer than a stored text: it would be kept cut short.
+    long_body = sms_app.text_in("y" * 20_001)
+    status = sms_app.post("/webhooks/twilio/status", [("MessageSid", new_sid()), ("MessageStatus", "sent"),
+                                                      ("Extra", "z" * 70_000)])  # fmt: skip
+    sms_app.settle()
+
+    assert [(r.status_code, r.json()["detail"]) for r in (huge, unsigned, long_body, status)] == [
+        (413, "a Twilio webhook is at most 65,536 bytes"),
+        (413, "a Twilio webhook is at most 65,536 bytes"),
+        (413, "form field Body: at most 20,000 characters"),
+        (413, "a Twilio webhook is at most 65,536 bytes"),
+    ]
+    assert (inbound_count(), sms_app.fake.messages) == (0, [])
+
+
+def test_the_longest_text_twilio_sends_is_stored_whole(sms_app: SmsApp) -> None:
+    # 1,600 characters, each four bytes of UTF-8 and twelve percent-encoded: about 19 KB of form.
+    text = "\U0001f637" * 1_600
+    assert sms_app.text_in(text).status_code == 200
+    with session_scope() as session:
+        assert session.scalars(select(Message.body).where(Message.direction == Direction.IN)).one() == text
+
+
 def test_a_webhook_that_is_not_a_url_encoded_form_gets_a_clear_4xx(sms_app: SmsApp) -> None:
     pairs = [("MessageSid", new_sid()), ("From", JIM), ("To", CLINIC_NUMBER), ("Body", "hello")]
     signature = sign(token=sms_app.fake.auth_token, url=PUBLIC_URL + "/webhooks/twilio/sms", pairs=pairs)
