@@ -36,6 +36,14 @@ MAX_MEDIA = 10
 MAX_FORM_BYTES = 64 * 1024
 # A Twilio SID ("SM" and 32 hex digits), leniently: printable ASCII that fits the provider id columns.
 _SID = re.compile(r"[!-~]{1,128}")
+# Every status Twilio documents for a message. `record_status` applies those that move a text on (sent,
+# delivered, failed ...); the rest (scheduled, receiving ...) are acknowledged and change nothing.
+TWILIO_STATUSES = frozenset({
+    "queued", "sending", "sent", "delivered", "undelivered", "failed", "read", "accepted", "scheduled",
+    "canceled", "receiving", "received", "partially_delivered",
+})  # fmt: skip
+# Twilio's error codes are numbers (30003); anything printable that fits the column is kept.
+_ERROR_CODE = re.compile(r"[!-~]{1,32}")
 
 
 class FormParams(dict[str, list[str]]):
@@ -183,7 +191,12 @@ async def twilio_status(request: Request) -> Response:
     status = params.one("MessageStatus") or params.one("SmsStatus")
     if not status:
         raise HTTPException(status_code=400, detail="missing form field MessageStatus")
+    if status not in TWILIO_STATUSES:
+        raise HTTPException(status_code=400, detail="form field MessageStatus: not a status Twilio documents")
     error_code = params.one("ErrorCode") or None
+    if error_code is not None and not _ERROR_CODE.fullmatch(error_code):
+        detail = "form field ErrorCode: must be 1 to 32 printable ASCII characters"
+        raise HTTPException(status_code=400, detail=detail)
     known, applied = await run_in_threadpool(_apply_status, sid=sid, status=status, error_code=error_code)
     if not known:
         # Later parts of a split text, or texts sent by another system on this number.

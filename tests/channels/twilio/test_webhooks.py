@@ -228,6 +228,32 @@ def test_status_callbacks_only_move_forward_and_keep_error_codes(sms_app: SmsApp
     assert rows == {first: (OutboxStatus.DELIVERED, None), second: (OutboxStatus.UNDELIVERED, "30003")}
 
 
+def test_a_status_twilio_does_not_document_is_a_400_naming_message_status(sms_app: SmsApp) -> None:
+    sms_app.text_in("what are your hours?")
+    sms_app.settle()
+    (sid,) = (m.sid for m in sms_app.fake.messages)
+    bogus = [sms_app.status(sid, status) for status in ("bogus", "Delivered", "cancelled", "pending", " sent")]
+    error_codes = [sms_app.status(sid, "undelivered", error_code=code) for code in ("3" * 33, "300\x0003")]
+
+    assert [(r.status_code, r.json()["detail"]) for r in (*bogus, *error_codes)] == [
+        *[(400, "form field MessageStatus: not a status Twilio documents")] * 5,
+        *[(400, "form field ErrorCode: must be 1 to 32 printable ASCII characters")] * 2,
+    ]
+    assert [(row.status, row.error_code) for row in outbox_rows()] == [(OutboxStatus.SENT, None)]
+
+
+def test_every_status_twilio_documents_is_acknowledged(sms_app: SmsApp) -> None:
+    sms_app.text_in("what are your hours?")
+    sms_app.settle()
+    (sid,) = (m.sid for m in sms_app.fake.messages)
+    statuses = ["queued", "sending", "sent", "delivered", "undelivered", "failed", "read", "accepted", "scheduled",
+                "canceled", "receiving", "received", "partially_delivered"]  # fmt: skip
+    answers = [sms_app.status(sid, status).status_code for status in statuses]
+
+    assert answers == [204] * len(statuses)
+    assert [row.status for row in outbox_rows()] == [OutboxStatus.READ]
+
+
 def test_a_picture_goes_to_staff_with_its_link(sms_app: SmsApp) -> None:
     url = f"https://api.twilio.com/2010-04-01/Accounts/{sms_app.fake.account_sid}/Messages/MM1/Media/ME1"
     sms_app.text_in("", extra=(("NumMedia", "1"), ("MediaUrl0", url), ("MediaContentType0", "image/jpeg")))
