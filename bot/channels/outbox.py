@@ -169,6 +169,10 @@ _RECORD_SENT = (
 
 def _report(outbox_id: int, status: str, channel: str, attempts: int, provider_id: str | None = None) -> None:
     """Log and count one recorded outcome (ids only: ours, and the provider's for support)."""
+    if provider_id and channel == "telegram":
+        # Telegram rows written before the message id stood alone hold "chat_id:message_id", and a chat id
+        # is the patient's address: only the message id is logged.
+        provider_id = provider_id.rpartition(":")[2]
     if provider_id:
         log.info("outbox %s %s via %s (attempt %s) as %s", outbox_id, status, channel, attempts, provider_id)
     else:

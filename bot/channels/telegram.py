@@ -303,7 +303,9 @@ class TelegramChannel:
                     # only the rest. A part whose outcome is unknown stays unknown (never resent blindly).
                     return replace(result, parts_sent=index, provider_message_id=first_id)
                 return result
-            first_id = first_id or f"{sent.chat_id}:{sent.message_id}"
+            # The message id alone (unique within its chat; the row's identity names the chat): the chat id
+            # is the patient's address, for neither the logs nor a column that erasure leaves alone.
+            first_id = first_id or str(sent.message_id)
         return SendResult(Delivery.SENT, provider_message_id=first_id)
 
     def reconcile(self, text: OutgoingText) -> SendResult | None:

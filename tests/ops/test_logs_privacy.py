@@ -13,12 +13,14 @@ from datetime import date
 import pytest
 from sqlalchemy import select
 
+from bot.channels import outbox
 from bot.channels.models import OutboxMessage
 from bot.cli import _configure_logging
 from bot.config import get_settings
 from bot.db import session_scope
 from bot.logging_setup import WITHHELD, JsonFormatter, PhoneNumberFilter, TextFormatter, configure_logging
 from bot.patients.models import Patient
+from bot.patients.service import get_or_create_identity
 from tests.channels.telegram.conftest import telegram_env
 from tests.channels.twilio.conftest import SmsApp, twilio_env
 from tests.channels.webchat.conftest import ORIGIN
@@ -28,7 +30,10 @@ NAME = "Zebediah Quartermaine"
 PHONE = "+16175550166"
 DOB = date(1971, 6, 5)
 SECRET_WORD = "hedgehog"
-NEEDLES = ["Zebediah", "Quartermaine", PHONE, "16175550166", "6175550166", "5550166", "555-0166", SECRET_WORD]
+# A Telegram chat id is the patient's address on Telegram, as a phone number is on SMS.
+TELEGRAM_CHAT = 918_273_645
+NEEDLES = ["Zebediah", "Quartermaine", PHONE, "16175550166", "6175550166", "5550166", "555-0166", SECRET_WORD,
+           str(TELEGRAM_CHAT)]  # fmt: skip
 
 
 class RawCapture(logging.Handler):
@@ -101,20 +106,43 @@ def test_real_traffic_on_every_channel_logs_no_name_phone_or_text(
     # Telegram: the patient shares their contact (their phone) and writes their name.
     secret = {"X-Telegram-Bot-Api-Secret-Token": telegram_env(fake_telegram)["TELEGRAM_WEBHOOK_SECRET"]}
     for update in (
-        contact_update(1, 7001, PHONE, contact_user_id=7001),
-        text_update(2, 7001, f"{NAME} {SECRET_WORD}"),
+        contact_update(1, TELEGRAM_CHAT, PHONE, contact_user_id=TELEGRAM_CHAT),
+        text_update(2, TELEGRAM_CHAT, f"{NAME} {SECRET_WORD}"),
     ):
         assert client.post("/webhooks/telegram", json=update, headers=secret).status_code == 200
     harness.settle()
     harness.workers.channels["telegram"].close()
 
     assert len(fake_twilio.messages) >= 3, "replies and the code went out over SMS"
+    assert len(fake_telegram.sent) >= 2, "replies went out over Telegram"
     assert len(raw.lines) > 20, "the traffic was logged"
     assert leaks(raw.lines) == []
     written = stream.getvalue().splitlines()
     assert len(written) == len(raw.lines) // 2
     assert leaks(written) == []
     assert all(set(json.loads(line)) >= {"ts", "level", "logger", "message"} for line in written)
+
+
+@pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
+def test_a_telegram_text_stored_with_its_chat_id_before_is_logged_by_message_id_only(
+    make_app, fake_telegram, captured: tuple[RawCapture, io.StringIO]
+) -> None:
+    raw, _ = captured
+    harness = make_app(**telegram_env(fake_telegram))
+    # Cut short after its first part by a version that stored "chat_id:message_id"; the rest meets a 429.
+    with session_scope() as session:
+        identity = get_or_create_identity(session=session, channel="telegram", address=str(TELEGRAM_CHAT))
+        outbox_id = outbox.enqueue(session=session, key="test:cut", identity=identity,
+                                   body="\n\n".join(["word " * 700] * 2))  # fmt: skip
+        row = session.get(OutboxMessage, outbox_id)
+        row.parts_sent, row.provider_message_id = 1, f"{TELEGRAM_CHAT}:77"
+    fake_telegram.rate_limit(retry_after=30)
+    harness.settle()
+    harness.workers.channels["telegram"].close()
+
+    reported = [line for line in raw.lines if line.startswith(f"outbox {outbox_id} ")]
+    assert reported == [f"outbox {outbox_id} pending via telegram (attempt 1) as 77"]
+    assert leaks(raw.lines) == []
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
