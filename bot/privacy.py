@@ -14,7 +14,7 @@ from bot.channels.verification import VerificationCode
 from bot.conversations.models import Conversation, Direction, Handoff, Message, PatientRequest
 from bot.db import Base, utcnow
 from bot.labs.models import LabOrder
-from bot.patients.models import ChannelIdentity, Patient
+from bot.patients.models import Channel, ChannelIdentity, Patient
 from bot.patients.service import InvalidPhoneError, normalize_phone
 from bot.promises.models import Promise, PromiseStatus, PromiseUpdate
 from bot.staff import audit
@@ -284,6 +284,13 @@ def do_erase_patient(
         .values(status=OutboxStatus.CANCELLED, error_code="erased", updated_at=now)
     )
     outbox = session.execute(update(OutboxMessage).where(outbox_scope).values(body=None, buttons=[])).rowcount
+    # Telegram texts sent before its provider id became the message id alone hold "chat_id:message_id":
+    # the chat id is the patient's address.
+    session.execute(
+        update(OutboxMessage)
+        .where(outbox_scope, OutboxMessage.channel == Channel.TELEGRAM, OutboxMessage.provider_message_id.contains(":"))
+        .values(provider_message_id=None)
+    )
     requests = session.execute(
         update(PatientRequest)
         .where(or_(PatientRequest.patient_id == patient_id, PatientRequest.conversation_id.in_(conv_ids)))

@@ -15,6 +15,7 @@ from bot.cli import main
 from bot.conversations.models import Conversation, Direction, Message
 from bot.db import get_engine, session_scope, utcnow
 from bot.patients.models import ChannelIdentity, Patient
+from bot.patients.service import get_or_create_identity
 from bot.privacy import TABLES
 from bot.staff.models import AuditEvent, StaffNote, StaffUser
 from tests.channels.twilio.conftest import JIM, SmsApp, twilio_env
@@ -97,6 +98,13 @@ def test_export_refuses_what_it_cannot_find(demo_db: str, capsys, tmp_path: Path
 def test_erase_needs_yes_then_leaves_nothing_personal_and_keeps_the_audit(jim_app: SmsApp, capsys) -> None:
     with session_scope() as session:
         patient_id = session.scalars(select(Patient.id).where(Patient.phone == JIM)).one()
+    # Jim's Telegram chat, with a text sent when the provider id still carried the chat id.
+    with session_scope() as session:
+        telegram = get_or_create_identity(session=session, channel="telegram", address="987654321")
+        telegram.patient_id = patient_id
+        session.flush()
+        session.add(OutboxMessage(key="old-telegram-text", channel="telegram", identity_id=telegram.id, body="Hi Jim",
+                                  status="sent", provider_message_id="987654321:42"))  # fmt: skip
     before = export(capsys, "--id", str(patient_id))
     messages_before = count(Message)
 
@@ -105,16 +113,16 @@ def test_erase_needs_yes_then_leaves_nothing_personal_and_keeps_the_audit(jim_ap
     assert count(AuditEvent, AuditEvent.action == "patient.erase") == 0
 
     assert main(["patient", "erase", "--phone", JIM, "--yes"]) == 0
-    assert capsys.readouterr().out.startswith(f"patient {patient_id} erased: 1 identities, 1 conversations, ")
+    assert capsys.readouterr().out.startswith(f"patient {patient_id} erased: 2 identities, 1 conversations, ")
 
     after = export(capsys, "--id", str(patient_id))
     text = json.dumps(after)
-    personal = [JIM_NAME, "James", JIM, "6175550142", "1957-11-02", "RFC-1002", "hedgehog", NOTE]
+    personal = [JIM_NAME, "James", JIM, "6175550142", "1957-11-02", "RFC-1002", "hedgehog", NOTE, "987654321"]
     personal += [order["test_name"] for order in before["lab_orders"]]
     personal += [row["body"] for row in before["outbox"]]
     assert [value for value in personal if value in text] == []
     assert after["patient"]["name"] == "erased"
-    assert [i["address"] for i in after["identities"]] == [f"erased-{before['identities'][0]['id']}"]
+    assert [i["address"] for i in after["identities"]] == [f"erased-{i['id']}" for i in before["identities"]]
     # Metadata stays: the same rows, with times, intents and routes.
     assert count(Message) == messages_before
     assert [m["intent"] for c in after["conversations"] for m in c["messages"]] == [
@@ -126,7 +134,7 @@ def test_erase_needs_yes_then_leaves_nothing_personal_and_keeps_the_audit(jim_ap
     with session_scope() as session:
         erase = session.scalars(select(AuditEvent).where(AuditEvent.action == "patient.erase")).one()
     assert (erase.actor_kind, erase.patient_id, erase.details["notes"], erase.details["identities"]) == (
-        "cli", patient_id, 1, 1,
+        "cli", patient_id, 1, 2,
     )  # fmt: skip
 
     # The number is now a stranger's: a new text opens a new, unlinked identity.
