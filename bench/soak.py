@@ -711,11 +711,13 @@ def check(url: str, *, stats: Stats, twilio, telegram, report: Report) -> None: 
                 )
             claimed_twilio[provider_id] += 1
         elif channel == "telegram":
-            if provider_id not in telegram_sent:
+            # Telegram numbers messages per chat: the outbox keeps the message id, the address the chat.
+            sent_as = f"{address}:{provider_id}"
+            if sent_as not in telegram_sent:
                 report.violate(
-                    f"outbox {key} says sent as {provider_id}, which the fake Telegram never received"
+                    f"outbox {key} says sent as message {provider_id}, which the fake Telegram never received"
                 )
-            claimed_telegram[provider_id] += 1
+            claimed_telegram[sent_as] += 1
     for provider_id, n in list(claimed_twilio.items()) + list(claimed_telegram.items()):
         if n > 1:
             report.violate(f"{n} outbox rows claim one provider message {provider_id}")
