@@ -38,6 +38,7 @@ from bot.channels.inbound import InboundText, do_accept_inbound
 from bot.channels.models import OutboxMessage, OutboxStatus
 from bot.config import Settings
 from bot.conversations.models import Conversation, Direction, Message
+from bot.conversations.service import clean_text
 from bot.db import read_scope, session_scope, utcnow
 from bot.patients.models import Channel, Patient
 from bot.patients.service import InvalidPhoneError, get_identity, get_or_create_identity, normalize_phone
@@ -228,7 +229,8 @@ class MessageIn(BaseModel):
     @field_validator("text")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+        # Blank once stored: control characters are dropped there (clean_text), and nothing would be left.
+        if not clean_text(value).strip():
             raise ValueError("must not be blank")
         return value
 

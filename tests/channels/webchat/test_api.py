@@ -144,6 +144,7 @@ INVALID_MESSAGES = [
     ({"client_message_id": "a"}, "text"),
     ({"text": "", "client_message_id": "a"}, "text"),
     ({"text": "   ", "client_message_id": "a"}, "text"),
+    ({"text": "\u0007\u200b\u202e \x00", "client_message_id": "a"}, "text"),  # nothing left once stored
     ({"text": "x" * 2001, "client_message_id": "a"}, "text"),
     ({"text": 42, "client_message_id": "a"}, "text"),
     ({"text": "hello"}, "client_message_id"),
