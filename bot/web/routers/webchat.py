@@ -353,16 +353,24 @@ def _session_state(address: str) -> tuple[str | None, bool]:
     history again: the answers it got while verified carry personal information, and the person at
     this browser now may not be that patient (a shared computer left open past VERIFIED_SESSION_TTL).
     """
-    with session_scope() as session:
+    # Every page load and event stream asks: a read beside SQLite's writer; the writer only to end one.
+    with read_scope() as session:
         identity = get_identity(session=session, channel=Channel.WEBCHAT, address=address)
         if identity is None:
             return None, False
-        verification.expire_stale_verification(session=session, identity=identity)
+        stale = identity.verified_at is not None and not identity.is_verified
         if not identity.is_verified:
             # A web chat identity gets a patient only by verifying, and keeps it for staff when that ends.
-            return None, identity.patient_id is not None
-        patient = session.get(Patient, identity.patient_id)
-        return (patient.display_name if patient is not None else None), False
+            lapsed = identity.patient_id is not None
+        else:
+            patient = session.get(Patient, identity.patient_id)
+            return (patient.display_name if patient is not None else None), False
+    if stale:
+        with session_scope() as session:
+            identity = get_identity(session=session, channel=Channel.WEBCHAT, address=address)
+            if identity is not None:
+                verification.expire_stale_verification(session=session, identity=identity)
+    return None, lapsed
 
 
 async def _current_visitor(request: Request, state: WebChatState) -> tuple[Visitor, str | None]:
