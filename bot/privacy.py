@@ -15,7 +15,7 @@ from bot.conversations.models import Conversation, Direction, Handoff, Message, 
 from bot.db import Base, utcnow
 from bot.labs.models import LabOrder
 from bot.patients.models import Channel, ChannelIdentity, Patient
-from bot.patients.service import InvalidPhoneError, normalize_phone
+from bot.patients.service import InvalidPhoneError, do_follow_phone_file, normalize_phone
 from bot.promises.models import Promise, PromiseStatus, PromiseUpdate
 from bot.staff import audit
 from bot.staff.models import AuditEvent, ComplaintAction, ComplaintCase, Incident, StaffNote
@@ -251,12 +251,15 @@ def do_erase_patient(
     scope = _scope(session, patient_id)
     conv_ids, identity_ids = scope.conversation_ids, scope.identity_ids
 
+    phone = patient.phone
     patient.name, patient.preferred_name, patient.date_of_birth = ERASED_NAME, None, None
     patient.phone, patient.external_id, patient.notes = None, None, ""
     identities = session.scalars(select(ChannelIdentity).where(ChannelIdentity.id.in_(identity_ids))).all()
     for identity in identities:
         # UNIQUE(channel, address): a per-row placeholder; a later text from the same number is a stranger.
-        identity.address = f"erased-{identity.id}"
+        identity.address, identity.linked_phone = f"erased-{identity.id}", None
+    # A family line that was theirs and another patient's is now the other patient's alone.
+    do_follow_phone_file(session=session, phones=[phone])
     conversations = session.execute(
         update(Conversation).where(Conversation.id.in_(conv_ids)).values(slots={}, active_form=None)
     ).rowcount

@@ -27,10 +27,16 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from bot.channels import outbox
 from bot.channels.models import OutboxMessage
 from bot.clinic_settings import load_clinic
-from bot.conversations.models import Author, Conversation, ConversationState, Direction, Message, Route
+from bot.conversations.models import Author, Conversation, Direction, Message, Route
 from bot.db import Base, utcnow
 from bot.patients.models import Channel, ChannelIdentity, Patient
-from bot.patients.service import InvalidPhoneError, get_by_phone, normalize_phone
+from bot.patients.service import (
+    TELEGRAM_CONTACT,
+    InvalidPhoneError,
+    get_by_phone,
+    link_identity,
+    normalize_phone,
+)
 from bot.staff import audit
 
 if TYPE_CHECKING:
@@ -48,7 +54,7 @@ SHARE_PHONE_BUTTON = "utter_telegram_share_phone_button"
 ASKS_FOR_VERIFICATION = frozenset({"utter_lab_results_unverified", "utter_verify_needed"})
 OFFERS_CONTACT_BUTTON = ASKS_FOR_VERIFICATION | {CONTACT_NOT_OWN}
 
-METHOD_CONTACT = "telegram_contact"
+METHOD_CONTACT = TELEGRAM_CONTACT
 METHOD_DEEPLINK = "telegram_deeplink"
 DEFAULT_TOKEN_TTL = timedelta(hours=24)
 # 32 URL-safe characters: inside Telegram's 64-character limit for a /start parameter.
@@ -99,27 +105,6 @@ def create_link_token(*, session: Session, patient_id: int, ttl: timedelta = DEF
     return token
 
 
-def link_identity(*, session: Session, identity: ChannelIdentity, patient: Patient, method: str,
-                  details: dict[str, Any]) -> None:  # fmt: skip
-    """Mark an identity as verified for a patient, audited, and attach its open conversation."""
-    previous = identity.patient_id
-    identity.patient_id = patient.id
-    identity.verified_at = utcnow()
-    identity.verification_method = method
-    # Staff see the open conversation under the patient from now on.
-    session.execute(
-        update(Conversation)
-        .where(Conversation.identity_id == identity.id, Conversation.state != ConversationState.CLOSED)
-        .values(patient_id=patient.id)
-    )
-    audit.record(
-        session=session, actor_kind="patient", action="identity.linked",
-        subject_type="channel_identity", subject_id=identity.id,
-        details={"patient_id": patient.id, "method": method, "previous_patient_id": previous, **details},
-    )  # fmt: skip
-    log.info("identity %s linked to patient %s (%s)", identity.id, patient.id, method)
-
-
 def _refuse(*, session: Session, identity: ChannelIdentity, reason: str, details: dict[str, Any]) -> None:
     audit.record(
         session=session, actor_kind="patient", action="identity.link_refused",
@@ -143,14 +128,16 @@ def do_link_by_contact(
         _refuse(session=session, identity=identity, reason="contact_not_own", details={"update_id": update_id})
         return CONTACT_NOT_OWN
     try:
-        patient = get_by_phone(session=session, phone=telegram_phone(phone))
+        number = telegram_phone(phone)
     except InvalidPhoneError:
-        patient = None
-    if patient is None:
+        number = None
+    patient = get_by_phone(session=session, phone=number) if number is not None else None
+    if number is None or patient is None:
         _refuse(session=session, identity=identity, reason="no_single_patient", details={"update_id": update_id})
         return LINK_FAILED
-    link_identity(session=session, identity=identity, patient=patient, method=METHOD_CONTACT,
-                  details={"update_id": update_id})  # fmt: skip
+    # The number is kept (never logged): if the clinic later files it for someone else too, the link ends.
+    link_identity(session=session, identity=identity, patient_id=patient.id, method=METHOD_CONTACT,
+                  actor_kind="patient", details={"update_id": update_id}, linked_phone=number)  # fmt: skip
     return LINKED
 
 
@@ -185,8 +172,8 @@ def do_link_by_token(*, session: Session, identity: ChannelIdentity, token: str,
     if patient is None:
         _refuse(session=session, identity=identity, reason="patient_gone", details={"token_id": row.id})
         return LINK_FAILED
-    link_identity(session=session, identity=identity, patient=patient, method=METHOD_DEEPLINK,
-                  details={"update_id": update_id, "token_id": row.id})  # fmt: skip
+    link_identity(session=session, identity=identity, patient_id=patient.id, method=METHOD_DEEPLINK,
+                  actor_kind="patient", details={"update_id": update_id, "token_id": row.id})  # fmt: skip
     return LINKED
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from bot.db import utcnow
 from bot.labs.models import LabMessage, LabOrder, LabStatus
 from bot.patients.models import Channel, ChannelIdentity, Patient
-from bot.patients.service import get_by_phone, get_or_create_identity
+from bot.patients.service import do_follow_phone_file, get_by_phone, get_or_create_identity
 from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 
@@ -208,14 +208,12 @@ def _differences(
 
 
 def _patient_sms_identity(session: Session, patient: Patient) -> ChannelIdentity | None:
+    """Return the SMS identity of the patient's number, if it is (or was) linked to them."""
     if not patient.phone:
         return None
     identity = get_or_create_identity(session=session, channel=Channel.SMS, address=patient.phone)
-    if identity.patient_id is None and get_by_phone(session=session, phone=patient.phone) is patient:
-        # The number is on file for exactly this patient: the same factor that verifies an SMS sender.
-        identity.patient_id = patient.id
-        identity.verified_at = utcnow()
-        identity.verification_method = "phone_on_file"
+    # The number may be new on file, or on file for a second patient now: every link that rests on it follows.
+    do_follow_phone_file(session=session, phones=[patient.phone])
     return identity if identity.patient_id == patient.id else None
 
 

@@ -70,6 +70,9 @@ class ChannelIdentity(Base):
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id", ondelete="SET NULL"), index=True)
     verified_at: Mapped[datetime | None]
     verification_method: Mapped[str | None] = mapped_column(String(32))
+    # The E.164 number a link made from a shared Telegram contact rests on, so that the link can be checked
+    # again whenever the patient file changes (an SMS identity's number is its address). None otherwise.
+    linked_phone: Mapped[str | None] = mapped_column(String(20), index=True)
     opted_out_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None]

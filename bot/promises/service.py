@@ -5,17 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
-    Integer,
     Row,
     Select,
-    String,
     and_,
-    any_,
-    bindparam,
     exists,
     func,
     insert,
@@ -29,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from bot.channels.models import OutboxMessage
 from bot.conversations.models import Conversation
-from bot.db import utcnow
+from bot.db import among, utcnow
 from bot.labs.models import LabOrder, LabStatus
 from bot.patients.models import Channel, ChannelIdentity, Patient
 from bot.promises.models import Promise, PromiseStatus, PromiseUpdate, SchedulerHeartbeat, UpdateKind
@@ -53,6 +47,7 @@ class IdentityRow:
     opted_out_at: datetime | None
     last_seen_at: datetime | None
     verification_method: str | None
+    linked_phone: str | None
 
 
 @dataclass(frozen=True)
@@ -80,13 +75,6 @@ def _for_update(session: Session, query: Select, *of: object) -> Select:  # type
 
 def _postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
-
-
-def _among(session: Session, column: Any, ids: Sequence[Any], *, element: Any = Integer) -> Any:
-    """Return `column IN ids`; on PostgreSQL as `= ANY(array)`, one parameter instead of thousands."""
-    if _postgres(session):
-        return column == any_(bindparam(None, list(ids), type_=ARRAY(element)))
-    return column.in_(ids)
 
 
 # -- the sweeps' claims ---------------------------------------------------------------------------
@@ -186,7 +174,7 @@ def patients_by_id(*, session: Session, ids: Iterable[int]) -> dict[int, Patient
         return {}
     rows = session.execute(
         select(Patient.id, Patient.name, Patient.preferred_name, Patient.phone, Patient.language).where(
-            _among(session, Patient.id, wanted)
+            among(session, Patient.id, wanted)
         )
     )
     return {row.id: PatientRow(*row) for row in rows}
@@ -201,6 +189,7 @@ _IDENTITY_COLUMNS = (
     ChannelIdentity.opted_out_at,
     ChannelIdentity.last_seen_at,
     ChannelIdentity.verification_method,
+    ChannelIdentity.linked_phone,
 )
 
 
@@ -212,7 +201,7 @@ def identities_of_patients(*, session: Session, patient_ids: Iterable[int]) -> d
         return grouped
     rows = session.execute(
         select(*_IDENTITY_COLUMNS).where(
-            _among(session, ChannelIdentity.patient_id, wanted),
+            among(session, ChannelIdentity.patient_id, wanted),
             ChannelIdentity.channel.in_(DELIVERABLE_CHANNELS),
         )
     )
@@ -226,7 +215,7 @@ def identities_by_id(*, session: Session, ids: Iterable[int]) -> dict[int, Ident
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = session.execute(select(*_IDENTITY_COLUMNS).where(_among(session, ChannelIdentity.id, wanted)))
+    rows = session.execute(select(*_IDENTITY_COLUMNS).where(among(session, ChannelIdentity.id, wanted)))
     return {row.id: IdentityRow(*row) for row in rows}
 
 
@@ -235,23 +224,7 @@ def identities_to_change(*, session: Session, ids: Iterable[int]) -> list[Channe
     wanted = sorted(set(ids))
     if not wanted:
         return []
-    return list(session.scalars(select(ChannelIdentity).where(_among(session, ChannelIdentity.id, wanted))))
-
-
-def patients_on_phones(*, session: Session, phones: Iterable[str]) -> dict[str, list[int]]:
-    """Return, by number, the ids of the patients it is on file for (a number nobody has is left out)."""
-    wanted = sorted(set(phones))
-    on_file: dict[str, list[int]] = {}
-    if not wanted:
-        return on_file
-    rows = session.execute(
-        select(Patient.phone, Patient.id)
-        .where(_among(session, Patient.phone, wanted, element=String))
-        .order_by(Patient.id)
-    )
-    for phone, patient_id in rows.tuples():
-        on_file.setdefault(phone, []).append(patient_id)
-    return on_file
+    return list(session.scalars(select(ChannelIdentity).where(among(session, ChannelIdentity.id, wanted))))
 
 
 def conversation_languages(*, session: Session, ids: Iterable[int]) -> dict[int, str]:
@@ -262,7 +235,7 @@ def conversation_languages(*, session: Session, ids: Iterable[int]) -> dict[int,
     # .all(), not the result itself: dict() takes anything with keys() for a mapping, and a Result has keys().
     return dict(
         session.execute(
-            select(Conversation.id, Conversation.language).where(_among(session, Conversation.id, wanted))
+            select(Conversation.id, Conversation.language).where(among(session, Conversation.id, wanted))
         )
         .tuples()
         .all()
@@ -337,7 +310,7 @@ def set_next_update(*, session: Session, promise_ids: Sequence[int], at: datetim
     """Record when the next update is due on promises."""
     if promise_ids:
         session.execute(
-            update(Promise).where(_among(session, Promise.id, promise_ids)).values(next_update_at=at),
+            update(Promise).where(among(session, Promise.id, promise_ids)).values(next_update_at=at),
             execution_options={"synchronize_session": False},
         )
 
@@ -347,7 +320,7 @@ def set_escalated(*, session: Session, promise_ids: Sequence[int], at: datetime,
     if promise_ids:
         session.execute(
             update(Promise)
-            .where(_among(session, Promise.id, promise_ids))
+            .where(among(session, Promise.id, promise_ids))
             .values(escalated_at=at, escalation_reason=reason),
             execution_options={"synchronize_session": False},
         )
@@ -357,7 +330,7 @@ def set_result_notified(*, session: Session, order_ids: Sequence[int], at: datet
     """Record that the patients were told their results are in."""
     if order_ids:
         session.execute(
-            update(LabOrder).where(_among(session, LabOrder.id, order_ids)).values(result_notified_at=at),
+            update(LabOrder).where(among(session, LabOrder.id, order_ids)).values(result_notified_at=at),
             execution_options={"synchronize_session": False},
         )
 

@@ -25,7 +25,7 @@ from bot.conversations.domain import Domain
 from bot.conversations.rendering import clinic_values
 from bot.db import session_scope
 from bot.patients.models import Channel, verification_holds
-from bot.patients.service import PHONE_ON_FILE, do_withdraw_phone_link
+from bot.patients.service import do_withdraw_phone_link, linked_by_phone, patients_on_phones
 from bot.promises import service
 from bot.promises.models import UpdateKind
 from bot.promises.service import IdentityRow, PatientRow
@@ -310,23 +310,22 @@ class _Reach:
             expire_stale_verification(session=session, identity=identity, now=self.now)
 
     def withdraw_phone_links(self, session: Session) -> None:
-        """Withdraw the phone-on-file links whose number is no longer on file for exactly their patient.
+        """Withdraw the links whose number is no longer on file for exactly their patient.
 
-        Lab intake may file a patient's number for a second patient (a family line) after the first one's
-        phone was linked; from then on neither may get the other's texts. One query for the whole batch.
+        Lab intake withdraws them as it files a number (`do_follow_phone_file`); this stands behind it,
+        for a file changed some other way. An SMS number on file and a Telegram chat's shared contact
+        alike: from then on neither patient of a family line gets the other's texts. One query for the
+        whole batch.
         """
-        linked = [
-            i
-            for i in self.identities()
-            if i.verification_method == PHONE_ON_FILE and i.verified_at is not None
-        ]
-        on_file = service.patients_on_phones(session=session, phones=[i.address for i in linked])
-        broken = {i.id for i in linked if on_file.get(i.address, []) != [i.patient_id]}
+        links = [i for i in self.identities() if i.verified_at is not None and linked_by_phone(i)]
+        linked = {i.id: linked_by_phone(i) or "" for i in links}
+        on_file = patients_on_phones(session=session, phones=linked.values())
+        broken = {i.id for i in links if on_file.get(linked[i.id], []) != [i.patient_id]}
         if not broken:
             return
         for identity in service.identities_to_change(session=session, ids=broken):
             do_withdraw_phone_link(
-                session=session, identity=identity, patients_on_file=len(on_file.get(identity.address, []))
+                session=session, identity=identity, patients_on_file=len(on_file.get(linked[identity.id], []))
             )
 
         def withdrawn(row: IdentityRow) -> IdentityRow:

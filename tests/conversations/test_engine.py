@@ -271,8 +271,10 @@ def test_a_number_later_filed_for_a_second_patient_no_longer_gets_the_first_ones
 
 def test_the_lab_status_disclosure_checks_the_number_itself(runtime) -> None:
     # Routed before Ann was filed (or by another process): the disclosure must not trust the earlier check.
+    # Filed some other way than intake (which withdraws the link at once): the check itself must catch it.
     outcome = send(runtime, "hello there", address=JIM)
-    file_ann_under_jims_number()
+    with session_scope() as session:
+        session.add(Patient(name="Ann Wilson", phone=JIM, external_id="RFC-9001"))
     with session_scope() as session:
         assert lab_status(session=session, conversation_id=outcome.conversation_id) is None
     identity, withdrawn = jims_phone()

@@ -335,7 +335,9 @@ def test_results_for_a_number_now_shared_go_to_the_patients_telegram_instead(cli
     jim_id, sms_id = jims_results_in(local(TUE, 9))
     with session_scope() as session:
         jim = session.get(Patient, jim_id)
-        telegram = make_identity(session, jim, channel=Channel.TELEGRAM, last_seen_at=local(TUE, 8)).id
+        telegram = make_identity(session, jim, channel=Channel.TELEGRAM, last_seen_at=local(TUE, 8))
+        # Linked by a one-time link staff gave him: a link that does not rest on the shared number.
+        telegram.verification_method, telegram = "telegram_deeplink", telegram.id
         # He texted from the phone more recently than from Telegram.
         session.get(ChannelIdentity, sms_id).last_seen_at = local(TUE, 9, 30)
     file_ann_under_jims_number(local(TUE, 10))
@@ -343,6 +345,27 @@ def test_results_for_a_number_now_shared_go_to_the_patients_telegram_instead(cli
     [(_, body, identity_id)] = texts()
     assert identity_id == telegram
     assert body.startswith("Hi Jim, this is Riverside Family Clinic. Your lab results are in.")
+
+
+def test_a_telegram_chat_linked_by_a_number_filed_again_behind_intake_loses_the_results_too(
+    clinic_db, sweep
+) -> None:
+    jim_id, sms_id = jims_results_in(local(TUE, 9))
+    with session_scope() as session:
+        jim = session.get(Patient, jim_id)
+        chat = make_identity(session, jim, channel=Channel.TELEGRAM, last_seen_at=local(TUE, 9, 30))
+        chat.linked_phone, chat_id = JIM, chat.id  # linked by sharing his contact: his number
+        # Ann is filed under the number some other way than lab intake (which would withdraw both at once).
+        session.add(Patient(name="Ann Wilson", phone=JIM, external_id="RFC-9001"))
+    assert sweep(local(TUE, 12)) == SweepCounts(call_list=1)
+    assert texts() == []
+    assert sorted(withdrawn_links(), key=str) == [
+        {"patient_id": jim_id, "method": "phone_on_file", "reason": "phone_shared"},
+        {"patient_id": jim_id, "method": "telegram_contact", "reason": "phone_shared"},
+    ]
+    with session_scope() as session:
+        assert session.get(ChannelIdentity, chat_id).verified_at is None
+        assert session.get(ChannelIdentity, sms_id).verified_at is None
 
 
 def test_a_crash_mid_sweep_then_a_restart_handles_each_promise_exactly_once(

@@ -67,6 +67,8 @@ def test_sharing_your_own_number_links_and_verifies_the_chat(telegram_app: Teleg
     linked_identity = identity()
     assert (linked_identity.patient_id, linked_identity.verification_method) == (patient_id(JIM), "telegram_contact")
     assert linked_identity.verified_at is not None
+    # The number it rests on is kept, so the link ends if the clinic files it for someone else too.
+    assert linked_identity.linked_phone == "+16175550142"
     assert audit_trail() == [
         ("identity.linked", {"patient_id": patient_id(JIM), "method": "telegram_contact",
                              "previous_patient_id": None, "update_id": 2}),
