@@ -24,7 +24,7 @@ from bot.staff.models import AuditEvent, ComplaintAction, ComplaintCase, Inciden
 # tests/ops/test_privacy.py fails when a table is added without being placed here.
 TABLES: dict[str, str] = {
     "patient": "erased: name, preferred name, date of birth, phone, external id, notes",
-    "channel_identity": "erased: the address (phone number, Telegram chat id, web chat session hash)",
+    "channel_identity": "erased: the address (phone number, Telegram chat id, web chat session hash) and the number a Telegram chat was linked by",
     "conversation": "erased: form slots (answers being collected)",
     "message": "erased and purged by retention: the body; metadata (time, channel, intent, route) kept",
     "outbox": "erased and purged by retention: the body and buttons; pending texts cancelled",
