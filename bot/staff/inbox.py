@@ -30,7 +30,7 @@ from bot.conversations.models import (
 from bot.db import utcnow
 from bot.labs.models import OPEN_LAB_STATUSES, LabOrder
 from bot.patients.models import Channel, ChannelIdentity, Patient
-from bot.patients.service import verified_patient
+from bot.patients.service import PHONE_CHANNELS, TELEGRAM_CONTACT, patients_on_phones, verified_patient
 from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 from bot.staff.auth import Principal
@@ -351,6 +351,8 @@ class PatientPanel:
     language: str
     birth_date: str
     verified: bool
+    # Why an unverified sender is not, so staff know what to ask before sharing anything (no names).
+    unverified_reason: str | None = None
     channels: list[dict[str, str | bool]] = field(default_factory=list)
     lab_orders: list[LabOrder] = field(default_factory=list)
     requests: list[PatientRequest] = field(default_factory=list)
@@ -473,6 +475,24 @@ def transcript(*, session: Session, conversation: Conversation) -> list[Transcri
     return items
 
 
+def _why_unverified(session: Session, identity: ChannelIdentity) -> str:
+    """Say why a sender is not verified, without naming anyone the number is on file for."""
+    if identity.channel in PHONE_CHANNELS:
+        on_file = len(patients_on_phones(session=session, phones=[identity.address]).get(identity.address, []))
+        if on_file > 1:
+            return (f"This number is on file for {on_file} patients (a shared line): "
+                    "ask who is writing and check their date of birth before sharing anything.")  # fmt: skip
+        return "This number is not on file for any patient."
+    if identity.channel == Channel.TELEGRAM:
+        if identity.patient_id is not None and identity.verification_method == TELEGRAM_CONTACT:
+            return ("This chat was linked by its phone number, which is no longer on file for exactly one patient: "
+                    "the patient must share their number again, or be sent a link.")  # fmt: skip
+        return "This chat is not linked to a patient: they can share their phone number, or be sent a link."
+    if identity.channel == Channel.WEBCHAT and identity.patient_id is not None:
+        return "The web chat verification has ended: the visitor must enter a new code."
+    return "The visitor has not entered a code sent to a phone on file."
+
+
 def _panel(
     session: Session, conversation: Conversation, identity: ChannelIdentity, patient: Patient | None
 ) -> PatientPanel:
@@ -518,6 +538,7 @@ def _panel(
         language=(patient.language if patient is not None else conversation.language) or "en",
         birth_date=mask_birth_date(patient.date_of_birth if patient is not None else None),
         verified=patient is not None,
+        unverified_reason=_why_unverified(session, identity) if patient is None else None,
         channels=channels,
         lab_orders=labs,
         requests=list(session.scalars(requests_query.order_by(PatientRequest.id))),

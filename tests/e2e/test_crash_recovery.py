@@ -140,7 +140,8 @@ def test_a_worker_process_that_dies_is_restarted_and_the_patient_still_gets_the_
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     patient = "+16175550161"
-    assert post_sms(server, fake.auth_token, sender=patient, body="what are your hours", sid="SMworker1").status_code == 200
+    answer = post_sms(server, fake.auth_token, sender=patient, body="what are your hours", sid="SMworker1")
+    assert answer.status_code == 200, (answer.text, server.log.read_text()[-4000:])
     assert wait_for(lambda: len(fake.messages_to(patient)) == 1), server.log.read_text()[-2000:]
     assert settle_count(fake, patient) == 1
     assert server.log.read_text().count("restarted as pid") == 2

@@ -149,6 +149,28 @@ def test_queue_sorts_by_priority_then_waiting_time_and_hides_medical_from_staff(
     assert clinician.get(f"/staff/conversations/{ids['medical']}").status_code == 200
 
 
+def test_a_number_lab_intake_files_for_a_second_patient_stops_naming_either_and_staff_see_why(queue_world) -> None:  # type: ignore[no-untyped-def]
+    from bot.labs.flows import PatientIn, do_upsert_order
+
+    client, ids = queue_world
+    sign_in(client)
+    assert ">Jim</a>" in client.get("/staff").text
+    with session_scope() as session:
+        do_upsert_order(session=session, order_id="ORD-ANN", test_name="Thyroid panel",
+                        patient=PatientIn(name="Ann Wilson", phone=JIM, external_id="RFC-9001"),
+                        ordered_at=utcnow() - timedelta(days=1), expected_by=utcnow() + timedelta(days=2),
+                        source="rest")  # fmt: skip
+    # At once, not at the next text or sweep: the queue names neither patient for the shared line.
+    queue = client.get("/staff").text
+    assert ">Jim</a>" not in queue and "Ann" not in queue
+    page = client.get(f"/staff/conversations/{ids['human']}").text
+    assert "Not verified" in page and "on file for 2 patients (a shared line)" in page
+    assert "James Wilson" not in page and "Ann Wilson" not in page
+    stranger = client.get(f"/staff/conversations/{ids['emergency']}").text
+    assert "This number is not on file for any patient." in stranger
+
+
+
 def test_overdue_rows_stand_out_until_a_staff_reply(queue_world) -> None:  # type: ignore[no-untyped-def]
     client, ids = queue_world
     sign_in(client)
