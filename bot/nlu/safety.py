@@ -15,7 +15,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["EmergencyKind", "SafetyResult", "check"]
+__all__ = ["EmergencyKind", "SafetyResult", "check", "normalised_forms"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,11 @@ _NOISE = re.compile(r"[^a-z0-9.,!?;:\n ]+")
 _NEWLINES = re.compile(r"\s*\n\s*")
 _SPACES = re.compile(r"[ ]{2,}")
 _STRETCHED = re.compile(r"([a-z])\1{2,}")
+
+
+def normalised_forms(text: str) -> list[str]:
+    """Return a message as the rules read it: ASCII, lower case, punctuation kept (bot.nlu.clinical reads it too)."""
+    return _normalise(text)
 
 
 def _normalise(text: str) -> list[str]:
@@ -189,6 +194,12 @@ _ACCIDENT = (
 # Rule table. Order is priority: the first rule that fires decides the kind.
 # ---------------------------------------------------------------------------
 
+# "...if I died", "...when I'm gone": said of oneself, the end of a burden statement.
+_GONE = (
+    r"(?:if i (?:die|died|was gone|were gone|disappeared|disappear|wasnt here|werent here|killed my ?self)"
+    r"|when i ?m gone)\b"
+)
+
 _RULES: tuple[_Rule, ...] = (
     # Self-harm first: the bot adds the crisis line for this kind, so it must
     # win over any medical symptom mentioned in the same message.
@@ -220,8 +231,25 @@ _RULES: tuple[_Rule, ...] = (
               r"|\b(?:hurt|harm)\w* my ?self on purpose\b"), event=False),
     _Rule("self_harm.cutting", _K.SELF_HARM,
           _rx(r"\b(?:cut|cutting|cuts|slit|slitting|slashed|burn|burning|burned)\s+"
-              r"(?:my ?self|my (?:wrists?|arms?|legs?|thighs?))\b"),
+              r"(?:my ?self|my (?:wrists?|arms?|legs?|thighs?|veins?))\b"),
           unless=_rx(_ACCIDENT), event=False),
+    # A method named with intent is a plan ("gonna hang myself", "jump in front of a train").
+    _Rule("self_harm.method", _K.SELF_HARM,
+          _rx(r"\b(?:hang|hanging|hung|shoot|shooting|shot|drown|drowning|poison|poisoning|gas|gassing)\s+my ?self\b"
+              r"|\b(?:want|wanna|going|gonna|plan\w*|thinking (?:about|of)|about|ready|trying|tried|feel like"
+              r"|urges? to)\s+(?:to\s+)?(?:jump|throw my ?self|step|walk|drive|lie down)\s+"
+              r"(?:off|from|in front of|into|onto|under)\s+(?:a|an|the|my)?\s*"
+              r"(?:bridge|building|roof|rooftop|balcony|cliff|window|overpass|train|subway|bus|truck|car"
+              r"|traffic|tracks|river|lake|sea|ocean)\b"
+              r"|\b(?:jump|jumping|throw my ?self|step|stepping|walk|walking)\s+in front of\s+(?:a|an|the)\s+"
+              r"(?:train|subway|bus|truck|car)\b"
+              r"|\bput (?:a|the|my) (?:gun|bullet|pistol) (?:to|in) my (?:head|mouth)\b"), event=False),
+    # Feeling like a burden is a suicide warning sign; said about oneself, it is treated as one.
+    _Rule("self_harm.burden", _K.SELF_HARM,
+          _rx(r"\b(?:no ?one|nobody|noone|nobody else)\s+(?:would|will|is going to|gonna|is gonna)\s+(?:even\s+)?"
+              r"(?:(?:miss|care about) me(?:\s+" + _GONE + r")?|(?:care|notice)\s+" + _GONE + r")"
+              r"|\b(?:everyone|everybody|every one|they|my (?:family|kids|children|wife|husband|parents)|the world)"
+              r"\s+(?:would|will|d)\s+be better (?:off )?without me\b"), event=False),
     _Rule("self_harm.es_want_to_die", _K.SELF_HARM,
           _rx(r"\bme quiero (?:morir|matar|suicidar|cortar|lastimar)\b"
               r"|\bquiero (?:morirme|matarme|suicidarme|cortarme|lastimarme|hacerme dano"
@@ -234,9 +262,22 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("self_harm.es_not_live", _K.SELF_HARM,
           _rx(r"\bno (?:quiero|tengo ganas de|deseo) (?:seguir )?(?:vivir|viviendo|estar viv[oa]"
               r"|existir|despertar)\b"), event=False),
+    _Rule("self_harm.es_method", _K.SELF_HARM,
+          _rx(r"\b(?:me voy a|quiero|voy a|pienso|pensando en|ganas de|intente|planeo|estoy por)\s+"
+              r"(?:colgar(?:me)?|ahorcar(?:me)?|pegar(?:me)? un tiro|disparar(?:me)?|envenenar(?:me)?|ahogar(?:me)?"
+              r"|(?:tirar(?:me)?|aventar(?:me)?|lanzar(?:me)?|arrojar(?:me)?)\s+(?:de|desde|a|al|por|frente a|debajo de)"
+              r"\s+(?:un|una|el|la|los|las)?\s*(?:puente|edificio|techo|azotea|balcon|ventana|tren|metro|carro|coche"
+              r"|camion|autobus|rio|mar|vias))\b"
+              r"|\bme (?:colgare|ahorcare|voy a colgar|voy a ahorcar|tirare (?:de|desde|al|a) \w+)\b"), event=False),
+    _Rule("self_harm.es_burden", _K.SELF_HARM,
+          _rx(r"\b(?:todos|todo el mundo|mi familia|mis hijos|mi esposo|mi esposa|mis papas|mis padres|ellos)"
+              r"\s+(?:estarian|estaran|estaria|estara|vivirian|vivira)\s+mejor sin mi\b"
+              r"|\bnadie (?:me )?(?:extranaria|va a extranar|me va a extranar|me extranaria|notaria)\b"
+              r"|\ba nadie le (?:importaria|importa|va a importar) si (?:me muero|muero|me mato|desaparezco)\b"), event=False),
     _Rule("self_harm.es_cutting", _K.SELF_HARM,
-          _rx(r"\bme (?:corte|estoy cortando|sigo cortando|volvi a cortar|lastime|hice dano)\s+"
-              r"(?:las munecas|la muneca|los brazos|el brazo|las piernas|a proposito|otra vez|de nuevo)\b"
+          _rx(r"\bme (?:corte|estoy cortando|sigo cortando|volvi a cortar|lastime|hice dano|raje|abri|voy a cortar)\s+"
+              r"(?:las munecas|la muneca|los brazos|el brazo|las piernas|las venas|la vena|a proposito|otra vez"
+              r"|de nuevo)\b"
               r"|\bme (?:estoy|sigo) cortando\b"
               r"|\bme corte(?=\s*(?:[.!?,;]|$))"),
           unless=_rx(_ACCIDENT), event=False),
@@ -319,6 +360,14 @@ _RULES: tuple[_Rule, ...] = (
               r"|\b(?:pain|pressure|tightness|heaviness|squeezing|discomfort|ache)\s+"
               r"(?:in|on|across|around)\s+(?:my |his |her |their |the )?chest\b"
               r"|\b(?:tight|heavy|crushing|squeezing|stabbing)\s+chest\b(?!\s+(?:cold|congestion|cough|infection|x))")),
+    # "My heart hurts" is how some people say chest pain; heartache over a loss is left out.
+    _Rule("cardiac.heart_pain", _K.CARDIAC,
+          _rx(r"\b(?:my|his|her) heart (?:is |keeps |has been |really |so |just )?(?:hurt\w*|ach\w*|pain\w*|squeez\w*"
+              r"|pounding and (?:hurt\w*|ach\w*)|feels (?:tight|heavy|like (?:its|it is) being squeezed))\b"
+              r"|\b(?:me|le) duele (?:mucho |muchisimo )?el corazon\b|\bdolor (?:en el|del) corazon\b"),
+          unless=_rx(r"\b(?:broke|broken|heartbroken|heart ?break|left me|break ?up|broke up|divorce\w*|miss\w*"
+                     r"|sad\w*|grie\w*|lonely|loss|lost|died|passed away|funeral|for (?:you|her|him|them|my)"
+                     r"|me dejo|extran\w*|triste\w*|murio|fallecio|perdi)\b")),
     # How people describe angina without naming it: gripping the chest, or a
     # weight pressing on it.
     _Rule("cardiac.chest_gesture", _K.CARDIAC,
@@ -681,12 +730,26 @@ _RECOVERY_BLOCK = _rx(r"\b(?:not|isnt|hasnt|havent|wont|doesnt|no|never|nunca)\b
 # "...had chest pain this morning, it went away, now it's back".
 _RECURRENCE = _rx(
     r"\b(?:(?:its|it is|it s|pain is|it came|it|came|coming|started|starting) back|came back"
-    r"|started again|happening again|volvio|regreso|(?:me|le) (?:volvio|esta volviendo))\b"
+    r"|started again|happening again|volvio|regreso|(?:me|le) (?:volvio|esta volviendo)"
+    r"|(?:i am|im|i feel|feeling|i m) (?:now )?(?:again|that way again)|now again|again now"
+    r"|ahora otra vez|otra vez ahora|de nuevo ahora|ahora de nuevo)\b"
 )
 _INTENT = _rx(
     r"\b(?:to end it|end it all|to die|kill (?:my|him|her)self|on purpose|intentionally|to not wake up"
     r"|so i (?:dont|wont) wake up|para (?:morir\w*|matarme|no despertar|acabar con todo"
     r"|quitarme la vida|suicid\w*)|a proposito|queria morir\w*)\b"
+)
+
+
+# Kinds whose symptom is present whatever the message asks for.
+_CANNOT_WAIT = frozenset({_K.CARDIAC, _K.BREATHING, _K.SELF_HARM})
+# "Is chest pain normal after the shot? It hurts now": a later clause says the general question is personal.
+_LIVE_NOW = _rx(
+    r"\b(?:it|this|that|mine|my \w+)\s+(?:hurts|is hurting|hurting|is happening|happens|is bad|is getting worse"
+    r"|started|is back)\s+(?:now|right now|today)\b"
+    r"|\bi (?:have|am having|m having|got) (?:it|this|that|them) (?:now|right now)\b"
+    r"|\b(?:me|le) (?:duele|esta pasando|esta doliendo|paso) (?:ahora|ahorita|ahora mismo|hoy)\b"
+    r"|\b(?:lo|la) tengo (?:ahora|ahorita|ahora mismo)\b"
 )
 
 
@@ -722,7 +785,9 @@ def _suppressed(rule: _Rule, text: str, m: re.Match[str], start: int, end: int) 
         asks = _QUESTION_START.match(text, start) is not None
         if asks and not (_PERSONAL.search(prefix) or _INTENSITY.search(clause)):
             return "general"
-    if _ADMIN_AFTER.match(suffix) or _ADMIN_BEFORE.search(tail):
+    # "An appointment for my chest pain" is still chest pain now: for the kinds that cannot wait, only a
+    # past or resolved mention (handled above) lets the request framing make it routine.
+    if _ADMIN_AFTER.match(suffix) or (_ADMIN_BEFORE.search(tail) and rule.kind not in _CANNOT_WAIT):
         return "admin"
     return None
 
@@ -753,9 +818,9 @@ def _evaluate(text: str) -> SafetyResult:
     """Run the rule table over one normalised form of a message."""
     spans = _clauses(text)
     starts = [s for s, _ in spans]
-    # Past or resolved mentions, kept in case a later clause says "it's back";
-    # one per rule is enough to decide.
-    dormant: dict[str, tuple[int, _Rule]] = {}
+    # Past or resolved mentions, kept in case a later clause says "it's back", and general questions, in
+    # case one says "it hurts now"; one per rule is enough to decide.
+    dormant: dict[str, tuple[int, _Rule, str]] = {}
     for rule in _RULES:
         if rule.requires is not None and not rule.requires.search(text):
             continue
@@ -767,10 +832,15 @@ def _evaluate(text: str) -> SafetyResult:
                 reason = "resolved"
             if reason is None:
                 return _finalise(rule, text)
-            if reason in ("past", "resolved") and rule.name not in dormant:
-                dormant[rule.name] = (index, rule)
-    for index, rule in dormant.values():
-        if index + 1 < len(spans) and _RECURRENCE.search(text, spans[index + 1][0]):
+            if reason in ("past", "resolved", "general") and rule.name not in dormant:
+                dormant[rule.name] = (index, rule, reason)
+    for index, rule, reason in dormant.values():
+        if index + 1 >= len(spans):
+            continue
+        if reason == "general":
+            if _LIVE_NOW.search(text, spans[index + 1][0]):
+                return _finalise(rule, text, "+now")
+        elif _RECURRENCE.search(text, spans[index + 1][0]):
             return _finalise(rule, text, "+recurrence")
     return _SAFE
 
