@@ -374,6 +374,10 @@ class _Turn:
 
     def interrupts_form(self) -> bool:
         intent, confidence = self.analysis.intent, self.analysis.confidence
+        if intent == "emergency" or self.analysis.clinical is not None:
+            # A possible emergency or a clinical question is never a form's answer ("my heart hurts" is not
+            # a medication): the form ends and the message goes to a nurse.
+            return True
         if intent in {"speak_to_human", "complaint"}:
             return confidence >= FORM_INTERRUPT_CONFIDENCE
         if intent == "medical_question" and confidence >= MEDICAL_INTERRUPT_CONFIDENCE:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bot.conversations.models import Route
 from bot.nlu.classifier import IntentModel, load_or_train
+from bot.nlu.clinical import clinical_question
 from bot.nlu.data import fingerprint
 from bot.nlu.safety import SafetyResult, check
 
@@ -32,6 +33,8 @@ class Analysis:
     ranking: tuple[tuple[str, float], ...]
     safety: SafetyResult
     route: Route
+    # The rule that found a question only a clinician may answer (bot.nlu.clinical), if any.
+    clinical: str | None = None
 
 
 def has_words(text: str) -> bool:
@@ -90,16 +93,23 @@ class Nlu:
         prediction = self.model.predict(text)  # the language is detected once, inside
         lang, lang_confidence = prediction.lang, prediction.lang_confidence
         intent, confidence = prediction.intent, prediction.confidence
+        clinical = None
         if safety.is_emergency:
             route, intent, confidence = Route.EMERGENCY, "emergency", 1.0
         elif intent == "emergency" and confidence >= CLASSIFIER_EMERGENCY_THRESHOLD:
             route = Route.EMERGENCY
         elif not has_words(text):
             route, intent, confidence = Route.CLARIFY, "out_of_scope", 0.0
+        elif intent == "emergency":
+            # A possible emergency the rules did not see goes to a nurse (the reply still says call 911),
+            # never to an automatic answer or a "did you mean" question, however unsure the classifier is.
+            route = Route.HANDOFF
+        elif (clinical := clinical_question(text, intent=intent)) is not None:
+            # A question only a clinician may answer, whatever topic its words borrow.
+            route, intent = Route.HANDOFF, "medical_question"
         elif intent == "out_of_scope" or confidence < self.clarify_threshold:
             route = Route.CLARIFY
-        elif intent in HANDOFF_INTENTS or intent == "emergency":
-            # A possible emergency the rules did not see goes to a nurse, never to an automatic answer.
+        elif intent in HANDOFF_INTENTS:
             route = Route.HANDOFF
         else:
             route = Route.ANSWER
@@ -111,6 +121,7 @@ class Nlu:
             ranking=prediction.ranking,
             safety=safety,
             route=route,
+            clinical=clinical,
         )
 
 

@@ -321,7 +321,9 @@ def test_duplicate_provider_id_is_stored_once(runtime) -> None:
 )
 def test_bad_input_is_stored_and_answered(runtime, text: str) -> None:
     outcome = send(runtime, text)
-    assert outcome.route in {Route.ANSWER, Route.CLARIFY}
+    # A hand-off answers too: "nul and control" reads to the classifier as a possible emergency (a loss of
+    # control), and any such reading goes to a nurse however unsure it is.
+    assert outcome.route in {Route.ANSWER, Route.CLARIFY, Route.HANDOFF}
     assert outcome.replies
     with session_scope() as session:
         stored = session.get(Message, outcome.message_id)
@@ -353,6 +355,41 @@ def test_an_unsure_emergency_is_handed_to_a_nurse_with_the_911_advice(runtime, m
     assert (outcome.route, outcome.intent) == (Route.HANDOFF, "emergency")
     assert outcome.replies[0].response_key == "utter_handoff_medical"
     assert "911" in texts(outcome)
+    with session_scope() as session:
+        assert session.scalars(select(Handoff)).one().priority == Priority.MEDICAL
+
+
+def test_an_unsure_emergency_mid_form_leaves_the_form_for_a_nurse(runtime, monkeypatch) -> None:
+    from bot.nlu.classifier import Prediction
+
+    send(runtime, "I need a refill")
+    unsure = Prediction(lang="en", intent="emergency", confidence=0.3, ranking=(("emergency", 0.3),))
+    monkeypatch.setattr(runtime.nlu.model, "predict", lambda text: unsure)
+    outcome = send(runtime, "something feels really off with me")
+    assert (outcome.route, outcome.intent) == (Route.HANDOFF, "emergency")
+    assert "911" in texts(outcome)
+    with session_scope() as session:
+        # Not stored as the medication, and no refill request made of it.
+        assert session.get(Conversation, outcome.conversation_id).active_form is None
+        assert session.scalars(select(PatientRequest)).all() == []
+
+
+@pytest.mark.parametrize(
+    "text", ["I ran out of my seizure meds, can I skip a few days?", "my heart hurts really bad", "me corté las venas"]
+)
+def test_a_clinical_question_or_an_emergency_is_never_a_form_answer(runtime, text: str) -> None:
+    send(runtime, "I need a refill")
+    outcome = send(runtime, text)
+    assert outcome.route in (Route.HANDOFF, Route.EMERGENCY)
+    with session_scope() as session:
+        assert session.get(Conversation, outcome.conversation_id).active_form is None
+        assert session.scalars(select(PatientRequest)).all() == []
+
+
+def test_a_question_only_a_clinician_may_answer_is_handed_to_a_nurse(runtime) -> None:
+    outcome = send(runtime, "¿debo ir a urgencias?", address=MARIA)
+    assert (outcome.route, outcome.intent) == (Route.HANDOFF, "medical_question")
+    assert outcome.replies[0].response_key == "utter_handoff_medical"
     with session_scope() as session:
         assert session.scalars(select(Handoff)).one().priority == Priority.MEDICAL
 

@@ -10,6 +10,7 @@ import pytest
 
 from bot.config import REPO_ROOT
 from bot.conversations.models import Route
+from bot.nlu.classifier import Prediction
 from bot.nlu.pipeline import Nlu, get_nlu
 
 
@@ -33,6 +34,60 @@ def nlu(model_dir: Path) -> Nlu:
 def test_routes(nlu: Nlu, text: str, route: Route, intent: str) -> None:
     analysis = nlu.analyse(text)
     assert (analysis.route, analysis.intent) == (route, intent)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "¿debo ir a urgencias?",  # read as billing by the classifier
+        "I ran out of my seizure meds, can I skip a few days?",  # read as a refill
+        "are my results normal?",  # read as lab status
+        "my test results came back positive what does that mean",
+        "do I need to fast before my blood test? can I take my insulin?",  # read as test preparation
+        "is this covid?",  # read as a greeting
+        "¿puedo tomar ibuprofeno con mi presión alta?",
+    ],
+)
+def test_clinical_questions_go_to_a_nurse_whatever_topic_they_borrow(nlu: Nlu, text: str) -> None:
+    analysis = nlu.analyse(text)
+    assert (analysis.route, analysis.intent) == (Route.HANDOFF, "medical_question"), analysis
+    assert analysis.clinical is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("can i take my usual pills the morning of my blood test", "test_preparation"),
+        ("can I take my son to his appointment tomorrow", None),
+        ("puedo cambiar la cita para la tarde", "reschedule_appointment"),
+        ("is it ok if i come at 3pm", None),
+    ],
+)
+def test_routine_questions_stay_with_their_topic(nlu: Nlu, text: str, intent: str | None) -> None:
+    analysis = nlu.analyse(text)
+    assert analysis.clinical is None  # (what the classifier makes of it is its own business)
+    if intent is not None:
+        assert analysis.intent == intent
+
+
+class _Unsure:
+    """An intent model that reads everything as a possible emergency, without confidence."""
+
+    trained_on = "fixed"
+
+    def __init__(self, confidence: float) -> None:
+        self.confidence = confidence
+
+    def predict(self, text: str) -> Prediction:
+        return Prediction(lang="es", intent="emergency", confidence=self.confidence,
+                          ranking=(("emergency", self.confidence), ("greeting", 0.2)), lang_confidence=0.9)  # fmt: skip
+
+
+@pytest.mark.parametrize("confidence", [0.2, 0.36, 0.6])
+def test_a_possible_emergency_goes_to_a_nurse_however_unsure_the_classifier_is(confidence: float) -> None:
+    # Below the clarify threshold it used to get "did you mean...?" (e.g. "me voy a colgar" at 0.36).
+    analysis = Nlu(model=_Unsure(confidence), clarify_threshold=0.45).analyse("algo que las reglas no ven")  # type: ignore[arg-type]
+    assert (analysis.route, analysis.intent) == (Route.HANDOFF, "emergency")
 
 
 def test_safety_layer_overrides_the_classifier(nlu: Nlu) -> None:
