@@ -64,11 +64,14 @@ class ActionEmergency(Action):
         return "action_emergency"
 
     def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]) -> list[EventType]:
-        kind = (tracker.latest_message.get("metadata") or {}).get("emergency_kind")
+        metadata = tracker.latest_message.get("metadata") or {}
+        kind, message_id = metadata.get("emergency_kind"), metadata.get("message_id")
         # Instructions first: they must not wait on the database.
         dispatcher.utter_message(response="utter_emergency_self_harm" if kind == "self_harm" else "utter_emergency")
         with session_scope() as session:
-            flows.do_emergency(session=session, conversation_id=conversation_id(tracker), kind=kind)
+            flows.do_emergency(
+                session=session, conversation_id=conversation_id(tracker), kind=kind, message_id=message_id
+            )
         return [ActiveLoop(None), SlotSet("requested_slot", None)]
 
 

@@ -208,7 +208,8 @@ class Engine:
         lang = self._language(analysis=analysis, text=text, conversation=conversation)
         conversation.language = lang
         turn = _Turn(engine=self, session=session, conversation=conversation, identity=identity, patient=patient,
-                     clinic=clinic, analysis=analysis, text=text, lang=lang, media=bool(message.media))  # fmt: skip
+                     clinic=clinic, analysis=analysis, text=text, lang=lang, media=bool(message.media),
+                     message_id=message.id)  # fmt: skip
         route, intent, confidence = turn.run()
         message.lang, message.intent, message.confidence, message.route = lang, intent, confidence, route
         message.processed_at = utcnow()
@@ -281,6 +282,7 @@ class _Turn:
     text: str
     lang: str
     media: bool = False  # the patient attached files (a photo, a document): a person looks at them
+    message_id: int | None = None
     replies: list[Reply] = field(default_factory=list)
 
     def run(self) -> tuple[Route, str | None, float | None]:
@@ -466,7 +468,11 @@ class _Turn:
             "text": self.text,
             "intent": {"name": analysis.intent, "confidence": analysis.confidence},
             "intent_ranking": [{"name": n, "confidence": c} for n, c in analysis.ranking],
-            "metadata": {"emergency_kind": analysis.safety.kind.value if analysis.safety.kind else None},
+            "metadata": {
+                "emergency_kind": analysis.safety.kind.value if analysis.safety.kind else None,
+                # An emergency alert is keyed on the message that raised it (once per message, even on a retry).
+                "message_id": self.message_id,
+            },
         }
         events = [{"event": "user", "text": self.text, "parse_data": latest}, *extra_events]
         return {

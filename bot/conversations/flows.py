@@ -160,8 +160,13 @@ def do_handoff(*, session: Session, conversation_id: int, reason: HandoffReason)
     return HandoffResult(handoff.id, handoff.team, handoff.due_at, already_open=False)
 
 
-def do_emergency(*, session: Session, conversation_id: int, kind: str | None) -> HandoffResult:
-    """Raise an urgent alert for staff; the caller sends the emergency instructions."""
+def do_emergency(
+    *, session: Session, conversation_id: int, kind: str | None, message_id: int | None = None
+) -> HandoffResult:
+    """Raise an urgent alert for staff; the caller sends the emergency instructions.
+
+    `message_id` is the patient message that raised it: each emergency message alerts staff once.
+    """
     result = do_handoff(session=session, conversation_id=conversation_id, reason=HandoffReason.EMERGENCY)
     audit.record(
         session=session,
@@ -169,14 +174,14 @@ def do_emergency(*, session: Session, conversation_id: int, kind: str | None) ->
         action="emergency.detected",
         subject_type="conversation",
         subject_id=conversation_id,
-        details={"kind": kind, "handoff_id": result.handoff_id},
+        details={"kind": kind, "handoff_id": result.handoff_id, "message_id": message_id},
     )
     # An alert staff tooling can page on; ids only.
     log.warning("EMERGENCY in conversation %s (kind %s, handoff %s)", conversation_id, kind, result.handoff_id)
     from bot.staff.alerts import do_raise_alert  # late, like do_open_case above
     from bot.staff.models import AlertKind
 
-    do_raise_alert(session=session, kind=AlertKind.EMERGENCY, handoff_id=result.handoff_id)
+    do_raise_alert(session=session, kind=AlertKind.EMERGENCY, handoff_id=result.handoff_id, message_id=message_id)
     return result
 
 

@@ -60,18 +60,29 @@ def _queue_telegram(*, session: Session, alert: StaffAlert) -> None:
     )
 
 
-def do_raise_alert(*, session: Session, kind: AlertKind, handoff_id: int) -> StaffAlert | None:
-    """Raise one alert of a kind for a hand-off; return None when it was raised before."""
-    exists = session.scalars(
-        select(StaffAlert.id).where(StaffAlert.kind == kind, StaffAlert.handoff_id == handoff_id)
-    ).first()
+def do_raise_alert(
+    *, session: Session, kind: AlertKind, handoff_id: int, message_id: int | None = None
+) -> StaffAlert | None:
+    """Raise an alert for a hand-off; return None when it was raised before.
+
+    With `message_id` the alert is that message's: each emergency message alerts staff once, however
+    many alerts its hand-off already has (a new emergency after staff acknowledged the first must page
+    them again). Without it, one alert per hand-off and kind (an overdue hand-off).
+    """
+    same = StaffAlert.message_id == message_id if message_id is not None else StaffAlert.handoff_id == handoff_id
+    unkeyed = StaffAlert.message_id.is_(None) if message_id is None else true()
+    exists = session.scalars(select(StaffAlert.id).where(StaffAlert.kind == kind, same, unkeyed)).first()
     if exists is not None:
         return None
     handoff = session.get(Handoff, handoff_id)
     if handoff is None:
         raise LookupError(f"handoff {handoff_id} not found")
     alert = StaffAlert(
-        kind=kind, conversation_id=handoff.conversation_id, handoff_id=handoff.id, priority=handoff.priority
+        kind=kind,
+        conversation_id=handoff.conversation_id,
+        handoff_id=handoff.id,
+        message_id=message_id,
+        priority=handoff.priority,
     )
     try:
         with session.begin_nested():
@@ -86,9 +97,9 @@ def do_raise_alert(*, session: Session, kind: AlertKind, handoff_id: int) -> Sta
         action=f"alert.{kind}",
         subject_type="staff_alert",
         subject_id=alert.id,
-        details={"handoff_id": handoff.id, "conversation_id": handoff.conversation_id},
+        details={"handoff_id": handoff.id, "conversation_id": handoff.conversation_id, "message_id": message_id},
     )
-    log.warning("alert %s (%s) for handoff %s", alert.id, kind, handoff.id)
+    log.warning("alert %s (%s) for handoff %s (message %s)", alert.id, kind, handoff.id, message_id)
     return alert
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db import Base, utcnow
@@ -190,16 +190,35 @@ class AlertKind(StrEnum):
     SLA_BREACH = "sla_breach"
 
 
+UNKEYED_ALERT_SQL = "message_id IS NULL"
+
+
 class StaffAlert(Base):
-    """An in-app alert (and, when configured, a staff Telegram message); one per hand-off and kind."""
+    """An in-app alert (and, when configured, a staff Telegram message).
+
+    An emergency alert belongs to the patient message that raised it (`message_id`): every emergency
+    message alerts staff, even in a hand-off they already acknowledged, and a retried message never
+    alerts twice. Alerts that no one message raised (an overdue hand-off) are once per hand-off and kind.
+    """
 
     __tablename__ = "staff_alert"
-    __table_args__ = (UniqueConstraint("kind", "handoff_id"),)
+    __table_args__ = (
+        UniqueConstraint("kind", "message_id"),
+        Index(
+            "ix_staff_alert_once_per_handoff",
+            "kind",
+            "handoff_id",
+            unique=True,
+            postgresql_where=text(UNKEYED_ALERT_SQL),
+            sqlite_where=text(UNKEYED_ALERT_SQL),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(24))
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"), index=True)
     handoff_id: Mapped[int] = mapped_column(ForeignKey("handoff.id"))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("message.id"))
     priority: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     acknowledged_at: Mapped[datetime | None]

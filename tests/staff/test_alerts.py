@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from bot.channels.models import OutboxMessage
-from bot.conversations.models import Conversation, Handoff
+from bot.conversations import flows
+from bot.conversations.models import Conversation, Handoff, Message
 from bot.db import session_scope, utcnow
 from bot.staff.alerts import open_alert_count, sweep_overdue_handoffs
 from bot.staff.models import StaffAlert
@@ -56,10 +57,15 @@ def sweep(now_offset: timedelta = timedelta(0)) -> int:
         return sweep_overdue_handoffs(session=session, now=utcnow() + now_offset)
 
 
-def test_two_emergencies_in_one_conversation_raise_one_alert_which_staff_acknowledge(make_app) -> None:
+def emergency_message_ids() -> list[int]:
+    """Return the ids of the inbound messages routed as emergencies, oldest first."""
+    with session_scope() as session:
+        return list(session.scalars(select(Message.id).where(Message.direction == "in", Message.route == "emergency").order_by(Message.id)))
+
+
+def test_an_emergency_raises_an_alert_which_staff_acknowledge(make_app) -> None:
     chat = visitor(make_app)
     chat.ask(EMERGENCY)
-    chat.ask("my father collapsed and is not breathing")
     handoff_id, conversation_id = only_handoff()
     assert alerts() == [("emergency", conversation_id, handoff_id, 40)]
 
@@ -89,6 +95,55 @@ def test_two_emergencies_in_one_conversation_raise_one_alert_which_staff_acknowl
     sam = str(staff_id(DEMO_STAFF_EMAIL))
     assert [row[:2] for row in audit_rows("alert.acknowledged")] == [(sam, str(alert_id))]
     assert chat.client.post("/staff/alerts/999/ack", data={"csrf_token": csrf}).status_code == 404
+
+
+def test_every_emergency_message_alerts_staff_even_in_a_handoff_they_acknowledged_and_own(make_app) -> None:
+    chat = visitor(make_app)
+    chat.ask("my chest hurts really bad")
+    handoff_id, conversation_id = only_handoff()
+    assert alerts() == [("emergency", conversation_id, handoff_id, 40)]
+    csrf = sign_in(chat.client, DEMO_STAFF_EMAIL)
+    with session_scope() as session:
+        first_alert = session.scalars(select(StaffAlert.id)).one()
+    acked = chat.client.post(f"/staff/alerts/{first_alert}/ack", data={"csrf_token": csrf}, follow_redirects=False)
+    assert acked.status_code == 303
+    claimed = chat.client.post(
+        f"/staff/conversations/{conversation_id}/claim", data={"csrf_token": csrf}, follow_redirects=False
+    )
+    assert claimed.status_code == 303
+    with session_scope() as session:
+        assert session.get(Conversation, conversation_id).state == "staff"  # type: ignore[union-attr]
+        assert open_alert_count(session=session) == 0
+
+    # A second, different emergency in the same open hand-off: the crisis line, and a new alert.
+    replies = chat.ask("i want to kill myself")
+    assert any("988" in reply for reply in replies), replies
+    # A third message of the same kind alerts again too: each emergency message is one alert.
+    chat.ask("my father collapsed and is not breathing")
+    assert only_handoff() == (handoff_id, conversation_id)
+    assert alerts() == [("emergency", conversation_id, handoff_id, 40)] * 3
+    with session_scope() as session:
+        keyed = session.scalars(select(StaffAlert.message_id).order_by(StaffAlert.id)).all()
+        assert open_alert_count(session=session) == 2
+    assert keyed == emergency_message_ids()
+
+
+def test_an_emergency_message_handled_again_alerts_once(make_app) -> None:
+    chat = visitor(make_app)
+    chat.ask(EMERGENCY)
+    (message_id,) = emergency_message_ids()
+    _, conversation_id = only_handoff()
+    # A retry of the same message (a worker that died after raising the alert, a redelivered action call).
+    with session_scope() as session:
+        flows.do_emergency(session=session, conversation_id=conversation_id, kind="cardiac", message_id=message_id)
+    with session_scope() as session:
+        assert session.scalars(select(StaffAlert.message_id)).all() == [message_id]
+    # An unkeyed alert (an action server that sends no message id) is still once per hand-off.
+    for _ in range(2):
+        with session_scope() as session:
+            flows.do_emergency(session=session, conversation_id=conversation_id, kind="cardiac")
+    with session_scope() as session:
+        assert session.scalars(select(StaffAlert.message_id).order_by(StaffAlert.id)).all() == [message_id, None]
 
 
 def test_the_sla_sweep_alerts_once_for_an_overdue_handoff_without_a_staff_reply(make_app) -> None:
