@@ -66,10 +66,10 @@ class ActionEmergency(Action):
     def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]) -> list[EventType]:
         metadata = tracker.latest_message.get("metadata") or {}
         kind, message_id = metadata.get("emergency_kind"), metadata.get("message_id")
-        # Instructions first: they must not wait on the database.
-        dispatcher.utter_message(response="utter_emergency_self_harm" if kind == "self_harm" else "utter_emergency")
+        # Instructions first: they must not wait on the database, nor be lost when the alert fails.
+        dispatcher.utter_message(response=flows.emergency_response(kind))
         with session_scope() as session:
-            flows.do_emergency(
+            flows.do_emergency_or_log(
                 session=session, conversation_id=conversation_id(tracker), kind=kind, message_id=message_id
             )
         return [ActiveLoop(None), SlotSet("requested_slot", None)]

@@ -28,6 +28,7 @@ from bot.conversations.rendering import clinic_values
 from bot.conversations.service import clean_text, open_conversation, store_inbound
 from bot.db import get_engine, session_scope, utcnow
 from bot.nlu.pipeline import Analysis
+from bot.nlu.safety import check
 from bot.patients.models import ChannelIdentity
 from bot.patients.service import get_or_create_identity
 from bot.when import render_due
@@ -279,7 +280,12 @@ class InboundProcessor:
         return outcome
 
     def _count_failure(self, message_id: int) -> None:
-        """Count a failure; a message that keeps failing goes to staff rather than blocking the queue."""
+        """Count a failure; a message that keeps failing goes to staff rather than blocking the queue.
+
+        An emergency that keeps failing is still an emergency: the safety rules (text only, no model, no
+        database) read it again here, and the patient gets the instructions and staff an urgent alert,
+        in any conversation state, rather than "couldn't understand" and a front-desk hand-off.
+        """
         with session_scope() as session:
             message = session.get(Message, message_id)
             if message is None:
@@ -287,6 +293,11 @@ class InboundProcessor:
             message.process_errors += 1
             if message.process_errors >= MAX_PROCESS_ERRORS:
                 message.processed_at, message.route = utcnow(), "error"
+                safety = check(message.body or "")
+                if safety.is_emergency:
+                    kind = safety.kind.value if safety.kind else None
+                    self._tell_emergency(session=session, message=message, kind=kind)
+                    return
                 conversation = session.get(Conversation, message.conversation_id)
                 bot_answers = conversation is not None and conversation.state == ConversationState.BOT
                 result = flows.do_handoff(
@@ -296,6 +307,30 @@ class InboundProcessor:
                     # Never a silent drop: the patient is told a person will reply, and by when. (When staff
                     # already own the chat the bot stays silent; they see the message in the transcript.)
                     self._tell_handed_off(session=session, message=message, result=result)
+
+    def _tell_emergency(self, *, session: Session, message: Message, kind: str | None) -> None:
+        """Queue the emergency instructions for a message that failed routing, then alert staff."""
+        log.error("inbound %s failed routing %d times and is an emergency: instructions and alert sent without it",
+                  message.id, message.process_errors)  # fmt: skip
+        conversation = session.get(Conversation, message.conversation_id)
+        identity = session.get(ChannelIdentity, conversation.identity_id) if conversation else None
+        if conversation is None or identity is None:
+            return
+        clinic, lang = load_clinic(session=session), conversation.language or "en"
+        key = flows.emergency_response(kind)
+        values = clinic_values(clinic=clinic, lang=lang, patient=None, now=utcnow())
+        text = self.engine.domain.render(key, lang=lang, slots={}, values=values)
+        out = Message(conversation_id=conversation.id, channel=conversation.channel, direction=Direction.OUT,
+                      author_kind=Author.BOT, body=text, lang=lang, response_key=key, route=Route.EMERGENCY)  # fmt: skip
+        session.add(out)
+        session.flush()
+        # As the engine queues an emergency reply: first in the queue, and sent even after an opt-out.
+        outbox.enqueue(session=session, key=f"reply:{message.id}:failed", identity=identity, body=text,
+                       conversation_id=conversation.id, message_id=out.id, priority=100, bypass_opt_out=True)  # fmt: skip
+        # Instructions first: the hand-off and alert are bookkeeping whose failure must not lose them.
+        flows.do_emergency_or_log(session=session, conversation_id=conversation.id, kind=kind, message_id=message.id)
+        if self.on_replies is not None:
+            self.on_replies.set()
 
     def _tell_handed_off(self, *, session: Session, message: Message, result: flows.HandoffResult) -> None:
         conversation = session.get(Conversation, message.conversation_id)

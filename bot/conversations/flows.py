@@ -160,6 +160,12 @@ def do_handoff(*, session: Session, conversation_id: int, reason: HandoffReason)
     return HandoffResult(handoff.id, handoff.team, handoff.due_at, already_open=False)
 
 
+def emergency_response(kind: str | None) -> str:
+    """Name the dialogue response with the instructions for an emergency of this kind."""
+    # Self-harm adds the crisis line; every other kind gets the emergency number.
+    return "utter_emergency_self_harm" if kind == "self_harm" else "utter_emergency"
+
+
 def do_emergency(
     *, session: Session, conversation_id: int, kind: str | None, message_id: int | None = None
 ) -> HandoffResult:
@@ -183,6 +189,28 @@ def do_emergency(
 
     do_raise_alert(session=session, kind=AlertKind.EMERGENCY, handoff_id=result.handoff_id, message_id=message_id)
     return result
+
+
+def do_emergency_or_log(
+    *, session: Session, conversation_id: int, kind: str | None, message_id: int | None = None
+) -> HandoffResult | None:
+    """Open the emergency hand-off and alert in a savepoint; on failure log it loudly and return None.
+
+    The patient's instructions are queued in the same transaction: a failure here (a database error, an
+    alert that cannot be written) must roll back only this bookkeeping, never cost the patient them.
+    """
+    try:
+        with session.begin_nested():
+            return do_emergency(session=session, conversation_id=conversation_id, kind=kind, message_id=message_id)
+    except Exception:
+        log.exception(
+            "EMERGENCY ALERT FAILED in conversation %s (message %s, kind %s): instructions still sent; "
+            "staff were not alerted",
+            conversation_id,
+            message_id,
+            kind,
+        )
+        return None
 
 
 def do_log_complaint(*, session: Session, conversation_id: int) -> None:

@@ -127,3 +127,68 @@ def test_a_poisoned_batch_still_routes_the_rest(runtime, monkeypatch) -> None:  
     with session_scope() as session:
         routed = {m.id: (m.processed_at is not None, m.process_errors) for m in session.scalars(select(Message).where(Message.id.in_([*good, poison])))}
     assert routed == {**{n: (True, 0) for n in good}, poison: (False, 1)}
+
+
+def emergency_texts(message_id: int) -> list[tuple[str, int, bool, str | None]]:
+    """Return (key, priority, bypasses opt-out, response) of every reply queued for one inbound message."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(OutboxMessage.key, OutboxMessage.priority, OutboxMessage.bypass_opt_out, Message.response_key)
+            .join(Message, Message.id == OutboxMessage.message_id)
+            .where(OutboxMessage.key.like(f"reply:{message_id}:%"))
+            .order_by(OutboxMessage.id)
+        ).all()
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+def test_an_emergency_whose_alert_fails_still_gets_the_instructions(runtime, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    message_id = accept("I can't breathe, my throat is closing", "SM-alert-fails")
+
+    def alert_fails(**_):  # type: ignore[no-untyped-def]
+        # After the hand-off is written: the savepoint must take it back with the failed alert.
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr("bot.staff.alerts.do_raise_alert", alert_fails)
+    InboundProcessor(engine=runtime.engine).drain()
+    assert emergency_texts(message_id) == [(f"reply:{message_id}:0", 100, True, "utter_emergency")]
+    with session_scope() as session:
+        message = session.get(Message, message_id)
+        assert (message.route, message.process_errors) == ("emergency", 0)
+        assert session.scalars(select(Handoff)).all() == []
+    failed = [r for r in caplog.records if "EMERGENCY ALERT FAILED" in r.getMessage()]
+    assert [(r.levelname, r.exc_info is not None) for r in failed] == [("ERROR", True)]
+    assert "breathe" not in caplog.text
+
+
+def test_an_emergency_that_keeps_failing_gets_the_instructions_and_an_urgent_handoff(runtime, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from bot.staff.models import StaffAlert
+
+    message_id = accept("I can't breathe, my throat is closing", "SM-emergency-poison")
+    monkeypatch.setattr(runtime.engine, "route", lambda **_: (_ for _ in ()).throw(RuntimeError("bug")))
+    InboundProcessor(engine=runtime.engine).drain()
+    with session_scope() as session:
+        poison = session.get(Message, message_id)
+        handoff = session.scalars(select(Handoff)).one()
+        alert = session.scalars(select(StaffAlert)).one()
+        body = session.scalars(select(OutboxMessage.body)).one()
+    assert (poison.process_errors, poison.route) == (3, "error")
+    assert (handoff.reason, handoff.priority, handoff.team) == ("emergency", 40, "nurse")
+    assert (alert.kind, alert.handoff_id, alert.message_id) == ("emergency", handoff.id, message_id)
+    assert emergency_texts(message_id) == [(f"reply:{message_id}:failed", 100, True, "utter_emergency")]
+    assert body.startswith("If this is an emergency, call 911 now")
+
+
+def test_a_self_harm_message_that_keeps_failing_after_an_opt_out_gets_the_crisis_line(runtime, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from bot.patients.models import ChannelIdentity
+
+    message_id = accept("i want to kill myself", "SM-self-harm-poison")
+    with session_scope() as session:
+        conversation = session.get(Message, message_id).conversation
+        conversation.state = "staff"
+        session.get(ChannelIdentity, conversation.identity_id).opted_out_at = conversation.created_at
+    monkeypatch.setattr(runtime.engine, "route", lambda **_: (_ for _ in ()).throw(RuntimeError("bug")))
+    InboundProcessor(engine=runtime.engine).drain()
+    assert emergency_texts(message_id) == [(f"reply:{message_id}:failed", 100, True, "utter_emergency_self_harm")]
+    with session_scope() as session:
+        assert "988" in session.scalars(select(OutboxMessage.body)).one()
+        assert session.scalars(select(Handoff.reason)).all() == ["emergency"]
