@@ -60,22 +60,26 @@ class RateLimiter:
         self._warned_at = -math.inf
         self._lock = threading.Lock()
 
-    def hit(self, scope: str, key: str) -> int | None:
-        """Count one hit; return None if it is allowed, else the whole seconds until one would be."""
+    def hit(self, scope: str, key: str, *, per_minute: int | None = None) -> int | None:
+        """Count one hit; return None if it is allowed, else the whole seconds until one would be.
+
+        `per_minute` overrides the limit for this scope (a scope must always be counted with the same one).
+        """
+        item = self.item if per_minute is None else RateLimitItemPerMinute(per_minute)
         try:
-            if self.strategy.hit(self.item, scope, key):
+            if self.strategy.hit(item, scope, key):
                 return None
-            reset_at = self.strategy.get_window_stats(self.item, scope, key).reset_time
+            reset_at = self.strategy.get_window_stats(item, scope, key).reset_time
         except StorageError as error:
             self._storage_failed(error)
             return None
         return max(1, math.ceil(reset_at - time.time()))
 
-    async def check(self, scope: str, key: str) -> int | None:
+    async def check(self, scope: str, key: str, *, per_minute: int | None = None) -> int | None:
         """`hit` from a request handler: a shared store's round trip runs off the event loop."""
         if self.local:
-            return self.hit(scope, key)
-        return await run_in_threadpool(self.hit, scope, key)
+            return self.hit(scope, key, per_minute=per_minute)
+        return await run_in_threadpool(self.hit, scope, key, per_minute=per_minute)
 
     def _storage_failed(self, error: StorageError) -> None:
         with self._lock:

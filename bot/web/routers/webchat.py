@@ -8,6 +8,12 @@ process can serve any visitor's stream.
 Limits (messages and code requests per session, new sessions per IP) are moving windows counted in
 this process, or in a Redis that app replicas share (bot.web.ratelimit). Code requests are also
 limited in the database (per phone and per session), and wrong codes per code.
+
+An emergency is never refused for being one message too many or too long: a message the safety rules
+call an emergency is stored and routed (instructions and a staff alert) past the per-session message
+limit and past the 2,000-character limit. It is still bounded: past the ordinary limit at most
+EMERGENCY_RATE_PER_MINUTE such messages a minute per session, and at most MAX_EMERGENCY_TEXT_CHARS
+characters (stored whole; the request body limit applies as ever). Every other refusal is unchanged.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from bot.config import Settings
 from bot.conversations.models import Conversation, Direction, Message
 from bot.conversations.service import clean_text
 from bot.db import read_scope, session_scope, utcnow
+from bot.nlu.safety import check
 from bot.patients.models import Channel, Patient
 from bot.patients.service import InvalidPhoneError, get_identity, get_or_create_identity, normalize_phone
 from bot.runtime import Runtime
@@ -58,6 +65,12 @@ COOKIE_NAME = "clinicbot_chat"
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
 LANGUAGES = ("en", "es")
 MAX_TEXT_CHARS = 2_000
+# An emergency is let past the limits below, up to these: twice the length (the whole text is stored and
+# routed, so the safety rules read all of it again), and 60 more a minute per session than the ordinary
+# limit, so a session that floods "emergencies" is still bounded. The text is read by the safety rules
+# only when a request would otherwise be refused, and never past this length (a few ms of CPU at most).
+MAX_EMERGENCY_TEXT_CHARS = 4_000
+EMERGENCY_RATE_PER_MINUTE = 60
 MAX_CLIENT_ID_CHARS = 64
 MAX_BODY_BYTES = 16_384
 POLL_SECONDS = 0.5
@@ -235,6 +248,12 @@ class MessageIn(BaseModel):
         return value
 
 
+class EmergencyMessageIn(MessageIn):
+    """An emergency, which may run longer than an ordinary message (up to MAX_EMERGENCY_TEXT_CHARS)."""
+
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EMERGENCY_TEXT_CHARS)]
+
+
 class VerifyStartIn(BaseModel):
     """The details on file: phone number and date of birth."""
 
@@ -305,22 +324,68 @@ async def _parse(request: Request, model: type[Model]) -> Model:
         raise Refused(422, sentence, field=name) from None
 
 
+async def _is_emergency(request: Request) -> bool:
+    """Return whether the body's text is an emergency by the safety rules (read once per request).
+
+    Asked only of a message about to be refused; a body that is not a JSON object with a text of at most
+    MAX_EMERGENCY_TEXT_CHARS is not read at all. The text is cleaned as it will be stored, so the
+    engine, which reads the stored text, reaches the same verdict.
+    """
+    known = getattr(request.state, "emergency", None)
+    if known is not None:
+        return bool(known)
+    found = False
+    raw = await request.body()
+    if len(raw) <= MAX_BODY_BYTES:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            data = None
+        text = data.get("text") if isinstance(data, dict) else None
+        if isinstance(text, str) and len(text) <= MAX_EMERGENCY_TEXT_CHARS:
+            found = (await run_in_threadpool(check, clean_text(text))).is_emergency
+    request.state.emergency = found
+    return found
+
+
 async def _admit(
-    request: Request, settings: Settings, *, limiter: str, model: type[Model], replace_lapsed: bool = False
+    request: Request,
+    settings: Settings,
+    *,
+    limiter: str,
+    model: type[Model],
+    replace_lapsed: bool = False,
+    emergency: type[Model] | None = None,
 ) -> tuple[Visitor, Model]:
     """Check origin and the visitor's rate limit, then parse the body; raise Refused on any failure.
 
     `replace_lapsed`: a session whose verification lapsed is replaced first (see `_session_state`), so
     verifying again, perhaps as someone else, never reopens the history of the earlier verification.
+    `emergency`: the model of an emergency message, which passes the rate limit (up to its own) and the
+    model's checks when only its longer text keeps it from passing them.
     """
     _check_origin(request, settings)
     state = _state(request, settings)
     visitor = (await _current_visitor(request, state))[0] if replace_lapsed else await _visitor(request, state)
-    retry = await state.limits.check(limiter, f"session:{visitor.session_id}")
+    key = f"session:{visitor.session_id}"
+    retry = await state.limits.check(limiter, key)
     if retry is not None:
-        log.info("web chat request refused: rate limit")
-        raise _too_many(retry)
-    return visitor, await _parse(request, model)
+        if emergency is None or not await _is_emergency(request):
+            log.info("web chat request refused: rate limit")
+            raise _too_many(retry)
+        beyond = await state.limits.check(f"{limiter}:emergency", key, per_minute=EMERGENCY_RATE_PER_MINUTE)
+        if beyond is not None:
+            log.warning("web chat emergency refused: past the emergency rate limit too")
+            raise _too_many(beyond)
+        log.warning("web chat emergency let past the rate limit")
+    try:
+        return visitor, await _parse(request, model)
+    except Refused:
+        if emergency is None or not await _is_emergency(request):
+            raise
+        parsed = await _parse(request, emergency)
+        log.warning("web chat emergency let past the message checks")
+        return visitor, parsed
 
 
 # -- the page ----------------------------------------------------------------------------------
@@ -444,7 +509,9 @@ def _accept(address: str, body: MessageIn) -> tuple[bool, int]:
 async def post_message(request: Request, settings: SettingsDep, workers: WorkersDep) -> Response:
     """Store a visitor's message and wake the processor; the reply arrives on the event stream."""
     try:
-        visitor, body = await _admit(request, settings, limiter="messages", model=MessageIn)
+        visitor, body = await _admit(
+            request, settings, limiter="messages", model=MessageIn, emergency=EmergencyMessageIn
+        )
     except Refused as refused:
         return refused.response()
     stored, identity_id = await workers.intake.run(_accept, visitor.address, body)

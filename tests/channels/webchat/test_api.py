@@ -10,7 +10,7 @@ from bot.conversations.models import Direction, Message
 from bot.db import session_scope, utcnow
 from bot.patients.models import ChannelIdentity
 from bot.patients.service import get_or_create_identity
-from bot.web.routers.webchat import COOKIE_NAME, address_for
+from bot.web.routers.webchat import COOKIE_NAME, MAX_EMERGENCY_TEXT_CHARS, address_for
 from tests.channels.webchat.conftest import ORIGIN, Visitor
 
 
@@ -235,6 +235,64 @@ def test_messages_are_rate_limited_per_session(make_app) -> None:
     harness.client.cookies.clear()
     harness.client.get("/chat")
     assert visitor.say("hi").status_code == 202
+
+
+def emergency_handling() -> tuple[list[tuple[int, str]], list[int], list[str]]:
+    """Return (length, route) of every stored inbound text, the emergency replies' priorities and the alerts."""
+    from bot.staff.models import StaffAlert
+
+    with session_scope() as session:
+        inbound = session.execute(
+            select(func.length(Message.body), Message.route).where(Message.direction == Direction.IN).order_by(Message.id)
+        ).all()
+        priorities = session.scalars(
+            select(OutboxMessage.priority).where(OutboxMessage.bypass_opt_out.is_(True)).order_by(OutboxMessage.id)
+        ).all()
+        alerts = session.scalars(select(StaffAlert.kind).order_by(StaffAlert.id)).all()
+    return [(row[0], row[1]) for row in inbound], list(priorities), list(alerts)
+
+
+def test_an_emergency_past_the_rate_limit_is_stored_and_answered(make_app) -> None:
+    harness = make_app(CLINICBOT_WEBCHAT_RATE_PER_MINUTE="3")
+    harness.client.get("/chat")
+    visitor = Visitor(harness)
+    assert [visitor.say(f"hello {n}").status_code for n in range(4)] == [202, 202, 202, 429]
+    # Past the limit an emergency still gets through, and only an emergency.
+    assert visitor.say("I can't breathe, my throat is closing").status_code == 202
+    assert visitor.say("hello again").status_code == 429
+    assert visitor.say("my chest hurts and i can't breathe").status_code == 202
+    harness.settle()
+    inbound, priorities, alerts = emergency_handling()
+    assert [route for _, route in inbound] == ["answer", "answer", "answer", "emergency", "emergency"]
+    assert (priorities, alerts) == ([100, 100], ["emergency", "emergency"])
+    assert sum("911" in reply for reply in visitor.replies()) == 2
+
+
+def test_emergencies_past_the_rate_limit_are_bounded_too(make_app, monkeypatch) -> None:
+    monkeypatch.setattr("bot.web.routers.webchat.EMERGENCY_RATE_PER_MINUTE", 2)
+    harness = make_app(CLINICBOT_WEBCHAT_RATE_PER_MINUTE="1")
+    harness.client.get("/chat")
+    visitor = Visitor(harness)
+    statuses = [visitor.say("I can't breathe").status_code for _ in range(4)]
+    assert statuses == [202, 202, 202, 429]  # one within the limit, two past it, then refused
+    refused = visitor.say("I can't breathe")
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 60
+    harness.settle()
+
+
+def test_an_emergency_longer_than_a_message_may_be_is_stored_whole_and_answered(visitor: Visitor) -> None:
+    text = "I need help. " * 160 + "my chest hurts and I can't breathe"
+    assert 2_000 < len(text) <= MAX_EMERGENCY_TEXT_CHARS
+    assert visitor.say(text).status_code == 202
+    # Not an emergency: refused as before. An emergency past the hard cap: refused too.
+    for body in ("I need help. " * 160 + "with my bill", "x" * MAX_EMERGENCY_TEXT_CHARS + " I can't breathe"):
+        refused = visitor.client.post("/chat/api/messages", json={"text": body, "client_message_id": "a"}, headers=ORIGIN)
+        assert refused.status_code == 422
+        assert refused.json() == {"detail": "text: must be at most 2,000 characters", "field": "text"}
+    visitor.app.settle()
+    inbound, priorities, alerts = emergency_handling()
+    assert (inbound, priorities, alerts) == ([(len(text), "emergency")], [100], ["emergency"])
+    assert any("911" in reply for reply in visitor.replies())
 
 
 def test_new_sessions_are_rate_limited_per_ip(make_app) -> None:

@@ -30,6 +30,14 @@ def test_the_window_moves_and_refused_hits_do_not_count() -> None:
         assert limiter.hit("messages", "a") == 60
 
 
+def test_a_scope_may_have_a_limit_of_its_own() -> None:
+    limiter = RateLimiter(per_minute=1)
+    with time_machine.travel(1_800_000_000, tick=False):
+        assert [limiter.hit("messages", "a"), limiter.hit("messages", "a")] == [None, 60]
+        hits = [limiter.hit("messages:emergency", "a", per_minute=3) for _ in range(4)]
+        assert hits == [None, None, None, 60]
+
+
 def test_replicas_sharing_a_redis_share_each_visitor_s_limit(make_app, redis_url: str) -> None:
     first = make_app(CLINICBOT_WEBCHAT_RATE_PER_MINUTE="3", CLINICBOT_RATE_LIMIT_STORAGE_URL=redis_url)
     second = make_app()  # the same settings: another replica of the same deployment
