@@ -488,18 +488,43 @@ async def chat_page(request: Request, settings: SettingsDep, runtime: RuntimeDep
 # -- messages ----------------------------------------------------------------------------------
 
 
+def provider_message_id(*, identity_id: int, client_message_id: str) -> str:
+    """Return the dedupe id of a visitor's message: unique per web chat identity and client message id.
+
+    The identity, not the session: a session id rotates when the visitor verifies (the identity keeps its
+    id and takes the new address), and a message whose 202 was lost before that, retried after it, must
+    be recognised. Identity ids are unique, so two visitors never share one. (A session replaced after
+    its verification lapsed is a new identity on purpose: a retry there is that new chat's message, shown
+    and answered in it, not a duplicate of one in a history it may no longer see.)
+    """
+    return f"i{identity_id}:{client_message_id}"
+
+
+def _legacy_provider_message_id(*, address: str, client_message_id: str) -> str:
+    """Return the dedupe id stored before identity ids were used: the session's address hash prefix."""
+    return f"{address[:32]}:{client_message_id}"
+
+
 def _accept(address: str, body: MessageIn) -> tuple[bool, int]:
     with session_scope() as session:
         identity = get_or_create_identity(session=session, channel=Channel.WEBCHAT, address=address)
         verification.expire_stale_verification(session=session, identity=identity)
+        # A retry of a message stored under the earlier id (the same session, across an upgrade) is a duplicate.
+        legacy = _legacy_provider_message_id(address=address, client_message_id=body.client_message_id)
+        stored_before = session.scalar(
+            select(Message.id).where(Message.channel == Channel.WEBCHAT, Message.provider_message_id == legacy)
+        )
+        if stored_before is not None:
+            return False, identity.id
         accepted = do_accept_inbound(
             session=session,
             inbound=InboundText(
                 channel=Channel.WEBCHAT,
                 address=address,
                 text=body.text,
-                # The address hash stands in for the session id: the same dedupe, no credential stored.
-                provider_message_id=f"{address[:32]}:{body.client_message_id}",
+                provider_message_id=provider_message_id(
+                    identity_id=identity.id, client_message_id=body.client_message_id
+                ),
             ),
         )
         return accepted.stored, accepted.identity_id

@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from bot.channels import outbox
 from bot.channels.models import OutboxMessage, OutboxStatus
 from bot.conversations.models import Direction, Message
+from bot.conversations.service import open_conversation, store_inbound
 from bot.db import session_scope, utcnow
 from bot.patients.models import ChannelIdentity
 from bot.patients.service import get_or_create_identity
@@ -138,6 +139,22 @@ def test_the_same_client_id_from_two_sessions_is_two_messages(make_app) -> None:
         harness.client.cookies.clear()
         harness.client.get("/chat")
         assert Visitor(harness).say("hello", client_message_id="abc").json() == {"status": "accepted"}
+
+
+def test_a_message_stored_under_the_earlier_dedupe_id_is_still_a_duplicate(visitor: Visitor) -> None:
+    # Stored before the dedupe id was the identity's: the session's address hash prefix and the client id.
+    address = address_for(visitor.client.cookies[COOKIE_NAME])
+    with session_scope() as session:
+        identity = get_or_create_identity(session=session, channel="webchat", address=address)
+        store_inbound(session=session, conversation=open_conversation(session=session, identity=identity),
+                      text="hello", provider_message_id=f"{address[:32]}:old-id")  # fmt: skip
+    assert visitor.say("hello", client_message_id="old-id").json() == {"status": "duplicate"}
+    assert visitor.say("hello", client_message_id="new-id").json() == {"status": "accepted"}
+    with session_scope() as session:
+        assert session.scalars(select(Message.provider_message_id).order_by(Message.id)).all() == [
+            f"{address[:32]}:old-id", f"i{identity.id}:new-id"
+        ]
+    visitor.app.settle()
 
 
 INVALID_MESSAGES = [

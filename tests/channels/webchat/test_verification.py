@@ -10,7 +10,7 @@ from sqlalchemy import select
 from bot.channels.models import OutboxMessage, OutboxStatus
 from bot.channels.verification import VerificationCode, hash_code
 from bot.conversations.flows import patient_for
-from bot.conversations.models import Conversation
+from bot.conversations.models import Conversation, Message
 from bot.db import session_scope, utcnow
 from bot.patients.models import ChannelIdentity, Patient
 from bot.staff.models import AuditEvent
@@ -83,6 +83,28 @@ def test_personal_information_only_after_verification(visitor: Visitor) -> None:
     assert "taking longer than expected" in after and "are in" in after
     # The code is single use.
     assert visitor.enter_code(code).json()["status"] == "dead"
+
+
+def test_a_message_retried_after_the_session_id_rotated_is_stored_and_answered_once(visitor: Visitor) -> None:
+    visitor.start_verification(JIM, JIM_DOB)
+    (_, _, code) = sent_codes()[-1]
+    before = visitor.client.cookies[COOKIE_NAME]
+    # The page posts a message; the server stores it, but the 202 never reaches the browser.
+    assert visitor.say("what are your hours", client_message_id="abc123").json() == {"status": "accepted"}
+    visitor.app.settle()
+    # Meanwhile the patient enters the code: the session id rotates.
+    assert visitor.enter_code(code).status_code == 200
+    assert visitor.client.cookies[COOKIE_NAME] != before
+    # The page's retry sends the very same message with the same client message id.
+    assert visitor.say("what are your hours", client_message_id="abc123").json() == {"status": "duplicate"}
+    visitor.app.settle()
+    with session_scope() as session:
+        stored = session.scalars(select(Message.id).where(Message.direction == "in")).all()
+        replies = session.scalars(select(OutboxMessage.key).where(OutboxMessage.key.like("reply:%"))).all()
+    assert replies == [f"reply:{stored[0]}:0"] and len(stored) == 1
+    # The stream still ties the stored message to the page's id, so the page shows it once.
+    sent = [data for _, data in visitor.events() if data["kind"] == "visitor"]
+    assert [(data["text"], data["client_message_id"]) for data in sent] == [("what are your hours", "abc123")]
 
 
 def test_page_shows_verified_state_and_ending_the_chat_stops_sharing(visitor: Visitor) -> None:
