@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -59,6 +60,8 @@ MAX_NOTE_CHARS = 4000
 CLOSED_VIEW_LIMIT = 100
 # Staff replies go out ahead of routine updates, behind emergency instructions.
 MASK = "••••"
+# A reply form's one-time submission id (`new_submission_id`): URL-safe base64, as a browser posts it back.
+SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 class Refused(Exception):
@@ -820,6 +823,41 @@ def followup_due(*, clinic: ClinicContext, choice: str, on: str, now: datetime) 
     raise Refused(400, f"Unknown follow-up choice {choice!r}.", outcome="invalid")
 
 
+def new_submission_id() -> str:
+    """Return a one-time id for a rendered reply form, so submitting that form twice sends one text."""
+    return secrets.token_urlsafe(16)
+
+
+def reply_key(*, conversation_id: int, submission_id: str) -> str:
+    """Return the outbox key of the reply a form submission sends: one text per rendered form."""
+    return f"staff-reply:{conversation_id}:{submission_id}"
+
+
+def _repeated_reply(session: Session, conversation: Conversation, key: str) -> ActionResult | None:
+    """Return what the first submission of a form answered, when this one repeats it; None when it is new.
+
+    A double click, a browser retry or a resubmitted form carries the same submission id: the repeat must
+    create no message, no promise and no text, and answer with the first one's status.
+    """
+    queued = session.execute(select(OutboxMessage.id, OutboxMessage.message_id).where(OutboxMessage.key == key)).first()
+    if queued is None:
+        return None
+    claimed = False
+    for details in session.scalars(
+        select(AuditEvent.details).where(
+            AuditEvent.action == "conversation.replied",
+            AuditEvent.subject_type == "conversation",
+            AuditEvent.subject_id == str(conversation.id),
+            AuditEvent.outcome == "ok",
+        )
+    ):
+        if details.get("message_id") == queued.message_id:
+            claimed = bool(details.get("claimed"))
+            break
+    log.info("outbox %s: reply form submitted again in conversation %s; nothing sent", queued.id, conversation.id)
+    return ActionResult("sent" if not claimed else "claimed_sent", queued=True)
+
+
 def do_send(
     *,
     session: Session,
@@ -827,14 +865,23 @@ def do_send(
     staff: Principal,
     domain: Domain,
     body: str,
+    submission_id: str,
     followup: str = "none",
     followup_date: str = "",
 ) -> ActionResult:
-    """Send a staff reply on the patient's channel, optionally with a follow-up promise."""
+    """Send a staff reply on the patient's channel once per submitted form, optionally with a follow-up promise."""
+    if not SUBMISSION_ID.fullmatch(submission_id):
+        raise Refused(400, "The reply form's submission id is missing or malformed: reload the page and send again.",
+                      outcome="invalid")  # fmt: skip
     text = body.strip()
     if not text:
         raise Refused(400, "Write a reply before pressing Send.", outcome="invalid")
     conversation = load_conversation(session=session, conversation_id=conversation_id, staff=staff, lock=True)
+    # Checked under the conversation's lock, before anything is written: a concurrent repeat waits here.
+    key = reply_key(conversation_id=conversation.id, submission_id=submission_id)
+    repeated = _repeated_reply(session, conversation, key)
+    if repeated is not None:
+        return repeated
     _holder_check(conversation, staff, session, verb="reply to")
     now = utcnow()
     clinic = load_clinic(session=session)
@@ -858,8 +905,10 @@ def do_send(
                       author_kind=Author.STAFF, author_id=staff.staff_id, body=text, lang=conversation.language)  # fmt: skip
     session.add(message)
     session.flush()
-    outbox.enqueue(session=session, key=f"staff:{message.id}", identity=identity, body=text,
-                   conversation_id=conversation.id, message_id=message.id, priority=STAFF_PRIORITY)  # fmt: skip
+    if outbox.enqueue(session=session, key=key, identity=identity, body=text, conversation_id=conversation.id,
+                      message_id=message.id, priority=STAFF_PRIORITY) is None:  # fmt: skip
+        # A concurrent repeat the lock above did not serialise (SQLite across processes): keep nothing of this one.
+        raise Refused(409, "This reply was already sent.", outcome="conflict", patient_id=conversation.patient_id)
     conversation.last_message_at = now
     kept: list[int] = []
     if handoff is not None:
@@ -883,7 +932,7 @@ def do_send(
         session.add(promise)
         session.flush()
         promise_id = promise.id
-    _audit(session, staff, "conversation.replied", conversation, message_id=message.id,
+    _audit(session, staff, "conversation.replied", conversation, message_id=message.id, claimed=claimed,
            handoff_id=handoff.id if handoff else None, promises_kept=kept, promise_id=promise_id)  # fmt: skip
     log.info("staff %s replied in conversation %s (message %s)", staff.staff_id, conversation.id, message.id)
     return ActionResult("sent" if not claimed else "claimed_sent", queued=True)

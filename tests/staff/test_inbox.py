@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,12 @@ def other_client(app_client: TestClient) -> TestClient:
 
 def post(client: TestClient, path: str, csrf: str, **form: str) -> object:
     return client.post(path, data={"csrf_token": csrf, **form}, follow_redirects=False)
+
+
+def send_reply(client: TestClient, conversation_id: int, csrf: str, **form: str) -> object:
+    """Post the reply form as a freshly rendered page would: with its own one-time submission id."""
+    return post(client, f"/staff/conversations/{conversation_id}/reply", csrf,
+                **{"submission": secrets.token_urlsafe(16), **form})  # fmt: skip
 
 
 def audit_rows(action: str) -> list[AuditEvent]:
@@ -398,10 +405,7 @@ def test_takeover_claim_silence_reply_and_hand_back(sms: SmsApp) -> None:
         ).all()
     assert (message.route, replies) == ("silent", [])
 
-    sent = post(
-        sms.client,
-        f"/staff/conversations/{conversation_id}/reply",
-        csrf,
+    sent = send_reply(sms.client, conversation_id, csrf,
         body="Hi Jim, Sam here. How can I help?",
     )
     assert sent.status_code == 303  # type: ignore[attr-defined]
@@ -417,8 +421,8 @@ def test_takeover_claim_silence_reply_and_hand_back(sms: SmsApp) -> None:
         ).one()
     assert handoff.first_response_at is not None and handoff.claimed_by_id == staff_id(DEMO_STAFF_EMAIL)
     assert (promise.kind, promise.status, promise.kept_at is not None) == ("handoff_reply", "kept", True)
-    assert (delivery.key, delivery.status, staff_message.author_id) == (
-        f"staff:{staff_message.id}", "sent", staff_id(DEMO_STAFF_EMAIL))  # fmt: skip
+    assert (delivery.key.rpartition(":")[0], delivery.status, staff_message.author_id) == (
+        f"staff-reply:{conversation_id}", "sent", staff_id(DEMO_STAFF_EMAIL))  # fmt: skip
     fragment = sms.client.get(f"/staff/conversations/{conversation_id}/transcript").text
     assert "Hi Jim, Sam here." in fragment and '<span class="delivery sent">sent</span>' in fragment
     assert f'href="/staff/messages/{staff_message.id}/correction"' in fragment
@@ -472,8 +476,7 @@ def test_send_on_an_unclaimed_bot_chat_claims_it_first(sms: SmsApp) -> None:
     assert conversation(conversation_id).state == "bot"
     csrf = sign_in(sms.client)
     assert (
-        post(
-            sms.client, f"/staff/conversations/{conversation_id}/reply", csrf, body="Hello from the desk"
+        send_reply(sms.client, conversation_id, csrf, body="Hello from the desk"
         ).status_code
         == 303
     )  # type: ignore[attr-defined]
@@ -486,16 +489,85 @@ def test_send_on_an_unclaimed_bot_chat_claims_it_first(sms: SmsApp) -> None:
         "human", staff_id(DEMO_ADMIN_EMAIL), True)  # fmt: skip
 
 
+def form_submission(client: TestClient, conversation_id: int) -> str:
+    """Return the one-time submission id the conversation page's reply form carries."""
+    page = client.get(f"/staff/conversations/{conversation_id}").text
+    [found] = re.findall(r'<input type="hidden" name="submission" value="([^"]+)">', page)
+    return found
+
+
+def staff_replies(conversation_id: int) -> tuple[list[str], list[str], list[int]]:
+    """Return the staff messages, the reply outbox keys and the callback promises of a conversation."""
+    with session_scope() as session:
+        bodies = session.scalars(select(Message.body).where(Message.conversation_id == conversation_id,
+                                                            Message.author_kind == "staff")).all()  # fmt: skip
+        keys = session.scalars(select(OutboxMessage.key).where(OutboxMessage.key.like("staff-reply:%"))).all()
+        promises = session.scalars(select(Promise.id).where(Promise.kind == "callback")).all()
+    return [b or "" for b in bodies], list(keys), list(promises)
+
+
+def test_a_reply_form_submitted_twice_texts_the_patient_once(sms: SmsApp) -> None:
+    # A double click, a browser retry or a resubmitted form posts the same rendered form again.
+    sms.text_in("what are your hours")
+    sms.settle()
+    conversation_id = conversation_id_of_jim()
+    csrf = sign_in(sms.client)
+    submission = form_submission(sms.client, conversation_id)
+    form = {"body": "Your refill is ready for pickup.", "followup": "next_day", "submission": submission}
+    responses = [post(sms.client, f"/staff/conversations/{conversation_id}/reply", csrf, **form) for _ in range(2)]
+    sms.settle()
+    expected = f"/staff/conversations/{conversation_id}?status=claimed_sent"
+    assert [(r.status_code, r.headers["location"]) for r in responses] == [(303, expected)] * 2  # type: ignore[attr-defined]
+    bodies, keys, promises = staff_replies(conversation_id)
+    assert (len(bodies), keys, len(promises)) == (1, [f"staff-reply:{conversation_id}:{submission}"], 1)
+    assert [t for t in texts_to(sms, JIM) if t.startswith("Your refill is ready")] == bodies
+    assert len(audit_rows("conversation.replied")) == 1
+    # A fresh page is a new form: the same words sent again on purpose go out again.
+    assert form_submission(sms.client, conversation_id) != submission
+    again = send_reply(sms.client, conversation_id, csrf, body="Your refill is ready for pickup.")
+    assert (again.status_code, again.headers["location"]) == (  # type: ignore[attr-defined]
+        303, f"/staff/conversations/{conversation_id}?status=sent")  # fmt: skip
+    assert len(staff_replies(conversation_id)[0]) == 2
+
+
+def test_a_reply_form_posted_twice_at_once_texts_the_patient_once(sms: SmsApp) -> None:
+    sms.text_in("I want to talk to a person")
+    sms.settle()
+    conversation_id = conversation_id_of_jim()
+    csrf = sign_in(sms.client)
+    form = {"body": "Hi Jim, Dana here.", "submission": form_submission(sms.client, conversation_id)}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        responses = list(pool.map(
+            lambda _: post(sms.client, f"/staff/conversations/{conversation_id}/reply", csrf, **form), range(2)))  # fmt: skip
+    sms.settle()
+    assert [r.status_code for r in responses] == [303, 303]  # type: ignore[attr-defined]
+    assert len({r.headers["location"] for r in responses}) == 1  # type: ignore[attr-defined]
+    assert (staff_replies(conversation_id)[0], texts_to(sms, JIM).count("Hi Jim, Dana here.")) == (
+        ["Hi Jim, Dana here."], 1)  # fmt: skip
+
+
+@pytest.mark.parametrize("submission", ["", "short", "x" * 65, "not/a-token-at-all!!"])
+def test_a_reply_without_a_well_formed_submission_id_is_refused(sms: SmsApp, submission: str) -> None:
+    sms.text_in("I want to talk to a person")
+    sms.settle()
+    conversation_id = conversation_id_of_jim()
+    csrf = sign_in(sms.client)
+    refused = post(sms.client, f"/staff/conversations/{conversation_id}/reply", csrf, body="Hello",
+                   submission=submission)  # fmt: skip
+    assert refused.status_code == 400  # type: ignore[attr-defined]
+    assert "submission id is missing or malformed" in refused.text  # type: ignore[attr-defined]
+    assert staff_replies(conversation_id) == ([], [], [])
+
+
 def test_reply_refuses_empty_or_too_long_text_with_a_message(sms: SmsApp) -> None:
     sms.text_in("I want to talk to a person")
     sms.settle()
     conversation_id = conversation_id_of_jim()
     csrf = sign_in(sms.client)
-    path = f"/staff/conversations/{conversation_id}/reply"
-    empty = post(sms.client, path, csrf, body="   ")
+    empty = send_reply(sms.client, conversation_id, csrf, body="   ")
     assert empty.status_code == 400  # type: ignore[attr-defined]
     assert "Write a reply before pressing Send." in empty.text  # type: ignore[attr-defined]
-    long = post(sms.client, path, csrf, body="x" * 1601)
+    long = send_reply(sms.client, conversation_id, csrf, body="x" * 1601)
     assert long.status_code == 400  # type: ignore[attr-defined]
     assert "limited to 1600 characters" in long.text and "this one has 1601" in long.text  # type: ignore[attr-defined]
     assert "x" * 1601 in long.text  # what was typed is kept  # type: ignore[attr-defined]
@@ -510,14 +582,14 @@ def test_a_reply_by_sms_may_not_name_the_patients_tests(sms: SmsApp) -> None:
     sms.settle()
     conversation_id = conversation_id_of_jim()
     csrf = sign_in(sms.client)
-    path = f"/staff/conversations/{conversation_id}/reply"
-    named = post(sms.client, path, csrf, body="Good news, your LIPID PANEL came back normal.")
+    named = send_reply(sms.client, conversation_id, csrf, body="Good news, your LIPID PANEL came back normal.")
     assert named.status_code == 400  # type: ignore[attr-defined]
     assert "Texts by SMS must not name tests or results, and this one names Lipid panel." in named.text  # type: ignore[attr-defined]
     with session_scope() as session:
         assert session.scalars(select(Message).where(Message.author_kind == "staff")).all() == []
     assert [row.outcome for row in audit_rows("conversation.replied")] == ["invalid"]
-    fine = post(sms.client, path, csrf, body="The doctor has reviewed your results: please see the portal.")
+    fine = send_reply(sms.client, conversation_id, csrf,
+                      body="The doctor has reviewed your results: please see the portal.")
     assert fine.status_code == 303  # type: ignore[attr-defined]
 
 
@@ -543,7 +615,7 @@ def test_a_reply_can_carry_a_follow_up_promise_in_working_hours(sms: SmsApp, cho
         sms.settle()
         conversation_id = conversation_id_of_jim()
         csrf = sign_in(sms.client)
-        response = post(sms.client, f"/staff/conversations/{conversation_id}/reply", csrf,
+        response = send_reply(sms.client, conversation_id, csrf,
                         body="I'll check with the doctor.", followup=choice, followup_date=on)  # fmt: skip
         assert response.status_code == 303  # type: ignore[attr-defined]
         sms.settle()
@@ -562,11 +634,10 @@ def test_a_follow_up_date_must_be_a_future_working_day(sms: SmsApp) -> None:
         sms.settle()
         conversation_id = conversation_id_of_jim()
         csrf = sign_in(sms.client)
-        path = f"/staff/conversations/{conversation_id}/reply"
         for on, message in [("2026-12-05", "The clinic is closed on 2026-12-05"),
                             ("2026-12-02", "The follow-up date 2026-12-02 is not in the future."),
                             ("", "Pick the follow-up date")]:  # fmt: skip
-            response = post(sms.client, path, csrf, body="Soon.", followup="date", followup_date=on)
+            response = send_reply(sms.client, conversation_id, csrf, body="Soon.", followup="date", followup_date=on)
             assert response.status_code == 400, on  # type: ignore[attr-defined]
             assert message in response.text  # type: ignore[attr-defined]
     with session_scope() as session:
@@ -612,7 +683,7 @@ def test_transfer_to_a_colleague_tells_the_patient(sms: SmsApp) -> None:
     )
     assert conversation(conversation_id).assigned_staff_id == priya
     # Sam no longer holds it: he cannot reply, transfer or close.
-    held = post(sam, f"/staff/conversations/{conversation_id}/reply", csrf, body="still me")
+    held = send_reply(sam, conversation_id, csrf, body="still me")
     assert (held.status_code, held.json()) == (409, {"detail": "Priya Patel is handling this chat, so you cannot "  # type: ignore[attr-defined]
                                                 "reply to it. Ask them to transfer it to you."})  # fmt: skip
     [event] = audit_rows("conversation.transferred")

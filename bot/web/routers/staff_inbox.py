@@ -204,6 +204,8 @@ def _conversation_page(
                 "status_message": STATUS_MESSAGES.get(status, ""),
                 "error": error or canned_error,
                 "reply": reply,
+                # Fresh on every render: the reply this form sends is queued once, however often it is posted.
+                "submission_id": inbox.new_submission_id(),
                 "canned_replies": canned.list_canned(session=session, active_only=True),
                 "outcomes": inbox.OUTCOMES,
                 "followups": inbox.FOLLOWUPS,
@@ -338,15 +340,16 @@ def reply(
     runtime: RuntimeDep,
     workers: WorkersDep,
     body: Annotated[str, Form(max_length=20_000)] = "",
+    submission: Annotated[str, Form(max_length=128)] = "",
     followup: Annotated[str, Form(max_length=16)] = "none",
     followup_date: Annotated[str, Form(max_length=16)] = "",
 ) -> Response:
-    """Send a reply on the patient's channel, optionally promising a follow-up."""
+    """Send a reply on the patient's channel, optionally promising a follow-up; a repeated form sends nothing."""
     domain: Domain = runtime.domain
     try:
         result = _act(staff, conversation_id, "conversation.replied", lambda s: inbox.do_send(
-            session=s, conversation_id=conversation_id, staff=staff, domain=domain, body=body, followup=followup,
-            followup_date=followup_date))  # fmt: skip
+            session=s, conversation_id=conversation_id, staff=staff, domain=domain, body=body,
+            submission_id=submission, followup=followup, followup_date=followup_date))  # fmt: skip
     except Refused as refused:
         if refused.status == 400:
             # Keep what was typed: show the page again with the reason.
