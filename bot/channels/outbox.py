@@ -30,6 +30,9 @@ BASE_BACKOFF_SECONDS = 2.0
 MAX_BACKOFF_SECONDS = 15 * 60
 # A row left in SENDING this long was claimed by a process that died mid-send: its outcome is unknown.
 DEFAULT_STALE_SENDING = timedelta(minutes=2)
+# A live sender refreshes the rows it still holds this many times per stale period (`_heartbeat`), so
+# only a dead sender's rows ever go stale, however long its batch takes.
+HEARTBEATS_PER_STALE = 3
 # One sender per deployment (see OutboxSender.run_forever); the leader checks its lock this often.
 SENDER_LEADERSHIP = "outbox-sender"
 LEADER_CHECK_SECONDS = 5.0
@@ -181,6 +184,7 @@ def _report(outbox_id: int, status: str, channel: str, attempts: int, provider_i
 
 
 # A sender that crashed mid-send left these SENDING: after `stale_after` they are reconciled, never resent.
+# A live sender's rows never match: its heartbeat keeps their updated_at fresh (OutboxSender._heartbeat).
 _STALE_SENDING = (
     update(OutboxMessage)
     .where(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.updated_at < bindparam("b_stale"))
@@ -267,6 +271,9 @@ class OutboxSender:
         # Whether run_forever is the deployment's one sender now (None until it has tried).
         self.leading: bool | None = None
         self._lead_checked_at = 0.0
+        # Held while recording a wave or refreshing held rows: the two never write the same rows at once
+        # (on PostgreSQL two transactions updating one set of rows in different orders can deadlock).
+        self._rows_lock = threading.Lock()
 
     def claim(self, *, limit: int = 50) -> list[OutgoingText]:
         """Mark a batch of due texts as being sent by this process and return them."""
@@ -361,13 +368,45 @@ class OutboxSender:
             same = list(groups.values())
             waves += [same[start : start + width] for start in range(0, len(same), width)]
         outcomes: list[_Outcome] = []
-        opted_out = self._opted_out(waves[0]) if waves and not just_claimed else set()
-        for number, wave in enumerate(waves):
-            done = self._send_wave(wave, opted_out)
-            outcomes += done
-            following = waves[number + 1] if number + 1 < len(waves) else []
-            opted_out = self._record(done, check_next=following)
+        held = {text.outbox_id for text in texts}
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(held, stop), name="clinicbot-outbox-beat", daemon=True)
+        beat.start()
+        try:
+            opted_out = self._opted_out(waves[0]) if waves and not just_claimed else set()
+            for number, wave in enumerate(waves):
+                done = self._send_wave(wave, opted_out)
+                outcomes += done
+                following = waves[number + 1] if number + 1 < len(waves) else []
+                opted_out = self._record(done, check_next=following, held=held)
+        finally:
+            stop.set()
+            beat.join()
         return outcomes
+
+    def _heartbeat(self, held: set[int], stop: threading.Event) -> None:
+        """Refresh `updated_at` of the claimed rows not yet recorded, until stopped.
+
+        Another sender's claim reconciles rows left SENDING longer than `stale_after`, taking them for a
+        dead sender's; a live sender working through a long batch (pacing, slow or timed-out sends) would
+        otherwise see its last texts reconciled and sent by the other while it still sends them itself.
+        A beat on its own thread keeps them fresh whatever one send or one pacing wait lasts, where a
+        bounded batch would have to guess a duration; only a process that stopped lets its rows go stale.
+        """
+        interval = max(self.stale_after.total_seconds() / HEARTBEATS_PER_STALE, 0.01)
+        while not stop.wait(interval):
+            with self._rows_lock:
+                if not held:
+                    continue
+                try:
+                    with session_scope() as session:
+                        session.execute(
+                            update(OutboxMessage)
+                            .where(OutboxMessage.id.in_(sorted(held)), OutboxMessage.status == OutboxStatus.SENDING)
+                            .values(updated_at=utcnow())
+                        )
+                except Exception:
+                    log.exception("outbox sender could not refresh its %s texts in flight", len(held))
 
     def _width(self, channel_name: str) -> int:
         """Return how many addresses of a channel may be sent to at once (the channel says; default one)."""
@@ -461,8 +500,19 @@ class OutboxSender:
             log.exception("channel %s raised sending outbox %s", channel_name, text.outbox_id)
             return SendResult(Delivery.UNKNOWN)
 
-    def _record(self, outcomes: list[_Outcome], *, check_next: list[list[OutgoingText]]) -> set[int]:
-        """Record a wave's outcomes in one transaction; return the opt-outs among the next wave's identities."""
+    def _record(
+        self, outcomes: list[_Outcome], *, check_next: list[list[OutgoingText]], held: set[int] | None = None
+    ) -> set[int]:
+        """Record a wave's outcomes in one transaction; return the opt-outs among the next wave's identities.
+
+        The recorded texts leave `held`, the rows the heartbeat keeps fresh.
+        """
+        with self._rows_lock:
+            if held is not None:
+                held.difference_update(o.text.outbox_id for o in outcomes)
+            return self._record_held(outcomes, check_next=check_next)
+
+    def _record_held(self, outcomes: list[_Outcome], *, check_next: list[list[OutgoingText]]) -> set[int]:
         now = utcnow()
         with session_scope() as session:
             # Nearly every outcome is "sent": one executemany UPDATE records them, no rows loaded.

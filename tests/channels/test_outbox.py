@@ -429,3 +429,39 @@ def test_every_insert_into_the_outbox_notifies_the_sender_on_commit(database_url
         queue("single", address="+16175553502")
         after_enqueue = heard()
     assert (before_commit, after_commit, after_rollback, after_enqueue) == (0, 1, 0, 1)
+
+
+class _SlowChannel(ScriptedChannel):
+    """A provider that takes `seconds` per send and has no trace of a text it was never sent."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def send(self, text: OutgoingText) -> SendResult:
+        time.sleep(self.seconds)
+        return super().send(text)
+
+    def reconcile(self, text: OutgoingText) -> SendResult | None:
+        with self.lock:
+            self.reconciled.append(text)
+        return SendResult(Delivery.RETRY)
+
+
+def test_a_live_senders_long_batch_never_goes_stale_for_another_sender(database_url: str) -> None:
+    # Five texts at 0.3 s each outlast the 0.5 s stale time: without the heartbeat another sender would
+    # take the last ones for a dead sender's, find no trace of them at the provider and send them too.
+    ids = [queue(f"slow{i}", address=f"+1617555{4000 + i:04d}") for i in range(5)]
+    channel = _SlowChannel(0.3)
+    stale = timedelta(seconds=0.5)
+    slow, other = (OutboxSender(channels={"sms": channel}, pacing=False, stale_after=stale) for _ in range(2))
+    worker = threading.Thread(target=slow.run_once)
+    worker.start()
+    time.sleep(0.05)  # the slow sender has claimed the batch
+    while worker.is_alive():
+        other.drain()
+        time.sleep(0.05)
+    worker.join()
+    keys = [text.key for text in channel.sent]
+    assert (sorted(keys), channel.reconciled) == ([f"slow{i}" for i in range(5)], [])
+    assert [row(i).status for i in ids] == ["sent"] * 5
