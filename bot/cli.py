@@ -38,6 +38,9 @@ class _Parser(argparse.ArgumentParser):
 MAX_ID = 2**31 - 1
 # `scheduler tick --at`: a time whose working days and UTC offset stay within the calendar's years.
 AT_YEARS = (2000, 2999)
+# `scheduler tick` waits this long (at most --wait) for the outbox sender's leadership: another tick's
+# delivery ends in seconds, while a running app's sender keeps it and is left the texts.
+TICK_SENDER_WAIT_SECONDS = 10.0
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:
@@ -517,10 +520,12 @@ def cmd_scheduler_tick(args: argparse.Namespace) -> int:
         raise UsageError(
             f"scheduler tick: another scheduler kept the leadership for {args.wait:g} s; try again"
         )
-    delivered = deliver_due(build_sender())
+    # One sender per deployment: while a running app sends, the texts are left to it.
+    delivered = deliver_due(build_sender(), wait=min(args.wait, TICK_SENDER_WAIT_SECONDS))
     print(
         f"tick: {counts.updates} updates, {counts.call_list} on the call list, {counts.escalations} escalations, "
-        f"{counts.results_ready} results-ready; delivered {delivered.sent}"
+        f"{counts.results_ready} results-ready; "
+        + (f"delivered {delivered.sent}" if delivered.led else "delivery left to the running outbox sender")
         + (f" ({delivered.not_sent} not sent yet)" if delivered.not_sent else "")
     )
     return 0

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from bot.channels.base import Delivery
-from bot.channels.outbox import OutboxSender
+from bot.channels.outbox import SENDER_LEADERSHIP, OutboxSender
 from bot.channels.registry import build_channels
 from bot.config import Settings, get_settings
 from bot.conversations.domain import Domain, load_domain
@@ -80,25 +80,39 @@ class DeliveryCounts:
 
     sent: int = 0
     not_sent: int = 0
+    # False when another process is the deployment's sender (an app's): the texts were left to it.
+    led: bool = True
 
 
-def deliver_due(sender: OutboxSender, *, max_rounds: int = 1000) -> DeliveryCounts:
-    """Deliver every text due now (the sender compares against the real clock); return the outcomes."""
-    counts = DeliveryCounts()
-    for _ in range(max_rounds):
-        texts = sender.claim()
-        if not texts:
-            break
-        for text in texts:
-            if sender.deliver(text).outcome is Delivery.SENT:
-                counts.sent += 1
-            else:
-                counts.not_sent += 1
+def deliver_due(sender: OutboxSender, *, wait: float = 0.0, max_rounds: int = 1000) -> DeliveryCounts:
+    """Deliver every text due now as the deployment's one sender; return the outcomes.
+
+    The app's sender (`OutboxSender.run_forever`) holds the same leadership: two senders would each pace
+    a sending number at its carrier's full rate, and one's texts in a long batch could look stale to
+    the other. When another process leads, this waits up to `wait` seconds, then leaves the texts to it.
+    """
+    with Leadership(engine=get_engine(), name=SENDER_LEADERSHIP) as leadership:
+        if not leadership.acquire(timeout=wait):
+            log.info("another process is the outbox sender; leaving the texts to it")
+            return DeliveryCounts(led=False)
+        counts = DeliveryCounts()
+        for _ in range(max_rounds):
+            if not leadership.alive():
+                log.warning("outbox delivery lost its leadership (database session ended); stopping")
+                break
+            texts = sender.claim()
+            if not texts:
+                break
+            for outcome in sender.deliver_all(texts, just_claimed=True):
+                if outcome.result.outcome is Delivery.SENT:
+                    counts.sent += 1
+                else:
+                    counts.not_sent += 1
     return counts
 
 
 def deliver_job(sender: OutboxSender) -> None:
-    """The standalone scheduler's outbox job: deliver what is due."""
+    """The standalone scheduler's outbox job: deliver what is due, unless an app's sender leads."""
     try:
         deliver_due(sender)
     except Exception:
