@@ -195,6 +195,35 @@ def _claimed_elsewhere(*, sids: list[str], outbox_id: int) -> set[str]:
         )
 
 
+class _TakenSids:
+    """The Twilio messages this process has sent or matched, each with its outbox row.
+
+    The database knows a row's provider id only once its wave is recorded, and never the ids of a
+    split text's later parts; so of two identical texts reconciled in one wave, the second would
+    otherwise settle on the message the first just matched, and one text would be lost. Each sender
+    has its channel, and one process per deployment sends (its leadership): what it took is all in
+    here, bounded by count.
+    """
+
+    MAX = 50_000
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._owner: dict[str, int] = {}
+
+    def others(self, sids: list[str], outbox_id: int) -> set[str]:
+        """Return which of these ids belong to another outbox row; call with the lock held."""
+        return {sid for sid in sids if self._owner.get(sid, outbox_id) != outbox_id}
+
+    def remember(self, sids: list[str], outbox_id: int) -> None:
+        """Record ids as one outbox row's; call with the lock held."""
+        for sid in sids:
+            self._owner.pop(sid, None)
+            self._owner[sid] = outbox_id
+        while len(self._owner) > self.MAX:
+            del self._owner[next(iter(self._owner))]
+
+
 class TwilioSmsChannel:
     """Deliver texts with Twilio's Programmable Messaging API."""
 
@@ -230,6 +259,7 @@ class TwilioSmsChannel:
         self.client = Client(account_sid, auth_token, http_client=self.http)
         self._credentials = (account_sid, auth_token)
         self.timeout = timeout
+        self._taken = _TakenSids()
         # Only the host changes (a fake or a regional proxy); the API paths stay Twilio's.
         self.client.api.base_url = api_base_url.rstrip("/")
 
@@ -295,6 +325,9 @@ class TwilioSmsChannel:
                     # Unknown makes the sender reconcile, which sends only what Twilio lacks.
                     return SendResult(Delivery.UNKNOWN, error_code=result.error_code, retry_after=result.retry_after)
                 return result
+            if result.provider_message_id:
+                with self._taken.lock:
+                    self._taken.remember([result.provider_message_id], text.outbox_id)
             first_sid = first_sid or result.provider_message_id
         return SendResult(Delivery.SENT, provider_message_id=first_sid)
 
@@ -374,15 +407,20 @@ class TwilioSmsChannel:
             and (self.from_number or r.messaging_service_sid == self.messaging_service_sid)
             and (r.date_created is None or r.date_created >= since)
         ]
-        taken = _claimed_elsewhere(sids=[r.sid for r in candidates], outbox_id=text.outbox_id)
+        sids = [r.sid for r in candidates]
+        taken = _claimed_elsewhere(sids=sids, outbox_id=text.outbox_id)
         # Oldest first, so two rows with identical bodies each settle on a different message.
         candidates.sort(key=lambda r: (r.date_created or since, r.sid))
         found: list[str | None] = []
-        for part in parts:
-            match = next((r for r in candidates if r.body == part and r.sid not in taken), None)
-            if match is not None:
-                taken.add(match.sid)
-            found.append(match.sid if match is not None else None)
+        with self._taken.lock:
+            # Also what this process sent or matched and has not recorded yet (or never records: later parts).
+            taken |= self._taken.others(sids, text.outbox_id)
+            for part in parts:
+                match = next((r for r in candidates if r.body == part and r.sid not in taken), None)
+                if match is not None:
+                    taken.add(match.sid)
+                found.append(match.sid if match is not None else None)
+            self._taken.remember([sid for sid in found if sid], text.outbox_id)
         if not any(found):
             log.info("outbox %s: twilio has no trace of it; sending again", text.outbox_id)
             return SendResult(Delivery.RETRY)

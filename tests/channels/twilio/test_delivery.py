@@ -140,6 +140,55 @@ def test_an_identical_earlier_text_is_not_mistaken_for_a_lost_one(sms_app: SmsAp
     assert (first.provider_message_id, second.provider_message_id) == (sent[0].sid, sent[1].sid)
 
 
+def test_two_identical_texts_reconciled_together_never_share_one_twilio_message(sms_app: SmsApp) -> None:
+    # Both sends time out: Twilio has the first, never got the second. One wave reconciles both, and the
+    # first's match is not recorded until the wave ends: the second must not settle on it too.
+    sms_app.fake.fail_next(Fault.slow(seconds=2, record=True))
+    sms_app.fake.fail_next(Fault.slow(seconds=2, record=False))
+    queue_text("Sorry, I didn't catch that.", key="test:1")
+    queue_text("Sorry, I didn't catch that.", key="test:2")
+    sms_app.settle()
+    assert [row.status for row in outbox_rows()] == [OutboxStatus.UNKNOWN, OutboxStatus.UNKNOWN]
+    make_due()
+    sms_app.settle()
+    first, second = outbox_rows()
+    sent = sms_app.fake.messages_to(JIM)
+    assert [m.body for m in sent] == ["Sorry, I didn't catch that."] * 2
+    assert (first.status, second.status) == (OutboxStatus.SENT, OutboxStatus.SENT)
+    assert sorted([first.provider_message_id, second.provider_message_id]) == sorted(m.sid for m in sent)
+
+
+def test_a_reconcile_never_takes_a_text_sent_just_before_it_in_the_same_wave(sms_app: SmsApp) -> None:
+    # The first text got a 503 (due again), the second timed out before Twilio had it. Due together, the
+    # first is sent, then the second is reconciled: Twilio now has an identical message, not its own.
+    sms_app.fake.fail_next(Fault.server_error(status=503))
+    sms_app.fake.fail_next(Fault.slow(seconds=2, record=False))
+    queue_text("Sorry, I didn't catch that.", key="test:1")
+    queue_text("Sorry, I didn't catch that.", key="test:2")
+    sms_app.settle()
+    assert [row.status for row in outbox_rows()] == [OutboxStatus.PENDING, OutboxStatus.UNKNOWN]
+    make_due()
+    sms_app.settle()
+    sent = sms_app.fake.messages_to(JIM)
+    assert len(sent) == 2
+    assert sorted(row.provider_message_id for row in outbox_rows()) == sorted(m.sid for m in sent)
+
+
+def test_a_split_texts_later_parts_are_never_taken_for_an_identical_text(sms_app: SmsApp) -> None:
+    # Only a split text's first message id is stored: its later parts must still count as taken.
+    queue_text(LONG_TEXT, key="test:1")
+    sms_app.settle()
+    parts = len(sms_app.fake.messages)
+    sms_app.fake.fail_next(Fault.slow(seconds=2, record=False))
+    queue_text(LONG_TEXT, key="test:2")
+    sms_app.settle()
+    make_due()
+    sms_app.settle()
+    sent = [m.body for m in sms_app.fake.messages_to(JIM)]
+    assert parts > 1 and " ".join(sent) == f"{LONG_TEXT} {LONG_TEXT}"
+    assert [row.status for row in outbox_rows()] == [OutboxStatus.SENT, OutboxStatus.SENT]
+
+
 def test_logs_carry_ids_not_numbers_or_words(sms_app: SmsApp, caplog: pytest.LogCaptureFixture) -> None:
     # INFO is the configured default; at DEBUG, urllib3 itself logs request URLs.
     caplog.set_level(logging.INFO)
