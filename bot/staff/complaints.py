@@ -182,7 +182,13 @@ def do_open_case_for_conversation(
     """Open a complaint case on a conversation by hand and tell the patient when they will hear back."""
     from bot.conversations import flows  # flows imports this module's caller chain; import late
 
-    conversation = session.get(Conversation, conversation_id)
+    # Locked before the check: of two clicks at once, the second waits here and then finds the first's
+    # case, instead of opening a second hand-off and case and acknowledging twice (the engine routing
+    # this chat locks the same row). Reloaded: the caller may hold it from before the lock.
+    conversation = session.scalars(
+        select(Conversation).where(Conversation.id == conversation_id).with_for_update().execution_options(
+            populate_existing=True)
+    ).first()  # fmt: skip
     if conversation is None:
         raise CaseError(f"conversation {conversation_id} not found", status=404)
     open_case = session.scalars(

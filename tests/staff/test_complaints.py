@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -290,3 +293,45 @@ def test_case_details_status_and_refusals(make_app) -> None:
     assert chat.client.get("/staff/complaints/999").status_code == 404
     assert chat.client.get("/staff/complaints?status=nonsense").status_code == 400
     assert [row[3] for row in audit_rows("complaint.updated")] == ["ok"]
+
+
+# Two requests at once need two writers: PostgreSQL (SQLite's one writer serialises them anyway).
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_two_open_complaint_clicks_at_once_open_one_case_and_acknowledge_once(
+    runtime, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    from bot.conversations import flows
+    from bot.conversations.service import open_conversation
+    from bot.patients.service import get_or_create_identity
+    from bot.staff import complaints
+
+    with session_scope() as session:
+        identity = get_or_create_identity(session=session, channel="sms", address=JIM)
+        conversation_id = open_conversation(session=session, identity=identity).id
+        staff_id = session.scalars(select(StaffUser.id).where(StaffUser.email == DEMO_ADMIN_EMAIL)).one()
+    # Hold each request at the hand-off until the other reaches it too (or for a second, when it cannot):
+    # unlocked, both would have found no case by then.
+    both_there = threading.Barrier(2)
+    handoff = flows.do_handoff
+
+    def held(**kwargs: Any) -> Any:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_there.wait(timeout=1.0)
+        return handoff(**kwargs)
+
+    monkeypatch.setattr(flows, "do_handoff", held)
+
+    def click() -> int:
+        with session_scope() as session:
+            return complaints.do_open_case_for_conversation(
+                session=session, domain=runtime.domain, conversation_id=conversation_id, staff_id=staff_id
+            ).case_id
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        opened = list(pool.map(lambda _: click(), range(2)))
+    with session_scope() as session:
+        cases = session.scalars(select(ComplaintCase.id)).all()
+        handoffs = session.scalars(select(Handoff.id).where(Handoff.conversation_id == conversation_id)).all()
+        acks = session.scalars(select(OutboxMessage.key).where(OutboxMessage.key.like("complaint-ack:%"))).all()
+    assert (opened, len(handoffs), acks) == ([cases[0]] * 2, 1, [f"complaint-ack:{cases[0]}"])
