@@ -92,6 +92,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def webchat_key(client_message_id: str) -> str:
+    """Name a web chat message by the id its page gave it (unique in a run).
+
+    The server stores it under the visitor's identity id and that id (bot.web.routers.webchat), which the
+    load generator does not know before the session's first message.
+    """
+    return f"webchat:{client_message_id}"
+
+
 class Proc:
     """One clinicbot process in its own process group, logging to a file; kill -9 and restart."""
 
@@ -357,13 +366,11 @@ class Load:
                                                             headers=headers, app=app, ok=lambda s: s == 200)  # fmt: skip
 
     def webchat(self) -> tuple[str, Callable[[int | None], int | None]]:
-        from bot.web.routers.webchat import address_for
-
         session = self.choice(self.webchat_sessions)
         client_id = f"{self.run_tag}-{next(self.sids)}"
         body = {"text": self.choice(BODIES[:7]), "client_message_id": client_id}
         headers = {"Origin": PUBLIC_URL, "Cookie": f"clinicbot_chat={session}"}
-        provider_id = f"{address_for(session)[:32]}:{client_id}"
+        provider_id = webchat_key(client_id)
         return provider_id, lambda app: self.send("POST", "/chat/api/messages", json=body, headers=headers,
                                                   app=app, ok=lambda s: s == 202)  # fmt: skip
 
@@ -617,9 +624,12 @@ def check(url: str, *, stats: Stats, twilio, telegram, report: Report) -> None: 
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
-            inbound = connection.execute(select(Message.id, Message.channel, Message.provider_message_id,
-                                                Message.processed_at, Message.route)
-                                         .where(Message.direction == Direction.IN)).all()  # fmt: skip
+            inbound = [
+                (mid, channel, webchat_key(pid.partition(":")[2]) if channel == "webchat" else pid, processed, route)
+                for mid, channel, pid, processed, route in connection.execute(
+                    select(Message.id, Message.channel, Message.provider_message_id, Message.processed_at,
+                           Message.route).where(Message.direction == Direction.IN))
+            ]  # fmt: skip
             outbox = connection.execute(select(OutboxMessage.id, OutboxMessage.key, OutboxMessage.channel,
                                                OutboxMessage.status, OutboxMessage.provider_message_id,
                                                OutboxMessage.body, OutboxMessage.error_code, ChannelIdentity.address)
