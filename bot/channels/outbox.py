@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -247,6 +248,31 @@ def _claim_query(*, postgres: bool) -> Any:
     return query
 
 
+def _heartbeat(sender_ref: weakref.ReferenceType[OutboxSender], stop: threading.Event) -> None:
+    """Refresh a sender's claimed rows not yet recorded, HEARTBEATS_PER_STALE times per stale period.
+
+    Another sender's claim reconciles rows left SENDING longer than `stale_after`, taking them for a dead
+    sender's; a live sender working through a long batch (pacing, slow or timed-out sends) would otherwise
+    see its last texts reconciled and sent by the other while it still sends them itself. A beat on its
+    own thread keeps them fresh whatever one send or one pacing wait lasts, where a bounded batch would
+    have to guess a duration; only a process that stopped lets its rows go stale. The thread holds the
+    sender weakly and ends with it (or at `close`).
+    """
+    while True:
+        sender = sender_ref()
+        if sender is None:
+            return
+        interval = max(sender.stale_after.total_seconds() / HEARTBEATS_PER_STALE, 0.01)
+        del sender
+        if stop.wait(interval):
+            return
+        sender = sender_ref()
+        if sender is None:
+            return
+        sender._refresh_held()
+        del sender
+
+
 class OutboxSender:
     """Claim due texts and hand them to their channel; safe to run in several processes."""
 
@@ -274,6 +300,10 @@ class OutboxSender:
         # Held while recording a wave or refreshing held rows: the two never write the same rows at once
         # (on PostgreSQL two transactions updating one set of rows in different orders can deadlock).
         self._rows_lock = threading.Lock()
+        # The claimed rows not yet recorded, which the heartbeat keeps fresh (`_heartbeat`).
+        self._held: set[int] = set()
+        self._beat: threading.Thread | None = None
+        self._beat_stop = threading.Event()
 
     def claim(self, *, limit: int = 50) -> list[OutgoingText]:
         """Mark a batch of due texts as being sent by this process and return them."""
@@ -368,45 +398,45 @@ class OutboxSender:
             same = list(groups.values())
             waves += [same[start : start + width] for start in range(0, len(same), width)]
         outcomes: list[_Outcome] = []
-        held = {text.outbox_id for text in texts}
-        stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(held, stop), name="clinicbot-outbox-beat", daemon=True)
-        beat.start()
+        ids = {text.outbox_id for text in texts}
+        with self._rows_lock:
+            self._held |= ids
+        self._start_heartbeat()
         try:
             opted_out = self._opted_out(waves[0]) if waves and not just_claimed else set()
             for number, wave in enumerate(waves):
                 done = self._send_wave(wave, opted_out)
                 outcomes += done
                 following = waves[number + 1] if number + 1 < len(waves) else []
-                opted_out = self._record(done, check_next=following, held=held)
+                opted_out = self._record(done, check_next=following)
         finally:
-            stop.set()
-            beat.join()
+            with self._rows_lock:
+                self._held -= ids
         return outcomes
 
-    def _heartbeat(self, held: set[int], stop: threading.Event) -> None:
-        """Refresh `updated_at` of the claimed rows not yet recorded, until stopped.
+    def _start_heartbeat(self) -> None:
+        """Start this sender's heartbeat thread once (a thread per delivery round cost the hot path)."""
+        if self._beat is not None and self._beat.is_alive():
+            return
+        self._beat_stop.clear()
+        self._beat = threading.Thread(target=_heartbeat, args=(weakref.ref(self), self._beat_stop),
+                                      name="clinicbot-outbox-beat", daemon=True)  # fmt: skip
+        self._beat.start()
 
-        Another sender's claim reconciles rows left SENDING longer than `stale_after`, taking them for a
-        dead sender's; a live sender working through a long batch (pacing, slow or timed-out sends) would
-        otherwise see its last texts reconciled and sent by the other while it still sends them itself.
-        A beat on its own thread keeps them fresh whatever one send or one pacing wait lasts, where a
-        bounded batch would have to guess a duration; only a process that stopped lets its rows go stale.
-        """
-        interval = max(self.stale_after.total_seconds() / HEARTBEATS_PER_STALE, 0.01)
-        while not stop.wait(interval):
-            with self._rows_lock:
-                if not held:
-                    continue
-                try:
-                    with session_scope() as session:
-                        session.execute(
-                            update(OutboxMessage)
-                            .where(OutboxMessage.id.in_(sorted(held)), OutboxMessage.status == OutboxStatus.SENDING)
-                            .values(updated_at=utcnow())
-                        )
-                except Exception:
-                    log.exception("outbox sender could not refresh its %s texts in flight", len(held))
+    def _refresh_held(self) -> None:
+        """Refresh `updated_at` of the claimed rows not yet recorded (one heartbeat)."""
+        with self._rows_lock:
+            if not self._held:
+                return
+            try:
+                with session_scope() as session:
+                    session.execute(
+                        update(OutboxMessage)
+                        .where(OutboxMessage.id.in_(sorted(self._held)), OutboxMessage.status == OutboxStatus.SENDING)
+                        .values(updated_at=utcnow())
+                    )
+            except Exception:
+                log.exception("outbox sender could not refresh its %s texts in flight", len(self._held))
 
     def _width(self, channel_name: str) -> int:
         """Return how many addresses of a channel may be sent to at once (the channel says; default one)."""
@@ -500,16 +530,13 @@ class OutboxSender:
             log.exception("channel %s raised sending outbox %s", channel_name, text.outbox_id)
             return SendResult(Delivery.UNKNOWN)
 
-    def _record(
-        self, outcomes: list[_Outcome], *, check_next: list[list[OutgoingText]], held: set[int] | None = None
-    ) -> set[int]:
+    def _record(self, outcomes: list[_Outcome], *, check_next: list[list[OutgoingText]]) -> set[int]:
         """Record a wave's outcomes in one transaction; return the opt-outs among the next wave's identities.
 
-        The recorded texts leave `held`, the rows the heartbeat keeps fresh.
+        The recorded texts leave the rows the heartbeat keeps fresh.
         """
         with self._rows_lock:
-            if held is not None:
-                held.difference_update(o.text.outbox_id for o in outcomes)
+            self._held.difference_update(o.text.outbox_id for o in outcomes)
             return self._record_held(outcomes, check_next=check_next)
 
     def _record_held(self, outcomes: list[_Outcome], *, check_next: list[list[OutgoingText]]) -> set[int]:
@@ -587,10 +614,14 @@ class OutboxSender:
         return len(texts)
 
     def close(self) -> None:
-        """Stop the send threads (after the wave in flight)."""
+        """Stop the send threads (after the wave in flight) and the heartbeat."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._beat_stop.set()
+        if self._beat is not None:
+            self._beat.join()
+            self._beat = None
 
     def drain(self, *, max_rounds: int = 100) -> int:
         """Deliver until nothing is due now; return how many were attempted."""
