@@ -6,6 +6,7 @@ import contextvars
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    exc,
     insert,
     make_url,
     text,
@@ -170,7 +172,46 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
+    engine = create_engine(url, pool_size=10, max_overflow=20, hide_parameters=True)
+    _ping_after_idle(engine)
+    return engine
+
+
+# A pooled PostgreSQL connection used again within this many seconds is trusted without a ping.
+PING_AFTER_IDLE_SECONDS = 1.0
+_IDLE_SINCE = "clinicbot_idle_since"
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Ping a pooled connection that sat idle before using it, as pool_pre_ping does, but not one just used.
+
+    pool_pre_ping pinged on every checkout: under load that was half of all transactions on the
+    database (every webhook group, routing batch and send round begins with a checkout). A connection
+    back in use within PING_AFTER_IDLE_SECONDS needs none; if its server went away in that moment, its
+    first statement fails as a disconnect, which invalidates the pool, and the caller retries as after
+    any failed transaction. A new connection has no `idle since` (record.info is cleared when a
+    connection is invalidated), so it is not pinged either.
+    """
+    dialect = engine.dialect
+
+    def mark_idle(dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    def ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            # As pool_pre_ping: a lost connection means the server restarted, so the pool's others are lost
+            # too; any other failure replaces this connection alone. Either way the checkout gets a new one.
+            if dialect.is_disconnect(error, dbapi_connection, None):
+                raise exc.InvalidatePoolError() from error
+            raise exc.DisconnectionError() from error
+
+    event.listen(engine, "checkin", mark_idle)
+    event.listen(engine, "checkout", ping_if_idle)
 
 
 @lru_cache(maxsize=8)
