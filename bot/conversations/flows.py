@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from bot.clinic_settings import ClinicContext, load_clinic
@@ -20,6 +20,7 @@ from bot.conversations.models import (
     PatientRequest,
     Priority,
     RequestKind,
+    RequestStatus,
 )
 from bot.db import utcnow
 from bot.labs.service import orders_to_report
@@ -233,6 +234,9 @@ class RequestResult:
     due_at: datetime
 
 
+_INSERT_REQUEST = insert(PatientRequest.__table__).returning(PatientRequest.__table__.c.id)
+
+
 def do_record_request(
     *, session: Session, conversation_id: int, kind: RequestKind, action: str | None, details: dict[str, Any]
 ) -> RequestResult:
@@ -242,23 +246,22 @@ def do_record_request(
     settings = get_settings()
     minutes = settings.sla_refill_minutes if kind is RequestKind.REFILL else settings.sla_appointment_minutes
     due_at = clinic.calendar.add_working_minutes(utcnow(), minutes)
-    request = PatientRequest(
-        kind=kind,
-        action=action,
-        details={k: str(v)[:500] for k, v in details.items() if v is not None},
-        due_at=due_at,
-        conversation_id=conversation.id,
-        identity_id=conversation.identity_id,
-        patient_id=conversation.patient_id,
-    )
-    session.add(request)
-    session.flush()
+    # Written at once for its id, without flushing the session: a flush here, in the middle of a routing
+    # batch, wrote the batch's other changes in a flush of their own (a sixth of routing's CPU). Only a
+    # conversation not yet written needs one.
+    if conversation.id is None:
+        session.flush()
+    request_id = session.connection().execute(_INSERT_REQUEST, {
+        "kind": kind, "action": action, "details": {k: str(v)[:500] for k, v in details.items() if v is not None},
+        "status": RequestStatus.OPEN, "due_at": due_at, "conversation_id": conversation.id,
+        "identity_id": conversation.identity_id, "patient_id": conversation.patient_id, "created_at": utcnow(),
+    }).scalar_one()  # fmt: skip
     _promise(
         session=session,
         conversation=conversation,
         kind=PromiseKind.REQUEST_ANSWER,
         subject_type="request",
-        subject_id=request.id,
+        subject_id=request_id,
         reason_key=f"request_{kind}",
         due_at=due_at,
     )
@@ -267,10 +270,10 @@ def do_record_request(
         actor_kind="bot",
         action="request.created",
         subject_type="request",
-        subject_id=request.id,
+        subject_id=request_id,
         details={"kind": str(kind), "action": action, "conversation_id": conversation.id},
     )
-    return RequestResult(request.id, due_at)
+    return RequestResult(request_id, due_at)
 
 
 def do_clarify(*, session: Session, conversation_id: int) -> int:
