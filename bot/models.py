@@ -1,7 +1,7 @@
 """Import every model so the metadata is complete (Alembic, tests)."""
 
 from bot.channels.linking import TelegramLinkToken
-from bot.channels.models import OutboxMessage
+from bot.channels.models import OutboxMessage, OutboxPart
 from bot.channels.verification import VerificationCode
 from bot.clinic_settings import ClinicProfile
 from bot.conversations.models import Conversation, Handoff, Message, PatientRequest
@@ -21,6 +21,7 @@ __all__ = [
     "LabOrder",
     "Message",
     "OutboxMessage",
+    "OutboxPart",
     "Patient",
     "PatientRequest",
     "Promise",

@@ -30,6 +30,10 @@ class SendResult:
     # A text sent as several messages and cut short: how many leading parts reached the provider (with
     # the first one's id in provider_message_id). The next attempt sends only the rest.
     parts_sent: int = 0
+    # A text sent as several provider messages: (part number from 0, provider id) of each part this attempt
+    # sent or found, which the sender stores with the row (outbox_part) so that no other row's reconcile
+    # takes them for its own. Only for providers whose ids are unique across all recipients (Twilio's).
+    part_ids: tuple[tuple[int, str], ...] = ()
 
 
 # Staff open a patient's attachment through the server; MMS files are at most 5 MB, Telegram's bots 20 MB.

@@ -81,3 +81,20 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class OutboxPart(Base):
+    """One provider message of a text sent as several (a long SMS): each provider id belongs to one outbox row.
+
+    The row's `provider_message_id` holds one id; a reconcile after a restart must know the others too,
+    or it would take a split text's later parts for an identical text's own (see TwilioSmsChannel.reconcile).
+    """
+
+    __tablename__ = "outbox_part"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id"), index=True)
+    # Which part of the text, from 0.
+    part: Mapped[int]
+    provider_message_id: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
 from bot.channels.base import Channel, Delivery, OutgoingText, SendResult
-from bot.channels.models import STATUS_RANK, OutboxMessage, OutboxStatus
+from bot.channels.models import STATUS_RANK, OutboxMessage, OutboxPart, OutboxStatus
 from bot.db import get_engine, insert_or_ignore_id, insert_or_ignore_many, session_scope, utcnow
 from bot.db.leader import Leadership
 from bot.patients.models import ChannelIdentity
@@ -553,6 +553,18 @@ class OutboxSender:
                 for o in sent:
                     _report(o.text.outbox_id, OutboxStatus.SENT, o.text.channel, o.text.attempt,
                             o.result.provider_message_id)
+            # Every part of a split text, whatever the outcome, is stored with its row in the same transaction:
+            # a reconcile in this or a later process never takes them for another text's (TwilioSmsChannel).
+            parts = [
+                {"outbox_id": o.text.outbox_id, "part": number, "provider_message_id": sid, "created_at": now}
+                for o in outcomes
+                if not o.cancelled
+                for number, sid in o.result.part_ids
+            ]
+            if parts:
+                # A part found again by a later reconcile of the same row is stored already.
+                insert_or_ignore_many(session=session, table=OutboxPart.__table__, rows=parts,
+                                      conflict=["provider_message_id"])  # fmt: skip
             rest = {o.text.outbox_id: o for o in outcomes if o.cancelled or o.result.outcome is not Delivery.SENT}
             found = session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(rest))) if rest else ()
             for row in found:

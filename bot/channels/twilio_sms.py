@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -17,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 import urllib3
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
-from sqlalchemy import select
+from sqlalchemy import select, union
 from twilio.base import values
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http import HttpClient
@@ -26,7 +27,7 @@ from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProxyError, SSLError
 
 from bot.channels.base import MAX_MEDIA_BYTES, Delivery, Media, MediaError, OutgoingText, SendResult
-from bot.channels.models import OutboxMessage
+from bot.channels.models import OutboxMessage, OutboxPart
 from bot.channels.sms_text import gsm7_normalise, split_text
 from bot.config import Settings
 from bot.db import session_scope, utcnow
@@ -182,27 +183,32 @@ def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
 
 
 def _claimed_elsewhere(*, sids: list[str], outbox_id: int) -> set[str]:
-    """Return which provider ids another outbox row already owns (an identical text sent earlier)."""
+    """Return which provider ids another outbox row already owns (an identical text sent earlier).
+
+    A row owns its provider id and, for a text sent as several messages, every part's (outbox_part):
+    a process started afresh knows the later parts of texts sent before it only from there.
+    """
     if not sids:
         return set()
+    owned = union(
+        select(OutboxMessage.provider_message_id).where(
+            OutboxMessage.provider_message_id.in_(sids), OutboxMessage.id != outbox_id
+        ),
+        select(OutboxPart.provider_message_id).where(
+            OutboxPart.provider_message_id.in_(sids), OutboxPart.outbox_id != outbox_id
+        ),
+    )
     with session_scope() as session:
-        return set(
-            session.scalars(
-                select(OutboxMessage.provider_message_id).where(
-                    OutboxMessage.provider_message_id.in_(sids), OutboxMessage.id != outbox_id
-                )
-            )
-        )
+        return set(session.scalars(owned))
 
 
 class _TakenSids:
     """The Twilio messages this process has sent or matched, each with its outbox row.
 
-    The database knows a row's provider id only once its wave is recorded, and never the ids of a
-    split text's later parts; so of two identical texts reconciled in one wave, the second would
-    otherwise settle on the message the first just matched, and one text would be lost. Each sender
-    has its channel, and one process per deployment sends (its leadership): what it took is all in
-    here, bounded by count.
+    The database knows a row's provider ids only once its wave is recorded; so of two identical texts
+    reconciled in one wave, the second would otherwise settle on the message the first just matched,
+    and one text would be lost. Each sender has its channel, and one process per deployment sends
+    (its leadership): what it took and has not recorded yet is all in here, bounded by count.
     """
 
     MAX = 50_000
@@ -312,24 +318,36 @@ class TwilioSmsChannel:
 
     def send(self, text: OutgoingText) -> SendResult:
         """Send a text (one or more Twilio messages, in order); never raise for provider errors."""
-        return self._send_parts(text, self.parts(text), first_sid=None)
+        parts = self.parts(text)
+        return self._send_parts(text, list(enumerate(parts)), found={}, split=len(parts) > 1)
 
-    def _send_parts(self, text: OutgoingText, parts: list[str], *, first_sid: str | None) -> SendResult:
-        for index, part in enumerate(parts):
-            if index and self.part_interval:
+    def _send_parts(
+        self, text: OutgoingText, parts: list[tuple[int, str]], *, found: dict[int, str], split: bool
+    ) -> SendResult:
+        """Send numbered parts of a text in order; `found` holds the parts Twilio already has, by number.
+
+        A split text's result carries every part's id that Twilio has (`SendResult.part_ids`), whatever
+        the outcome, for the sender to store with the row.
+        """
+        sids = dict(found)
+        for count, (index, part) in enumerate(parts):
+            if count and self.part_interval:
                 time.sleep(self.part_interval)
             result = self._create(text, body=part)
             if result.outcome is not Delivery.SENT:
-                if first_sid is not None and result.outcome in (Delivery.RETRY, Delivery.UNKNOWN):
+                if sids and result.outcome in (Delivery.RETRY, Delivery.UNKNOWN):
                     # Part of the text went out: sending it all again would repeat that part.
                     # Unknown makes the sender reconcile, which sends only what Twilio lacks.
-                    return SendResult(Delivery.UNKNOWN, error_code=result.error_code, retry_after=result.retry_after)
-                return result
+                    result = SendResult(Delivery.UNKNOWN, error_code=result.error_code, retry_after=result.retry_after)
+                return replace(result, part_ids=tuple(sorted(sids.items()))) if split else result
             if result.provider_message_id:
                 with self._taken.lock:
                     self._taken.remember([result.provider_message_id], text.outbox_id)
-            first_sid = first_sid or result.provider_message_id
-        return SendResult(Delivery.SENT, provider_message_id=first_sid)
+                sids[index] = result.provider_message_id
+        first_sid = sids[min(sids)] if sids else None
+        return SendResult(
+            Delivery.SENT, provider_message_id=first_sid, part_ids=tuple(sorted(sids.items())) if split else ()
+        )
 
     def _create(self, text: OutgoingText, *, body: str) -> SendResult:
         params: dict[str, Any] = {"to": text.address, "body": body}
@@ -408,12 +426,13 @@ class TwilioSmsChannel:
             and (r.date_created is None or r.date_created >= since)
         ]
         sids = [r.sid for r in candidates]
+        # Another row's messages, stored (its first part's id, and every part's of a split text) ...
         taken = _claimed_elsewhere(sids=sids, outbox_id=text.outbox_id)
         # Oldest first, so two rows with identical bodies each settle on a different message.
         candidates.sort(key=lambda r: (r.date_created or since, r.sid))
         found: list[str | None] = []
         with self._taken.lock:
-            # Also what this process sent or matched and has not recorded yet (or never records: later parts).
+            # ... and what this process sent or matched for another row and has not recorded yet.
             taken |= self._taken.others(sids, text.outbox_id)
             for part in parts:
                 match = next((r for r in candidates if r.body == part and r.sid not in taken), None)
@@ -424,9 +443,7 @@ class TwilioSmsChannel:
         if not any(found):
             log.info("outbox %s: twilio has no trace of it; sending again", text.outbox_id)
             return SendResult(Delivery.RETRY)
-        missing = [part for part, sid in zip(parts, found, strict=True) if sid is None]
-        first_sid = found[0] or next(sid for sid in found if sid)
-        log.info("outbox %s: twilio has %s of %s parts (%s)", text.outbox_id, len(parts) - len(missing), len(parts), first_sid)
-        if not missing:
-            return SendResult(Delivery.SENT, provider_message_id=first_sid)
-        return self._send_parts(text, missing, first_sid=first_sid)
+        have = {index: sid for index, sid in enumerate(found) if sid}
+        missing = [(index, part) for index, part in enumerate(parts) if index not in have]
+        log.info("outbox %s: twilio has %s of %s parts (%s)", text.outbox_id, len(have), len(parts), have[min(have)])
+        return self._send_parts(text, missing, found=have, split=len(parts) > 1)

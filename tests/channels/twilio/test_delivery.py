@@ -6,14 +6,15 @@ import logging
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from bot.channels import outbox
-from bot.channels.models import OutboxStatus
+from bot.channels.models import OutboxPart, OutboxStatus
 from bot.channels.sms_text import segments
 from bot.db import session_scope, utcnow
 from bot.patients.service import get_or_create_identity
-from tests.channels.twilio.conftest import JIM, SmsApp, make_due, outbox_rows
-from tests.fakes.fake_twilio import Fault
+from tests.channels.twilio.conftest import JIM, SmsApp, make_due, outbox_rows, twilio_env
+from tests.fakes.fake_twilio import FakeTwilio, Fault
 
 LONG_TEXT = " ".join(
     f"Step {n}: bring your insurance card, a photo ID and the list of medicines you take every day."
@@ -187,6 +188,61 @@ def test_a_split_texts_later_parts_are_never_taken_for_an_identical_text(sms_app
     sent = [m.body for m in sms_app.fake.messages_to(JIM)]
     assert parts > 1 and " ".join(sent) == f"{LONG_TEXT} {LONG_TEXT}"
     assert [row.status for row in outbox_rows()] == [OutboxStatus.SENT, OutboxStatus.SENT]
+
+
+def stored_parts() -> list[tuple[int, int, str]]:
+    """Return the stored (outbox id, part, Twilio id) of every split text's messages, in order."""
+    with session_scope() as session:
+        return [tuple(row) for row in session.execute(  # type: ignore[misc]
+            select(OutboxPart.outbox_id, OutboxPart.part, OutboxPart.provider_message_id)
+            .order_by(OutboxPart.outbox_id, OutboxPart.part, OutboxPart.id))]  # fmt: skip
+
+
+def test_every_part_of_a_split_text_is_stored_with_its_row(sms_app: SmsApp) -> None:
+    sms_app.fake.fail_next(Fault.ok())
+    sms_app.fake.fail_next(Fault.server_error())
+    first_id = queue_text(LONG_TEXT)
+    sms_app.settle()
+    (cut_short,) = sms_app.fake.messages
+    # Cut short after the first part: what went out is stored before the row is reconciled.
+    assert stored_parts() == [(first_id, 0, cut_short.sid)]
+    make_due()
+    sms_app.settle()
+    sent = sms_app.fake.messages
+    assert len(sent) > 1
+    assert stored_parts() == [(first_id, n, m.sid) for n, m in enumerate(sent)]
+    # A text sent as one message keeps its id on the row alone.
+    queue_text("Sorry, I didn't catch that.", key="test:2")
+    sms_app.settle()
+    assert len(stored_parts()) == len(sent)
+
+
+def test_a_split_texts_later_parts_are_never_taken_for_an_identical_text_after_a_restart(
+    make_app, fake_twilio: FakeTwilio  # type: ignore[no-untyped-def]
+) -> None:
+    # The first text goes out whole; the second times out before Twilio has it, and the process stops.
+    # A fresh one (nothing in memory) reconciles the second: Twilio's only identical messages are the
+    # first text's, whose later parts only the database now knows are taken.
+    before = SmsApp(harness=make_app(**twilio_env(fake_twilio)), fake=fake_twilio)
+    queue_text(LONG_TEXT, key="test:1")
+    before.settle()
+    parts = len(fake_twilio.messages)
+    fake_twilio.fail_next(Fault.slow(seconds=2, record=False))
+    queue_text(LONG_TEXT, key="test:2")
+    before.settle()
+    assert [row.status for row in outbox_rows()] == [OutboxStatus.SENT, OutboxStatus.UNKNOWN]
+
+    after = SmsApp(harness=make_app(**twilio_env(fake_twilio)), fake=fake_twilio)
+    assert after.harness.workers.sender.channels["sms"] is not before.harness.workers.sender.channels["sms"]
+    make_due()
+    after.settle()
+    sent = fake_twilio.messages_to(JIM)
+    first, second = outbox_rows()
+    assert parts > 1 and " ".join(m.body for m in sent) == f"{LONG_TEXT} {LONG_TEXT}"
+    assert (first.status, second.status) == (OutboxStatus.SENT, OutboxStatus.SENT)
+    assert (first.provider_message_id, second.provider_message_id) == (sent[0].sid, sent[parts].sid)
+    assert stored_parts() == [(row.id, n % parts, m.sid) for n, (row, m) in enumerate(
+        zip([first] * parts + [second] * parts, sent, strict=True))]  # fmt: skip
 
 
 def test_logs_carry_ids_not_numbers_or_words(sms_app: SmsApp, caplog: pytest.LogCaptureFixture) -> None:
