@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from bot.clinic_settings import ClinicContext, load_clinic
 from bot.config import get_settings
+from bot.conversations import service
 from bot.conversations.models import (
     Conversation,
     ConversationState,
@@ -105,9 +106,7 @@ def do_handoff(*, session: Session, conversation_id: int, reason: HandoffReason)
     conversation = _conversation(session, conversation_id)
     clinic = load_clinic(session=session)
     now = utcnow()
-    open_handoff = session.scalars(
-        select(Handoff).where(Handoff.conversation_id == conversation.id, Handoff.resolved_at.is_(None))
-    ).first()
+    open_handoff = service.open_handoff(session=session, conversation_id=conversation.id)
     priority = PRIORITY[reason]
     if open_handoff is not None and open_handoff.priority >= priority:
         return HandoffResult(open_handoff.id, open_handoff.team, open_handoff.due_at, already_open=True)
@@ -116,17 +115,21 @@ def do_handoff(*, session: Session, conversation_id: int, reason: HandoffReason)
         due_at = now + timedelta(minutes=_sla_minutes(reason))
     else:
         due_at = clinic.calendar.add_working_minutes(now, _sla_minutes(reason))
+    if open_handoff is None:
+        new = Handoff(
+            conversation_id=conversation.id, reason=reason, priority=priority, team=TEAM[reason], due_at=due_at
+        )
+        handoff = service.add_open_handoff(session=session, handoff=new)
+        if handoff is not new:
+            # Another writer opened the chat's hand-off since we looked: it is this one's, as if found above.
+            open_handoff = handoff
+            if open_handoff.priority >= priority:
+                return HandoffResult(open_handoff.id, open_handoff.team, open_handoff.due_at, already_open=True)
     if open_handoff is not None:
         # Escalate the existing hand-off rather than queueing the chat twice.
         open_handoff.priority, open_handoff.reason, open_handoff.team = priority, reason, TEAM[reason]
         open_handoff.due_at = min(open_handoff.due_at, due_at)
         handoff = open_handoff
-    else:
-        handoff = Handoff(
-            conversation_id=conversation.id, reason=reason, priority=priority, team=TEAM[reason], due_at=due_at
-        )
-        session.add(handoff)
-        session.flush()
     if conversation.state == ConversationState.BOT:
         conversation.state = ConversationState.WAITING
     conversation.priority = max(conversation.priority, priority)

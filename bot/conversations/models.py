@@ -173,10 +173,25 @@ HANDOFF_REASON_BY_INTENT = {
 }
 
 
+# An open hand-off: not yet resolved (staff handed the chat back or closed it).
+OPEN_HANDOFF_SQL = "resolved_at IS NULL"
+
+
 class Handoff(Base):
-    """A conversation passed to staff, with the time we promised a reply by."""
+    """A conversation passed to staff, with the time we promised a reply by; at most one open per conversation."""
 
     __tablename__ = "handoff"
+    __table_args__ = (
+        # Writers look for the open hand-off before opening one, under the conversation's lock where they
+        # take it; the index settles a race between writers that do not (see service.add_open_handoff).
+        Index(
+            "ix_handoff_one_open_per_conversation",
+            "conversation_id",
+            unique=True,
+            postgresql_where=text(OPEN_HANDOFF_SQL),
+            sqlite_where=text(OPEN_HANDOFF_SQL),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"), index=True)

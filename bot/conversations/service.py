@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.conversations.models import (
     Conversation,
     ConversationState,
     Direction,
+    Handoff,
     Message,
     unprocessed_inbound_where,
 )
 from bot.db import insert_or_ignore
 from bot.patients.models import ChannelIdentity
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_CHARS = 20_000
 
@@ -83,3 +88,32 @@ def unprocessed_inbound(*, session: Session, limit: int = 100) -> list[Message]:
             .limit(limit)
         )
     )
+
+
+def open_handoff(*, session: Session, conversation_id: int) -> Handoff | None:
+    """Return the conversation's open hand-off, if it has one (the database allows one)."""
+    return session.scalars(
+        select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.resolved_at.is_(None))
+    ).first()
+
+
+def add_open_handoff(*, session: Session, handoff: Handoff) -> Handoff:
+    """Insert a conversation's open hand-off and return it; or, when another transaction opened one first, that one.
+
+    A unique index allows one open hand-off per conversation (ix_handoff_one_open_per_conversation). A writer
+    that did not lock the conversation (the hand-off of a message that keeps failing to route, in a
+    transaction of its own) can look, find none, and insert after another writer did: the index refuses the
+    second, and the conversation's hand-off is the one that won, never a second queue entry for staff, nor
+    an error that rolls back the caller's work (an emergency alert with it).
+    """
+    try:
+        with session.begin_nested():
+            session.add(handoff)
+    except IntegrityError:
+        # On PostgreSQL the insert waited for the winner to commit, so a fresh read finds its row.
+        existing = open_handoff(session=session, conversation_id=handoff.conversation_id)
+        if existing is None:
+            raise
+        log.info("conversation %s: hand-off %s was opened concurrently; using it", existing.conversation_id, existing.id)
+        return existing
+    return handoff

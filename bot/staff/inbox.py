@@ -28,6 +28,7 @@ from bot.conversations.models import (
     Priority,
     RequestStatus,
 )
+from bot.conversations.service import add_open_handoff
 from bot.db import utcnow
 from bot.labs.models import OPEN_LAB_STATUSES, LabOrder
 from bot.patients.models import Channel, ChannelIdentity, Patient
@@ -703,11 +704,13 @@ def _claimed_handoff(
     handoff = _open_handoff(session, conversation.id)
     if handoff is None:
         due_at = clinic.calendar.add_working_minutes(now, get_settings().sla_human_minutes)
-        handoff = Handoff(conversation_id=conversation.id, reason=HandoffReason.HUMAN, priority=Priority.NORMAL,
-                          team="front_desk", due_at=due_at, created_at=now)  # fmt: skip
-        session.add(handoff)
-        conversation.reason = conversation.reason or HandoffReason.HUMAN
-        conversation.active_form = None
+        new = Handoff(conversation_id=conversation.id, reason=HandoffReason.HUMAN, priority=Priority.NORMAL,
+                      team="front_desk", due_at=due_at, created_at=now)  # fmt: skip
+        # Through add_open_handoff, as every hand-off opens: had another writer opened one since, it is the one.
+        handoff = add_open_handoff(session=session, handoff=new)
+        if handoff is new:
+            conversation.reason = conversation.reason or HandoffReason.HUMAN
+            conversation.active_form = None
     if handoff.claimed_at is None:
         handoff.claimed_at, handoff.claimed_by_id = now, staff_id
     return handoff
