@@ -75,6 +75,28 @@ class ActionEmergency(Action):
         return [ActiveLoop(None), SlotSet("requested_slot", None)]
 
 
+class ActionPossibleEmergency(Action):
+    """In a chat staff own, answer a possible emergency as the bot would and alert staff to it."""
+
+    def name(self) -> str:
+        return "action_possible_emergency"
+
+    def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]) -> list[EventType]:
+        message_id = (tracker.latest_message.get("metadata") or {}).get("message_id")
+        with session_scope() as session:
+            result = flows.do_possible_emergency_or_log(
+                session=session, conversation_id=conversation_id(tracker), message_id=message_id
+            )
+            clinic = flows.clinic_for(session=session)
+        # The words a bot chat gets for a possible emergency (the 911 advice), naming the chat's own hand-off.
+        dispatcher.utter_message(
+            response=f"utter_handoff_{HandoffReason.MEDICAL}",
+            team=response_text(domain, TEAM_RESPONSE[result.team]),
+            due=due_phrase(clinic=clinic, due=result.due_at, lang=language(tracker)),
+        )
+        return []
+
+
 # Topics offered when the bot is unsure, in order of how often patients ask.
 DEFAULT_TOPICS = ("hours", "book_appointment", "prescription_refill", "lab_results")
 NOT_TOPICS = {"greeting", "thanks", "out_of_scope", "emergency", "complaint", "medical_question"}

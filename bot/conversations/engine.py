@@ -296,7 +296,14 @@ class _Turn:
             keyword = classify_keyword(self.text, opted_out=self.identity.opted_out_at is not None)
             if keyword is not None:
                 return self.sms_keyword(keyword)
-        if conversation.state in (ConversationState.WAITING, ConversationState.STAFF) or self.identity.opted_out_at:
+        staff_own = conversation.state in (ConversationState.WAITING, ConversationState.STAFF)
+        if staff_own and analysis.intent == "emergency" and not self.identity.opted_out_at:
+            # A possible emergency the rules did not see. A bot chat hands it to a nurse with the 911 advice;
+            # where staff own the chat, the patient gets that same advice and staff an urgent alert, since
+            # their queue shows nothing new. Anything else here waits silently for staff.
+            self.run_steps(["action_possible_emergency"])
+            return Route.HANDOFF, analysis.intent, analysis.confidence
+        if staff_own or self.identity.opted_out_at:
             return Route.SILENT, analysis.intent, analysis.confidence
         if self.media:
             # The bot cannot read a photo or a file: a person looks at it. A medical question with a

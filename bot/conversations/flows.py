@@ -217,6 +217,68 @@ def do_emergency_or_log(
         return None
 
 
+def _open_handoff(session: Session, conversation_id: int) -> Handoff | None:
+    return session.scalars(
+        select(Handoff)
+        .where(Handoff.conversation_id == conversation_id, Handoff.resolved_at.is_(None))
+        .order_by(Handoff.id)
+    ).first()
+
+
+def _staff_handoff(*, session: Session, conversation_id: int) -> HandoffResult:
+    """Return the open hand-off of a chat staff own, opening one for a nurse should it have none.
+
+    Claiming a chat opens a hand-off, so a chat staff own has one; were it missing, the message goes
+    to a nurse, as a possible emergency does in a bot chat.
+    """
+    handoff = _open_handoff(session, conversation_id)
+    if handoff is None:
+        return do_handoff(session=session, conversation_id=conversation_id, reason=HandoffReason.MEDICAL)
+    return HandoffResult(handoff.id, handoff.team, handoff.due_at, already_open=True)
+
+
+def do_possible_emergency(*, session: Session, conversation_id: int, handoff_id: int, message_id: int | None) -> None:
+    """Raise an urgent alert for a message the classifier read as an emergency in a chat staff own.
+
+    The rules saw no emergency, so the hand-off is left as it is (its holder keeps the chat, and its
+    team still sees it); the alert calls staff to the message, once per message.
+    """
+    audit.record(
+        session=session,
+        actor_kind="bot",
+        action="emergency.possible",
+        subject_type="conversation",
+        subject_id=conversation_id,
+        details={"handoff_id": handoff_id, "message_id": message_id},
+    )
+    log.warning("POSSIBLE EMERGENCY in conversation %s (handoff %s, message %s)", conversation_id, handoff_id, message_id)
+    from bot.staff.alerts import do_raise_alert  # late, like do_open_case above
+    from bot.staff.models import AlertKind
+
+    do_raise_alert(session=session, kind=AlertKind.EMERGENCY, handoff_id=handoff_id, message_id=message_id,
+                   priority=Priority.EMERGENCY)  # fmt: skip
+
+
+def do_possible_emergency_or_log(*, session: Session, conversation_id: int, message_id: int | None) -> HandoffResult:
+    """Alert staff to a possible emergency in a chat they own; return the hand-off the patient is told of.
+
+    The alert is raised in a savepoint: failing, it is logged loudly and the patient's reply still goes.
+    """
+    result = _staff_handoff(session=session, conversation_id=conversation_id)
+    try:
+        with session.begin_nested():
+            do_possible_emergency(
+                session=session, conversation_id=conversation_id, handoff_id=result.handoff_id, message_id=message_id
+            )
+    except Exception:
+        log.exception(
+            "POSSIBLE EMERGENCY ALERT FAILED in conversation %s (message %s): reply still sent; staff were not alerted",
+            conversation_id,
+            message_id,
+        )
+    return result
+
+
 def do_log_complaint(*, session: Session, conversation_id: int) -> None:
     """Record that the patient complained; the hand-off that follows carries it to a manager."""
     conversation = _conversation(session, conversation_id)

@@ -61,13 +61,14 @@ def _queue_telegram(*, session: Session, alert: StaffAlert) -> None:
 
 
 def do_raise_alert(
-    *, session: Session, kind: AlertKind, handoff_id: int, message_id: int | None = None
+    *, session: Session, kind: AlertKind, handoff_id: int, message_id: int | None = None, priority: int | None = None
 ) -> StaffAlert | None:
     """Raise an alert for a hand-off; return None when it was raised before.
 
     With `message_id` the alert is that message's: each emergency message alerts staff once, however
     many alerts its hand-off already has (a new emergency after staff acknowledged the first must page
-    them again). Without it, one alert per hand-off and kind (an overdue hand-off).
+    them again). Without it, one alert per hand-off and kind (an overdue hand-off). The alert takes the
+    hand-off's priority, or `priority` when that is higher.
     """
     same = StaffAlert.message_id == message_id if message_id is not None else StaffAlert.handoff_id == handoff_id
     unkeyed = StaffAlert.message_id.is_(None) if message_id is None else true()
@@ -82,7 +83,7 @@ def do_raise_alert(
         conversation_id=handoff.conversation_id,
         handoff_id=handoff.id,
         message_id=message_id,
-        priority=handoff.priority,
+        priority=max(handoff.priority, priority or 0),
     )
     try:
         with session.begin_nested():

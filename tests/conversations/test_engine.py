@@ -9,6 +9,7 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
+from bot.channels.models import OutboxMessage
 from bot.conversations.flows import lab_status
 from bot.conversations.models import (
     Conversation,
@@ -24,11 +25,13 @@ from bot.labs.flows import PatientIn, do_upsert_order
 from bot.patients.models import ChannelIdentity, Patient
 from bot.patients.service import get_identity
 from bot.promises.models import Promise
-from bot.staff.models import AuditEvent
+from bot.staff.models import AuditEvent, StaffAlert
 
 JIM = "+16175550142"  # demo patient with a late and a resulted lab order
 MARIA = "+16175550101"  # demo patient who prefers Spanish
 STRANGER = "+16175550999"
+# The rules see no emergency in it; the trained classifier reads a possible one, below its emergency threshold.
+POSSIBLE_EMERGENCY = "i feel like i'm going to pass out"
 # A Wednesday afternoon in clinic hours (America/New_York, 14:00 local).
 OPEN_HOURS = datetime(2026, 11, 18, 19, 0, tzinfo=UTC)
 
@@ -372,6 +375,62 @@ def test_an_unsure_emergency_mid_form_leaves_the_form_for_a_nurse(runtime, monke
         # Not stored as the medication, and no refill request made of it.
         assert session.get(Conversation, outcome.conversation_id).active_form is None
         assert session.scalars(select(PatientRequest)).all() == []
+
+
+def queued_replies(message_id: int) -> list[tuple[str, str | None]]:
+    """Return (key, body) of the outbox rows queued in reply to one inbound message."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(OutboxMessage.key, OutboxMessage.body)
+            .where(OutboxMessage.key.like(f"reply:{message_id}:%"))
+            .order_by(OutboxMessage.id)
+        ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+def staff_alerts() -> list[tuple[str, int, int | None, int]]:
+    """Return (kind, hand-off id, message id, priority) of every staff alert."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(StaffAlert.kind, StaffAlert.handoff_id, StaffAlert.message_id, StaffAlert.priority)
+            .order_by(StaffAlert.id)
+        ).all()
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+@pytest.mark.parametrize("state", [ConversationState.WAITING, ConversationState.STAFF])
+def test_a_possible_emergency_in_a_chat_staff_own_gets_the_911_advice_and_alerts_staff(runtime, state) -> None:
+    analysis = runtime.nlu.analyse(POSSIBLE_EMERGENCY)
+    assert (analysis.route, analysis.intent, analysis.safety.is_emergency) == (Route.HANDOFF, "emergency", False)
+    first = send(runtime, "can i talk to a real person please")
+    with session_scope() as session:
+        session.get(Conversation, first.conversation_id).state = state
+        handoff = session.scalars(select(Handoff)).one()
+        before = (handoff.id, handoff.reason, handoff.priority, handoff.team, handoff.due_at)
+
+    outcome = send(runtime, POSSIBLE_EMERGENCY)
+    assert (outcome.route, outcome.intent) == (Route.HANDOFF, "emergency")
+    assert [reply.response_key for reply in outcome.replies] == ["utter_handoff_medical"]
+    # The words a bot chat gets, naming the chat's own team and reply time.
+    assert texts(outcome) == (
+        "I can't give medical advice, but I've passed your question to our front desk team. "
+        "They'll reply by 3 pm today. If it gets worse or feels urgent, call 911."
+    )
+    assert queued_replies(outcome.message_id) == [(f"reply:{outcome.message_id}:0", texts(outcome))]
+    assert staff_alerts() == [("emergency", before[0], outcome.message_id, Priority.EMERGENCY)]
+    with session_scope() as session:
+        handoffs = [(h.id, h.reason, h.priority, h.team, h.due_at) for h in session.scalars(select(Handoff))]
+        assert session.get(Conversation, first.conversation_id).state == state
+        possible = session.scalars(select(AuditEvent.details).where(AuditEvent.action == "emergency.possible")).all()
+    # The hand-off stays the staff's: its holder keeps the chat, and its team still sees it.
+    assert handoffs == [before]
+    assert possible == [{"handoff_id": before[0], "message_id": outcome.message_id}]
+
+    # Anything else still waits for staff, silently and without an alert.
+    quiet = send(runtime, "what are your hours")
+    assert (quiet.route, quiet.replies) == (Route.SILENT, [])
+    assert queued_replies(quiet.message_id) == []
+    assert len(staff_alerts()) == 1
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,8 @@ __all__ = ["fake_twilio"]  # a fixture used below
 
 STAFF_GROUP = "-1001234567890"
 EMERGENCY = "I have crushing chest pain and can't breathe"
+# The rules see no emergency in it; the trained classifier reads a possible one (below its threshold).
+POSSIBLE_EMERGENCY = "i feel like i'm going to pass out"
 
 
 @pytest.fixture
@@ -144,6 +146,38 @@ def test_an_emergency_message_handled_again_alerts_once(make_app) -> None:
             flows.do_emergency(session=session, conversation_id=conversation_id, kind="cardiac")
     with session_scope() as session:
         assert session.scalars(select(StaffAlert.message_id).order_by(StaffAlert.id)).all() == [message_id, None]
+
+
+def test_a_possible_emergency_in_a_chat_staff_hold_gets_the_911_advice_and_an_urgent_alert(make_app) -> None:
+    chat = visitor(make_app)
+    chat.ask("I want to talk to a person")
+    handoff_id, conversation_id = only_handoff()
+    csrf = sign_in(chat.client, DEMO_STAFF_EMAIL)
+    claimed = chat.client.post(
+        f"/staff/conversations/{conversation_id}/claim", data={"csrf_token": csrf}, follow_redirects=False
+    )
+    assert claimed.status_code == 303
+    chat.app.settle()
+
+    replies = chat.ask(POSSIBLE_EMERGENCY)
+    assert len(replies) == 1 and "If it gets worse or feels urgent, call 911" in replies[0], replies
+    assert alerts() == [("emergency", conversation_id, handoff_id, 40)]
+    with session_scope() as session:
+        keyed = session.scalars(select(StaffAlert.message_id)).all()
+        asked = session.scalars(select(Message.id).where(Message.body == POSSIBLE_EMERGENCY)).all()
+    assert keyed == asked
+    # The front desk member holding the chat sees the alert and keeps the chat.
+    page = chat.client.get("/staff/alerts").text
+    assert "Emergency" in page and f'href="/staff/conversations/{conversation_id}"' in page
+    assert chat.client.get(f"/staff/conversations/{conversation_id}").status_code == 200
+    with session_scope() as session:
+        conversation = session.get(Conversation, conversation_id)
+        assert conversation is not None
+        assert (conversation.state, conversation.assigned_staff_id) == ("staff", staff_id(DEMO_STAFF_EMAIL))
+
+    # The bot is otherwise silent while staff hold the chat.
+    assert chat.ask("ok, and what are your hours?") == []
+    assert len(alerts()) == 1
 
 
 def test_the_sla_sweep_alerts_once_for_an_overdue_handoff_without_a_staff_reply(make_app) -> None:
