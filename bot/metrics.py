@@ -124,6 +124,7 @@ def database_metrics(*, session: Session, now: datetime) -> Iterator[Metric]:
     from bot.channels.models import OutboxMessage, OutboxStatus
     from bot.conversations.models import Direction, Handoff, Message
     from bot.promises.models import Promise, PromiseStatus, PromiseUpdate
+    from bot.staff.models import OwedAlert
 
     messages = CounterMetricFamily(
         "clinicbot_messages",
@@ -172,6 +173,13 @@ def database_metrics(*, session: Session, now: datetime) -> Iterator[Metric]:
         "clinicbot_handoff_oldest_waiting_seconds",
         "Seconds the oldest unclaimed hand-off has waited (0 when none waits).",
         value=_seconds_since(oldest, now),
+    )
+    # Above 0, staff have not been alerted to an emergency message: raising its alert failed, and the
+    # alert sweep is retrying it.
+    yield GaugeMetricFamily(
+        "clinicbot_staff_alerts_owed",
+        "Staff alerts patient messages should have raised but could not yet (the alert sweep retries them).",
+        value=session.scalar(select(func.count()).select_from(OwedAlert)) or 0,
     )
 
     backlog_states = (OutboxStatus.PENDING, OutboxStatus.SENDING, OutboxStatus.UNKNOWN)

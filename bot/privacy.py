@@ -42,6 +42,7 @@ TABLES: dict[str, str] = {
     "telegram_link_token": "a hash of a random token; no personal data",
     "audit_event": "kept: ids and codes only; append-only",
     "staff_alert": "ids and times only",
+    "owed_alert": "ids, times and an emergency kind; deleted once the alert is raised",
     "clinic": "the clinic's own settings; no patient data",
     "staff_user": "staff accounts; no patient data",
     "staff_session": "staff sign-ins; no patient data",

@@ -23,12 +23,13 @@ from bot.conversations.models import (
     RequestKind,
     RequestStatus,
 )
-from bot.db import utcnow
+from bot.db import insert_or_ignore, utcnow
 from bot.labs.service import orders_to_report
 from bot.patients.models import ChannelIdentity, Patient
 from bot.patients.service import verified_patient
 from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
+from bot.staff.models import OwedAlert, OwedAlertKind
 
 log = logging.getLogger(__name__)
 
@@ -209,12 +210,35 @@ def do_emergency_or_log(
     except Exception:
         log.exception(
             "EMERGENCY ALERT FAILED in conversation %s (message %s, kind %s): instructions still sent; "
-            "staff were not alerted",
+            "the alert sweep retries the alert",
             conversation_id,
             message_id,
             kind,
         )
+        _owe_alert(session=session, conversation_id=conversation_id, message_id=message_id,
+                   kind=OwedAlertKind.EMERGENCY, emergency_kind=kind)  # fmt: skip
         return None
+
+
+def _owe_alert(
+    *, session: Session, conversation_id: int, message_id: int | None, kind: OwedAlertKind, emergency_kind: str | None
+) -> None:
+    """Record, beside the patient's reply, the alert a message failed to raise, for the alert sweep.
+
+    Never raises: the patient's reply in this transaction comes first. Should even this row fail to be
+    written, the database is failing too and the alert is lost: logged at ERROR, as before.
+    """
+    try:
+        with session.begin_nested():
+            insert_or_ignore(
+                session=session,
+                model=OwedAlert,
+                values={"message_id": message_id, "conversation_id": conversation_id, "kind": kind,
+                        "emergency_kind": emergency_kind, "attempts": 0, "created_at": utcnow()},
+                conflict=["message_id"],
+            )  # fmt: skip
+    except Exception:
+        log.exception("the alert owed for message %s (conversation %s) could not be recorded", message_id, conversation_id)
 
 
 def _open_handoff(session: Session, conversation_id: int) -> Handoff | None:
@@ -272,11 +296,47 @@ def do_possible_emergency_or_log(*, session: Session, conversation_id: int, mess
             )
     except Exception:
         log.exception(
-            "POSSIBLE EMERGENCY ALERT FAILED in conversation %s (message %s): reply still sent; staff were not alerted",
+            "POSSIBLE EMERGENCY ALERT FAILED in conversation %s (message %s): reply still sent; "
+            "the alert sweep retries the alert",
             conversation_id,
             message_id,
         )
+        _owe_alert(session=session, conversation_id=conversation_id, message_id=message_id,
+                   kind=OwedAlertKind.POSSIBLE_EMERGENCY, emergency_kind=None)  # fmt: skip
     return result
+
+
+def do_raise_owed_alerts(*, session: Session, now: datetime) -> int:
+    """Raise the alerts patient messages owe staff (their first try failed); return how many were raised.
+
+    Each in a savepoint that also deletes its owed row: one that fails again is counted and retried on
+    the next sweep, and never holds back the others.
+    """
+    query = select(OwedAlert).order_by(OwedAlert.id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    raised = 0
+    for owed in session.scalars(query).all():
+        owed_id, conversation_id, message_id = owed.id, owed.conversation_id, owed.message_id
+        try:
+            with session.begin_nested():
+                if owed.kind == OwedAlertKind.POSSIBLE_EMERGENCY:
+                    result = _staff_handoff(session=session, conversation_id=conversation_id)
+                    do_possible_emergency(session=session, conversation_id=conversation_id,
+                                          handoff_id=result.handoff_id, message_id=message_id)  # fmt: skip
+                else:
+                    do_emergency(session=session, conversation_id=conversation_id, kind=owed.emergency_kind,
+                                 message_id=message_id)  # fmt: skip
+                session.delete(owed)
+        except Exception:
+            owed.attempts += 1
+            owed.last_attempt_at = now
+            log.exception("the alert owed for message %s (conversation %s, owed %s) failed again (%s tries); "
+                          "will retry", message_id, conversation_id, owed_id, owed.attempts)  # fmt: skip
+            continue
+        log.warning("the alert owed for message %s (conversation %s) is raised, late", message_id, conversation_id)
+        raised += 1
+    return raised
 
 
 def do_log_complaint(*, session: Session, conversation_id: int) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from bot.channels import outbox
 from bot.config import get_settings
+from bot.conversations.flows import do_raise_owed_alerts
 from bot.conversations.models import Conversation, Handoff, HandoffReason
 from bot.db import session_scope, utcnow
 from bot.patients.service import get_or_create_identity
@@ -132,17 +133,24 @@ def sweep_overdue_handoffs(*, session: Session, now: datetime) -> int:
 def run_sla_sweeps(
     stop: threading.Event, *, on_queued: Callable[[], None] | None = None, interval: float = SWEEP_SECONDS
 ) -> None:
-    """Sweep for overdue hand-offs every interval until stopped; wake the sender when texts were queued."""
+    """Sweep every interval until stopped: alerts messages still owe staff, then overdue hand-offs.
+
+    Wakes the sender when alerts were raised (their staff group copies are queued texts).
+    """
+    sweeps = (("owed alerts", do_raise_owed_alerts), ("overdue hand-offs", sweep_overdue_handoffs))
     while not stop.is_set():
-        try:
-            with session_scope() as session:
-                raised = sweep_overdue_handoffs(session=session, now=utcnow())
-            if raised:
-                log.info("sla sweep raised %s alert(s)", raised)
-                if on_queued is not None:
-                    on_queued()
-        except Exception:
-            log.exception("sla sweep failed; will retry")
+        raised = 0
+        for name, sweep in sweeps:
+            # Each in its own transaction: one failing never holds back the other.
+            try:
+                with session_scope() as session:
+                    raised += sweep(session=session, now=utcnow())
+            except Exception:
+                log.exception("sla sweep of %s failed; will retry", name)
+        if raised:
+            log.info("sla sweep raised %s alert(s)", raised)
+            if on_queued is not None:
+                on_queued()
         stop.wait(interval)
 
 

@@ -223,3 +223,31 @@ class StaffAlert(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+
+
+class OwedAlertKind(StrEnum):
+    """Which alert a patient message still owes staff."""
+
+    EMERGENCY = "emergency"  # the rules (or a sure classifier) saw an emergency: hand-off and alert
+    POSSIBLE_EMERGENCY = "possible_emergency"  # a possible one in a chat staff own: alert only
+
+
+class OwedAlert(Base):
+    """A staff alert a patient message should have raised but could not; the alert sweep raises it later.
+
+    Written in the message's own transaction (beside the patient's reply) when raising the alert failed,
+    and deleted in the transaction that finally raises it, so the alert is late but never lost, and
+    raised once (the alert itself is unique per kind and message).
+    """
+
+    __tablename__ = "owed_alert"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("message.id"), unique=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"))
+    kind: Mapped[str] = mapped_column(String(24))
+    # The emergency's kind as the safety rules named it ("self_harm"…), for the hand-off's audit trail.
+    emergency_kind: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_attempt_at: Mapped[datetime | None]

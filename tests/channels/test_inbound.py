@@ -8,6 +8,7 @@ from bot.channels.inbound import InboundProcessor, InboundText, do_accept_inboun
 from bot.channels.models import OutboxMessage
 from bot.conversations.models import Handoff, Message
 from bot.db import session_scope
+from bot.staff.models import OwedAlert
 
 
 def accept(text: str, provider_id: str, *, address: str = "+16175550123") -> int | None:
@@ -155,6 +156,9 @@ def test_an_emergency_whose_alert_fails_still_gets_the_instructions(runtime, mon
         message = session.get(Message, message_id)
         assert (message.route, message.process_errors) == ("emergency", 0)
         assert session.scalars(select(Handoff)).all() == []
+        # Owed, beside the instructions: the alert sweep raises it later.
+        owed = session.execute(select(OwedAlert.message_id, OwedAlert.kind, OwedAlert.emergency_kind)).all()
+    assert [tuple(row) for row in owed] == [(message_id, "emergency", "anaphylaxis")]
     failed = [r for r in caplog.records if "EMERGENCY ALERT FAILED" in r.getMessage()]
     assert [(r.levelname, r.exc_info is not None) for r in failed] == [("ERROR", True)]
     assert "breathe" not in caplog.text

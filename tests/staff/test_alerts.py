@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -12,10 +14,12 @@ from sqlalchemy import select
 
 from bot.channels.models import OutboxMessage
 from bot.conversations import flows
-from bot.conversations.models import Conversation, Handoff, Message
+from bot.conversations.engine import Outcome
+from bot.conversations.models import Conversation, ConversationState, Handoff, Message, Route
 from bot.db import session_scope, utcnow
-from bot.staff.alerts import open_alert_count, sweep_overdue_handoffs
-from bot.staff.models import StaffAlert
+from bot.metrics import database_metrics
+from bot.staff.alerts import open_alert_count, run_sla_sweeps, sweep_overdue_handoffs
+from bot.staff.models import AuditEvent, OwedAlert, StaffAlert
 from tests.channels.telegram.conftest import telegram_env
 from tests.channels.twilio.conftest import JIM
 from tests.fakes.fake_telegram import FakeTelegram
@@ -273,3 +277,115 @@ def test_alerts_reach_the_staff_telegram_group_with_a_link_and_no_patient_detail
         ]
     finally:
         app.harness.workers.channels["telegram"].close()  # type: ignore[attr-defined]
+
+
+# -- alerts that fail to be raised -------------------------------------------------------------
+
+PATIENT = "+16175550999"
+
+
+def route(runtime, text: str) -> Outcome:  # type: ignore[no-untyped-def]
+    """Route one text message through the engine in its own transaction, as the processor does."""
+    with session_scope() as session:
+        return runtime.engine.receive(
+            session=session, channel="sms", address=PATIENT, text=text, provider_message_id=uuid.uuid4().hex
+        )
+
+
+def queued_reply_keys(message_id: int | None) -> list[str]:
+    with session_scope() as session:
+        return list(session.scalars(select(OutboxMessage.key).where(OutboxMessage.key.like(f"reply:{message_id}:%"))))
+
+
+def owed() -> list[tuple[int | None, str, str | None, int]]:
+    """Return (message id, kind, emergency kind, tries) of every alert still owed."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(OwedAlert.message_id, OwedAlert.kind, OwedAlert.emergency_kind, OwedAlert.attempts)
+            .order_by(OwedAlert.id)
+        ).all()
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+def owed_gauge() -> float:
+    """Return the owed-alerts figure /metrics reports."""
+    with session_scope() as session:
+        families = {family.name: family for family in database_metrics(session=session, now=utcnow())}
+    return families["clinicbot_staff_alerts_owed"].samples[0].value
+
+
+def raise_owed() -> int:
+    with session_scope() as session:
+        return flows.do_raise_owed_alerts(session=session, now=utcnow())
+
+
+def alert_channel_down(patch: pytest.MonkeyPatch) -> None:
+    """Make raising any alert fail, as a broken staff notification does."""
+
+    def down(**_: object) -> None:
+        raise RuntimeError("alert channel down")
+
+    patch.setattr("bot.staff.alerts._queue_telegram", down)
+
+
+def sweep_once_raising() -> None:
+    """Run the SLA sweep loop as the workers do, until it raises an alert."""
+    stop = threading.Event()
+    loop = threading.Thread(target=run_sla_sweeps, args=(stop,), kwargs={"on_queued": stop.set, "interval": 0.05})
+    loop.start()
+    loop.join(timeout=30)
+    stop.set()
+    assert not loop.is_alive(), "the sweep raised no alert"
+
+
+def test_an_emergency_alert_that_fails_is_owed_and_raised_once_by_the_sweep(runtime) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        alert_channel_down(patch)
+        outcome = route(runtime, EMERGENCY)
+        # The patient's instructions never wait on the alert.
+        assert outcome.route == Route.EMERGENCY and "911" in outcome.replies[0].text
+        assert queued_reply_keys(outcome.message_id) == [f"reply:{outcome.message_id}:0"]
+        assert alerts() == []
+        assert owed() == [(outcome.message_id, "emergency", "cardiac", 0)]
+        assert owed_gauge() == 1
+        # Still failing: the try is counted and the alert stays owed.
+        assert raise_owed() == 0
+        assert owed() == [(outcome.message_id, "emergency", "cardiac", 1)]
+
+    assert (raise_owed(), raise_owed()) == (1, 0)
+    handoff_id, conversation_id = only_handoff()
+    assert alerts() == [("emergency", conversation_id, handoff_id, 40)]
+    with session_scope() as session:
+        assert session.scalars(select(StaffAlert.message_id)).all() == [outcome.message_id]
+        handoff = session.get(Handoff, handoff_id)
+        assert handoff is not None and handoff.reason == "emergency"
+        detected = session.scalars(select(AuditEvent.details).where(AuditEvent.action == "emergency.detected")).all()
+    assert detected == [{"kind": "cardiac", "handoff_id": handoff_id, "message_id": outcome.message_id}]
+    assert (owed(), owed_gauge()) == ([], 0)
+    # The message handled again (a redelivery) alerts no more.
+    with session_scope() as session:
+        flows.do_emergency_or_log(session=session, conversation_id=conversation_id, kind="cardiac",
+                                  message_id=outcome.message_id)  # fmt: skip
+    assert (len(alerts()), owed()) == (1, [])
+
+
+def test_a_possible_emergency_alert_that_fails_is_raised_by_the_sla_sweep(runtime) -> None:
+    first = route(runtime, "can i talk to a real person please")
+    with session_scope() as session:
+        conversation = session.get(Conversation, first.conversation_id)
+        assert conversation is not None
+        conversation.state = ConversationState.STAFF
+    handoff_id, conversation_id = only_handoff()
+    with pytest.MonkeyPatch.context() as patch:
+        alert_channel_down(patch)
+        outcome = route(runtime, POSSIBLE_EMERGENCY)
+    assert outcome.route == Route.HANDOFF and "call 911" in outcome.replies[0].text
+    assert queued_reply_keys(outcome.message_id) == [f"reply:{outcome.message_id}:0"]
+    assert (alerts(), owed()) == ([], [(outcome.message_id, "possible_emergency", None, 0)])
+
+    sweep_once_raising()
+    assert alerts() == [("emergency", conversation_id, handoff_id, 40)]
+    with session_scope() as session:
+        assert session.scalars(select(StaffAlert.message_id)).all() == [outcome.message_id]
+        assert session.scalars(select(Handoff.reason)).all() == ["human"]
+    assert (owed(), raise_owed()) == ([], 0)
