@@ -2,7 +2,7 @@
 raises it later, once, instead of the failure being only logged
 
 Revision ID: 0017
-Revises: 0014
+Revises: 0016
 Create Date: 2026-11-28
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import bot.db
 
 revision: str = "0017"
-down_revision: str | None = "0014"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
