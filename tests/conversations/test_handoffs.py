@@ -107,11 +107,10 @@ def test_a_rivals_lower_handoff_is_escalated_not_doubled(demo_db: str) -> None:
     assert actions == ["handoff.escalated"]
 
 
+# PostgreSQL only: the emergency's savepoint opens this transaction before its look, and SQLite then refuses
+# the write after another connection's commit (a stale snapshot). In the app SQLite transactions never interleave.
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_an_emergency_in_a_race_alerts_on_the_one_open_handoff(demo_db: str) -> None:
-    if demo_db.startswith("sqlite"):
-        # The emergency's savepoint opens this transaction before its look; SQLite then refuses the write after
-        # another connection's commit (a stale snapshot). In the app SQLite transactions never interleave at all.
-        pytest.skip("needs PostgreSQL's interleaving transactions")
     conversation_id = new_conversation()
     rival_first = a_rival_opens_one_first(conversation_id, reason=HandoffReason.HUMAN, priority=Priority.NORMAL)
     with rival_first as rival, session_scope() as session:
