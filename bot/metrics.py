@@ -124,7 +124,7 @@ def database_metrics(*, session: Session, now: datetime) -> Iterator[Metric]:
     from bot.channels.models import OutboxMessage, OutboxStatus
     from bot.conversations.models import Direction, Handoff, Message
     from bot.promises.models import Promise, PromiseStatus, PromiseUpdate
-    from bot.staff.models import OwedAlert
+    from bot.staff.models import OwedAlert, StaffAlert
 
     messages = CounterMetricFamily(
         "clinicbot_messages",
@@ -180,6 +180,13 @@ def database_metrics(*, session: Session, now: datetime) -> Iterator[Metric]:
         "clinicbot_staff_alerts_owed",
         "Staff alerts patient messages should have raised but could not yet (the alert sweep retries them).",
         value=session.scalar(select(func.count()).select_from(OwedAlert)) or 0,
+    )
+    # Above 0, the staff Telegram group lacks alerts the inbox shows: queueing their copies failed (a bad
+    # staff group setting?), and the alert sweep is retrying them.
+    yield GaugeMetricFamily(
+        "clinicbot_staff_alert_copies_owed",
+        "In-app staff alerts whose staff group copy could not be queued yet (the alert sweep retries them).",
+        value=session.scalar(select(func.count()).where(StaffAlert.copy_owed_at.is_not(None))) or 0,
     )
 
     backlog_states = (OutboxStatus.PENDING, OutboxStatus.SENDING, OutboxStatus.UNKNOWN)

@@ -43,11 +43,11 @@ def open_alert_count(*, session: Session) -> int:
     )
 
 
-def _queue_telegram(*, session: Session, alert: StaffAlert) -> None:
-    """Queue the staff group's copy of an alert, when a staff group is configured."""
+def _queue_telegram(*, session: Session, alert: StaffAlert) -> bool:
+    """Queue the staff group's copy of an alert; return False when no staff group is configured."""
     settings = get_settings()
     if not (settings.telegram_staff_chat_id and settings.telegram_enabled):
-        return
+        return False
     identity = get_or_create_identity(
         session=session, channel="telegram", address=settings.telegram_staff_chat_id
     )
@@ -59,6 +59,49 @@ def _queue_telegram(*, session: Session, alert: StaffAlert) -> None:
         body=alert_telegram_text(kind=alert.kind, priority=alert.priority, link=link),
         priority=100 if alert.kind == AlertKind.EMERGENCY else 50,
     )
+    return True
+
+
+def _queue_copy_or_owe(*, session: Session, alert: StaffAlert) -> None:
+    """Queue an alert's staff group copy in a savepoint; failing, mark the copy owed for the alert sweep.
+
+    The in-app alert is the one the inbox shows: a broken staff group (a bad setting, an identity that
+    cannot be written) must never roll it back with its copy.
+    """
+    try:
+        with session.begin_nested():
+            _queue_telegram(session=session, alert=alert)
+    except Exception:
+        log.exception("the staff group copy of alert %s (%s) could not be queued; the alert sweep retries it",
+                      alert.id, alert.kind)  # fmt: skip
+        alert.copy_owed_at = utcnow()
+
+
+def do_queue_owed_copies(*, session: Session, now: datetime) -> int:
+    """Queue the staff group copies of alerts whose first try failed; return how many were queued.
+
+    Each in a savepoint that also clears the alert's mark, so a copy is queued once (its outbox key is
+    the alert's) and one that fails again stays owed without holding back the others. Were the staff
+    group since removed from the settings, there is nothing to send and the mark is cleared.
+    """
+    query = select(StaffAlert).where(StaffAlert.copy_owed_at.is_not(None)).order_by(StaffAlert.id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    queued = 0
+    for alert in session.scalars(query).all():
+        alert_id, owed_since = alert.id, alert.copy_owed_at
+        try:
+            with session.begin_nested():
+                sent = _queue_telegram(session=session, alert=alert)
+                alert.copy_owed_at = None
+        except Exception:
+            log.exception("the staff group copy of alert %s (owed since %s) failed again; will retry",
+                          alert_id, owed_since)  # fmt: skip
+            continue
+        if sent:
+            log.warning("the staff group copy of alert %s is queued, late", alert_id)
+            queued += 1
+    return queued
 
 
 def do_raise_alert(
@@ -92,7 +135,7 @@ def do_raise_alert(
     except IntegrityError:
         # Another process raised it between the check and the insert.
         return None
-    _queue_telegram(session=session, alert=alert)
+    _queue_copy_or_owe(session=session, alert=alert)
     audit.record(
         session=session,
         actor_kind="system",
@@ -133,22 +176,28 @@ def sweep_overdue_handoffs(*, session: Session, now: datetime) -> int:
 def run_sla_sweeps(
     stop: threading.Event, *, on_queued: Callable[[], None] | None = None, interval: float = SWEEP_SECONDS
 ) -> None:
-    """Sweep every interval until stopped: alerts messages still owe staff, then overdue hand-offs.
+    """Sweep every interval until stopped: alerts messages still owe staff, overdue hand-offs, then the
+    staff group copies alerts still owe.
 
-    Wakes the sender when alerts were raised (their staff group copies are queued texts).
+    Wakes the sender when alerts were raised or copies queued (the copies are queued texts).
     """
-    sweeps = (("owed alerts", do_raise_owed_alerts), ("overdue hand-offs", sweep_overdue_handoffs))
+    sweeps = (
+        ("owed alerts", do_raise_owed_alerts),
+        ("overdue hand-offs", sweep_overdue_handoffs),
+        # Last: it also takes the copies the sweeps above failed to queue.
+        ("owed staff group copies", do_queue_owed_copies),
+    )
     while not stop.is_set():
-        raised = 0
+        done = 0
         for name, sweep in sweeps:
-            # Each in its own transaction: one failing never holds back the other.
+            # Each in its own transaction: one failing never holds back the others.
             try:
                 with session_scope() as session:
-                    raised += sweep(session=session, now=utcnow())
+                    done += sweep(session=session, now=utcnow())
             except Exception:
                 log.exception("sla sweep of %s failed; will retry", name)
-        if raised:
-            log.info("sla sweep raised %s alert(s)", raised)
+        if done:
+            log.info("sla sweep raised or queued %s alert(s)", done)
             if on_queued is not None:
                 on_queued()
         stop.wait(interval)

@@ -191,6 +191,7 @@ class AlertKind(StrEnum):
 
 
 UNKEYED_ALERT_SQL = "message_id IS NULL"
+COPY_OWED_SQL = "copy_owed_at IS NOT NULL"
 
 
 class StaffAlert(Base):
@@ -199,6 +200,8 @@ class StaffAlert(Base):
     An emergency alert belongs to the patient message that raised it (`message_id`): every emergency
     message alerts staff, even in a hand-off they already acknowledged, and a retried message never
     alerts twice. Alerts that no one message raised (an overdue hand-off) are once per hand-off and kind.
+    The staff group's copy is queued beside the alert but never holds it back: when queueing it fails,
+    `copy_owed_at` says so, and the alert sweep queues it later (once: its outbox key is the alert's).
     """
 
     __tablename__ = "staff_alert"
@@ -212,6 +215,13 @@ class StaffAlert(Base):
             postgresql_where=text(UNKEYED_ALERT_SQL),
             sqlite_where=text(UNKEYED_ALERT_SQL),
         ),
+        # The alert sweep reads only the few alerts whose copy is owed, never the clinic's whole history.
+        Index(
+            "ix_staff_alert_copy_owed",
+            "id",
+            postgresql_where=text(COPY_OWED_SQL),
+            sqlite_where=text(COPY_OWED_SQL),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -223,6 +233,8 @@ class StaffAlert(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+    # When queueing the staff group's copy first failed; cleared when the alert sweep queues it.
+    copy_owed_at: Mapped[datetime | None]
 
 
 class OwedAlertKind(StrEnum):

@@ -6,19 +6,23 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import time_machine
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from bot.channels.models import OutboxMessage
+from bot.config import get_settings
 from bot.conversations import flows
 from bot.conversations.engine import Outcome
 from bot.conversations.models import Conversation, ConversationState, Handoff, Message, Route
 from bot.db import session_scope, utcnow
 from bot.metrics import database_metrics
-from bot.staff.alerts import open_alert_count, run_sla_sweeps, sweep_overdue_handoffs
+from bot.staff import alerts as alerts_module
+from bot.staff.alerts import do_queue_owed_copies, open_alert_count, run_sla_sweeps, sweep_overdue_handoffs
 from bot.staff.models import AuditEvent, OwedAlert, StaffAlert
 from tests.channels.telegram.conftest import telegram_env
 from tests.channels.twilio.conftest import JIM
@@ -320,12 +324,14 @@ def raise_owed() -> int:
 
 
 def alert_channel_down(patch: pytest.MonkeyPatch) -> None:
-    """Make raising any alert fail, as a broken staff notification does."""
+    """Make raising any alert fail after writing its row, as a database that refuses part of it does."""
+    write = alerts_module.do_raise_alert
 
-    def down(**_: object) -> None:
-        raise RuntimeError("alert channel down")
+    def down(**kwargs: Any) -> None:
+        write(**kwargs)
+        raise RuntimeError("alert cannot be written")
 
-    patch.setattr("bot.staff.alerts._queue_telegram", down)
+    patch.setattr("bot.staff.alerts.do_raise_alert", down)
 
 
 def sweep_once_raising() -> None:
@@ -389,3 +395,94 @@ def test_a_possible_emergency_alert_that_fails_is_raised_by_the_sla_sweep(runtim
         assert session.scalars(select(StaffAlert.message_id)).all() == [outcome.message_id]
         assert session.scalars(select(Handoff.reason)).all() == ["human"]
     assert (owed(), raise_owed()) == ([], 0)
+
+
+# -- the staff group's copy of an alert ----------------------------------------------------------
+
+
+def staff_group(patch: pytest.MonkeyPatch) -> None:
+    """Configure a staff Telegram group, so every alert queues a copy for it."""
+    patch.setenv("TELEGRAM_BOT_TOKEN", "123456:staff-group-test")
+    patch.setenv("TELEGRAM_STAFF_CHAT_ID", STAFF_GROUP)
+    get_settings.cache_clear()
+
+
+def staff_group_unwritable(patch: pytest.MonkeyPatch) -> None:
+    """Make the staff group's identity fail to be written: a real database error, as a bad setting gives."""
+
+    def unwritable(*, session: Session, channel: str, address: str) -> None:
+        session.execute(text("INSERT INTO channel_identity (channel) VALUES ('telegram')"))  # no address
+
+    patch.setattr("bot.staff.alerts.get_or_create_identity", unwritable)
+
+
+def copies() -> list[str]:
+    """Return the outbox keys of the staff group copies queued."""
+    with session_scope() as session:
+        return list(session.scalars(select(OutboxMessage.key).where(OutboxMessage.key.like("alert:%")).order_by(OutboxMessage.id)))
+
+
+def copies_owed() -> list[int]:
+    with session_scope() as session:
+        return list(session.scalars(select(StaffAlert.id).where(StaffAlert.copy_owed_at.is_not(None)).order_by(StaffAlert.id)))
+
+
+def copies_gauge() -> float:
+    with session_scope() as session:
+        families = {family.name: family for family in database_metrics(session=session, now=utcnow())}
+    return families["clinicbot_staff_alert_copies_owed"].samples[0].value
+
+
+def queue_owed_copies() -> int:
+    with session_scope() as session:
+        return do_queue_owed_copies(session=session, now=utcnow())
+
+
+def test_an_alert_whose_staff_group_copy_fails_stands_and_the_sweep_queues_the_copy_once(runtime) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        staff_group(patch)
+        staff_group_unwritable(patch)
+        outcome = route(runtime, EMERGENCY)
+        assert outcome.route == Route.EMERGENCY and "911" in outcome.replies[0].text
+        assert queued_reply_keys(outcome.message_id) == [f"reply:{outcome.message_id}:0"]
+        # The inbox's alert is there at once, not owed: only its copy waits.
+        handoff_id, conversation_id = only_handoff()
+        assert alerts() == [("emergency", conversation_id, handoff_id, 40)]
+        with session_scope() as session:
+            alert_id = session.scalars(select(StaffAlert.id)).one()
+            assert open_alert_count(session=session) == 1
+        assert (owed(), owed_gauge()) == ([], 0)
+        assert (copies(), copies_owed(), copies_gauge()) == ([], [alert_id], 1)
+        # Still failing: the copy stays owed, and the sweep raises nothing else.
+        assert (queue_owed_copies(), raise_owed()) == (0, 0)
+        assert (copies(), copies_owed()) == ([], [alert_id])
+
+        # The staff group works again: the SLA sweep loop queues the copy, once.
+        patch.undo()
+        staff_group(patch)
+        sweep_once_raising()
+        assert (copies(), copies_owed(), copies_gauge()) == ([f"alert:{alert_id}:telegram"], [], 0)
+        assert queue_owed_copies() == 0
+        assert copies() == [f"alert:{alert_id}:telegram"]
+        with session_scope() as session:
+            copy = session.scalars(select(OutboxMessage).where(OutboxMessage.key.like("alert:%"))).one()
+            assert (copy.channel, copy.priority, f"/staff/conversations/{conversation_id}" in copy.body) == (
+                "telegram", 100, True
+            )
+        assert len(alerts()) == 1
+    get_settings.cache_clear()
+
+
+def test_an_overdue_handoff_is_alerted_though_its_staff_group_copy_fails(runtime) -> None:
+    route(runtime, "can i talk to a real person please")
+    handoff_id, conversation_id = only_handoff()
+    with pytest.MonkeyPatch.context() as patch:
+        staff_group(patch)
+        staff_group_unwritable(patch)
+        # Before, the copy's failure rolled back the whole sweep, every minute: no overdue hand-off alerted.
+        assert sweep(timedelta(days=2)) == 1
+        assert alerts() == [("sla_breach", conversation_id, handoff_id, 10)]
+        assert (copies(), len(copies_owed())) == ([], 1)
+    # The staff group was since removed from the settings: nothing to send, and nothing owed.
+    get_settings.cache_clear()
+    assert (queue_owed_copies(), copies(), copies_owed()) == (0, [], [])
