@@ -76,7 +76,8 @@ class ActionEmergency(Action):
 
 
 class ActionPossibleEmergency(Action):
-    """In a chat staff own, answer a possible emergency as the bot would and alert staff to it."""
+    """In a chat staff own, or from a number that opted out, answer a possible emergency as the bot would
+    and alert staff to it."""
 
     def name(self) -> str:
         return "action_possible_emergency"
@@ -88,7 +89,8 @@ class ActionPossibleEmergency(Action):
                 session=session, conversation_id=conversation_id(tracker), message_id=message_id
             )
             clinic = flows.clinic_for(session=session)
-        # The words a bot chat gets for a possible emergency (the 911 advice), naming the chat's own hand-off.
+        # The words a bot chat gets for a possible emergency (the 911 advice), naming the chat's own hand-off
+        # (for an opted-out number in a bot chat, the nurse's hand-off opened for it).
         dispatcher.utter_message(
             response=f"utter_handoff_{HandoffReason.MEDICAL}",
             team=response_text(domain, TEAM_RESPONSE[result.team]),

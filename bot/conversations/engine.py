@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rasa_sdk.executor import ActionExecutor
@@ -62,6 +62,9 @@ class Reply:
     response_key: str | None
     buttons: tuple[dict[str, str], ...] = ()
     message_id: int | None = None
+    # Queued first and sent even after an opt-out, as emergency instructions are: the 911 advice for a
+    # possible emergency. Only that reply: the patient asked, and gets the answer to that alone.
+    urgent: bool = False
 
 
 @dataclass
@@ -247,13 +250,14 @@ class Engine:
             message, conversation, route = item.message, item.conversation, item.route
             replies = []
             for index, (reply, out) in enumerate(zip(item.replies, item.outs, strict=True)):
+                urgent = route is Route.EMERGENCY or reply.urgent
                 # The key ties each reply to its inbound message: reprocessing can never send it twice.
                 texts.append(outbox.text_values(
                     key=f"reply:{message.id}:{index}", identity=item.identity, body=reply.text,
                     conversation_id=conversation.id, message_id=out.id, buttons=reply.buttons,
-                    priority=100 if route is Route.EMERGENCY else 0, bypass_opt_out=route is Route.EMERGENCY,
+                    priority=100 if urgent else 0, bypass_opt_out=urgent,
                 ))  # fmt: skip
-                replies.append(Reply(reply.text, reply.response_key, reply.buttons, out.id))
+                replies.append(Reply(reply.text, reply.response_key, reply.buttons, out.id, urgent=reply.urgent))
             log.info("message %s in conversation %s routed %s (%s)", message.id, conversation.id, route, item.intent)
             outcomes.append(Outcome(message.id, conversation.id, route, item.intent, item.confidence, item.lang, replies))
         outbox.enqueue_many(session=session, texts=texts)
@@ -297,13 +301,15 @@ class _Turn:
             if keyword is not None:
                 return self.sms_keyword(keyword)
         staff_own = conversation.state in (ConversationState.WAITING, ConversationState.STAFF)
-        if staff_own and analysis.intent == "emergency" and not self.identity.opted_out_at:
+        opted_out = self.identity.opted_out_at is not None
+        if analysis.intent == "emergency" and (staff_own or opted_out):
             # A possible emergency the rules did not see. A bot chat hands it to a nurse with the 911 advice;
-            # where staff own the chat, the patient gets that same advice and staff an urgent alert, since
-            # their queue shows nothing new. Anything else here waits silently for staff.
-            self.run_steps(["action_possible_emergency"])
+            # where staff own the chat, or the number opted out (a bot chat would say nothing), the patient
+            # gets that same advice and staff an urgent alert, since their queue shows nothing new. The
+            # advice goes even after an opt-out: the patient asked. Anything else here stays silent.
+            self.run_urgent(["action_possible_emergency"])
             return Route.HANDOFF, analysis.intent, analysis.confidence
-        if staff_own or self.identity.opted_out_at:
+        if staff_own or opted_out:
             return Route.SILENT, analysis.intent, analysis.confidence
         if self.media:
             # The bot cannot read a photo or a file: a person looks at it. A medical question with a
@@ -326,7 +332,7 @@ class _Turn:
         conversation.clarify_streak = 0
         if analysis.intent == "emergency":
             # Not sure enough to call it an emergency: a nurse looks, and the reply still says call 911.
-            self.run_steps(["action_handoff"])
+            self.run_urgent(["action_handoff"])
             return Route.HANDOFF, analysis.intent, analysis.confidence
         self.run_steps(self.engine.domain.language(self.lang).intent_steps[analysis.intent])
         return analysis.route, analysis.intent, analysis.confidence
@@ -438,6 +444,12 @@ class _Turn:
                 self.say(step)
             else:
                 self.run_action(step, active_loop=active_loop)
+
+    def run_urgent(self, steps: list[str]) -> None:
+        """Run steps whose replies are a possible emergency's advice: queued first, sent even after an opt-out."""
+        start = len(self.replies)
+        self.run_steps(steps)
+        self.replies[start:] = [replace(reply, urgent=True) for reply in self.replies[start:]]
 
     def run_action(
         self, name: str, *, extra_events: list[dict[str, Any]] | None = None, active_loop: str | None = None

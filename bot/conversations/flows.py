@@ -252,8 +252,9 @@ def _open_handoff(session: Session, conversation_id: int) -> Handoff | None:
 def _staff_handoff(*, session: Session, conversation_id: int) -> HandoffResult:
     """Return the open hand-off of a chat staff own, opening one for a nurse should it have none.
 
-    Claiming a chat opens a hand-off, so a chat staff own has one; were it missing, the message goes
-    to a nurse, as a possible emergency does in a bot chat.
+    Claiming a chat opens a hand-off, so a chat staff own has one; where it has none (a bot chat with a
+    number that opted out, or a missing one), the message goes to a nurse, as a possible emergency does
+    in a bot chat.
     """
     handoff = _open_handoff(session, conversation_id)
     if handoff is None:
@@ -262,7 +263,7 @@ def _staff_handoff(*, session: Session, conversation_id: int) -> HandoffResult:
 
 
 def do_possible_emergency(*, session: Session, conversation_id: int, handoff_id: int, message_id: int | None) -> None:
-    """Raise an urgent alert for a message the classifier read as an emergency in a chat staff own.
+    """Raise an urgent alert for a message the classifier read as an emergency (a chat staff own, an opt-out).
 
     The rules saw no emergency, so the hand-off is left as it is (its holder keeps the chat, and its
     team still sees it); the alert calls staff to the message, once per message.
@@ -284,7 +285,8 @@ def do_possible_emergency(*, session: Session, conversation_id: int, handoff_id:
 
 
 def do_possible_emergency_or_log(*, session: Session, conversation_id: int, message_id: int | None) -> HandoffResult:
-    """Alert staff to a possible emergency in a chat they own; return the hand-off the patient is told of.
+    """Alert staff to a possible emergency in a chat they own (or from an opted-out number); return the
+    hand-off the patient is told of.
 
     The alert is raised in a savepoint: failing, it is logged loudly and the patient's reply still goes.
     """

@@ -358,6 +358,8 @@ def test_an_unsure_emergency_is_handed_to_a_nurse_with_the_911_advice(runtime, m
     assert (outcome.route, outcome.intent) == (Route.HANDOFF, "emergency")
     assert outcome.replies[0].response_key == "utter_handoff_medical"
     assert "911" in texts(outcome)
+    # The 911 advice goes first in the queue, and even should the number opt out before it is sent.
+    assert [reply.urgent for reply in outcome.replies] == [True]
     with session_scope() as session:
         assert session.scalars(select(Handoff)).one().priority == Priority.MEDICAL
 
@@ -417,6 +419,7 @@ def test_a_possible_emergency_in_a_chat_staff_own_gets_the_911_advice_and_alerts
         "They'll reply by 3 pm today. If it gets worse or feels urgent, call 911."
     )
     assert queued_replies(outcome.message_id) == [(f"reply:{outcome.message_id}:0", texts(outcome))]
+    assert [reply.urgent for reply in outcome.replies] == [True]
     assert staff_alerts() == [("emergency", before[0], outcome.message_id, Priority.EMERGENCY)]
     with session_scope() as session:
         handoffs = [(h.id, h.reason, h.priority, h.team, h.due_at) for h in session.scalars(select(Handoff))]
@@ -430,6 +433,60 @@ def test_a_possible_emergency_in_a_chat_staff_own_gets_the_911_advice_and_alerts
     quiet = send(runtime, "what are your hours")
     assert (quiet.route, quiet.replies) == (Route.SILENT, [])
     assert queued_replies(quiet.message_id) == []
+    assert len(staff_alerts()) == 1
+
+
+def outbox_after(outbox_id: int) -> list[tuple[str, int, bool]]:
+    """Return (key, priority, bypasses the opt-out) of every text queued after an outbox id."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(OutboxMessage.key, OutboxMessage.priority, OutboxMessage.bypass_opt_out)
+            .where(OutboxMessage.id > outbox_id)
+            .order_by(OutboxMessage.id)
+        ).all()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def last_outbox_id() -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.max(OutboxMessage.id))) or 0
+
+
+@pytest.mark.parametrize("state", [ConversationState.BOT, ConversationState.WAITING, ConversationState.STAFF])
+def test_a_possible_emergency_after_an_opt_out_gets_the_911_advice_alone_and_alerts_staff(runtime, state) -> None:
+    first = send(runtime, "hello there" if state == ConversationState.BOT else "can i talk to a real person please")
+    with session_scope() as session:
+        session.get(Conversation, first.conversation_id).state = state
+        handoff = session.scalars(select(Handoff)).first()
+        before = (handoff.id, handoff.reason) if handoff is not None else None
+    assert send(runtime, "STOP").replies == []
+    queued_before = last_outbox_id()
+
+    outcome = send(runtime, POSSIBLE_EMERGENCY)
+    assert (outcome.route, outcome.intent) == (Route.HANDOFF, "emergency")
+    assert [(reply.response_key, reply.urgent) for reply in outcome.replies] == [("utter_handoff_medical", True)]
+    assert "If it gets worse or feels urgent, call 911." in texts(outcome)
+    # Sent though the number opted out, first in the queue: that reply alone.
+    assert outbox_after(queued_before) == [(f"reply:{outcome.message_id}:0", 100, True)]
+    with session_scope() as session:
+        handoffs = [(h.id, h.reason) for h in session.scalars(select(Handoff))]
+        conversation = session.get(Conversation, outcome.conversation_id)
+        identity = session.get(ChannelIdentity, conversation.identity_id)
+        assert identity.opted_out_at is not None
+    if before is None:
+        # A bot chat had no hand-off: a nurse's is opened for the message, as for a number still opted in.
+        ((handoff_id, reason),) = handoffs
+        assert (reason, conversation.state) == ("medical", ConversationState.WAITING)
+        assert "our nursing team" in texts(outcome)
+    else:
+        assert (handoffs, conversation.state) == ([before], state)
+        handoff_id = before[0]
+    assert staff_alerts() == [("emergency", handoff_id, outcome.message_id, Priority.EMERGENCY)]
+
+    # The number stays opted out: anything else gets nothing, and raises no alert.
+    quiet = send(runtime, "what are your hours")
+    assert (quiet.route, quiet.replies) == (Route.SILENT, [])
+    assert outbox_after(queued_before) == [(f"reply:{outcome.message_id}:0", 100, True)]
     assert len(staff_alerts()) == 1
 
 

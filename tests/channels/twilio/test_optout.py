@@ -9,6 +9,7 @@ from sqlalchemy import select
 from bot.channels.models import OutboxMessage, OutboxStatus
 from bot.db import session_scope, utcnow
 from bot.patients.models import ChannelIdentity
+from bot.staff.models import StaffAlert
 from tests.channels.twilio.conftest import JIM, SmsApp, outbox_rows
 from tests.channels.twilio.test_delivery import queue_text
 
@@ -37,6 +38,21 @@ def test_an_emergency_after_stop_still_gets_instructions(sms_app: SmsApp) -> Non
     (reply,) = sms_app.fake.messages
     assert reply.body.startswith("If this is an emergency, call 911 now")
     assert opted_out()
+
+
+def test_a_possible_emergency_after_stop_gets_the_911_advice_alone_and_alerts_staff(sms_app: SmsApp) -> None:
+    sms_app.text_in("stop")
+    sms_app.settle()
+    # The rules see no emergency in it; the classifier reads a possible one.
+    sms_app.text_in("i feel like i'm going to pass out")
+    sms_app.settle()
+    sms_app.text_in("what are your hours?")
+    sms_app.settle()
+    (reply,) = sms_app.fake.messages
+    assert "If it gets worse or feels urgent, call 911." in reply.body
+    with session_scope() as session:
+        alerts = session.execute(select(StaffAlert.kind, StaffAlert.priority)).all()
+    assert ([tuple(alert) for alert in alerts], opted_out()) == ([("emergency", 40)], True)
 
 
 def test_start_opts_back_in_with_a_confirmation(sms_app: SmsApp) -> None:
