@@ -1,7 +1,7 @@
 """record on the alert that its staff group (Telegram) copy could not be queued (staff_alert.copy_owed_at),
 so the in-app alert commits without its copy and the alert sweep queues the copy later, once
 
-Revision ID: 0020
+Revision ID: 0018
 Revises: 0017
 Create Date: 2026-11-28
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 import bot.db
 
-revision: str = "0020"
+revision: str = "0018"
 down_revision: str | None = "0017"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
