@@ -28,7 +28,7 @@ TABLES: dict[str, str] = {
     "conversation": "erased: form slots (answers being collected)",
     "message": "erased and purged by retention: the body; metadata (time, channel, intent, route) kept",
     "outbox": "erased and purged by retention: the body and buttons; pending texts cancelled",
-    "outbox_part": "the provider ids of a split text's messages (Twilio SIDs); no patient data",
+    "outbox_part": "the provider ids (Twilio SIDs), delivery statuses and error codes of a split text's messages; no patient data",
     "request": "erased: details (e.g. the refill's medication, preferred times)",
     "lab_order": "erased: the test name; order id, status and dates kept",
     "promise": "ids and times only; open promises are cancelled by erasure",

@@ -97,4 +97,8 @@ class OutboxPart(Base):
     # Which part of the text, from 0.
     part: Mapped[int]
     provider_message_id: Mapped[str] = mapped_column(String(128), unique=True)
+    # This part's own delivery status and error code, from its status callbacks (see outbox.record_status):
+    # the row's status is derived from its parts'. Stored once the part reached the provider: "sent".
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.SENT, server_default="sent")
+    error_code: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -93,26 +93,84 @@ def cancel_pending(*, session: Session, identity_id: int, reason: str) -> int:
     return result.rowcount or 0
 
 
-def record_status(*, session: Session, provider_message_id: str, status: str, error_code: str | None) -> bool:
-    """Apply a provider's status callback; a status only ever moves forward. Return whether it applied."""
-    try:
-        new = OutboxStatus(status)
-    except ValueError:
-        new = {"queued": OutboxStatus.SENT, "accepted": OutboxStatus.SENT, "sending": OutboxStatus.SENT,
-               "canceled": OutboxStatus.FAILED}.get(status)  # fmt: skip
-        if new is None:
-            return False
+# Provider statuses outside OutboxStatus, as the outbox reads them.
+_CALLBACK_STATUS = {"queued": OutboxStatus.SENT, "accepted": OutboxStatus.SENT, "sending": OutboxStatus.SENT,
+                    "canceled": OutboxStatus.FAILED}  # fmt: skip
+_FAILURES = (OutboxStatus.FAILED, OutboxStatus.UNDELIVERED)
+
+
+def record_status(
+    *, session: Session, provider_message_id: str, status: str, error_code: str | None
+) -> bool | None:
+    """Apply a provider's status callback to a text, or to one part of a split text; statuses only move on.
+
+    Return whether it moved the text (or its part) on, or None when no text of ours has that provider id.
+    """
     row = session.scalars(
         select(OutboxMessage).where(OutboxMessage.provider_message_id == provider_message_id).with_for_update()
     ).first()
     if row is None:
-        return False
+        # A split text's later part: its id is stored with the row's parts (outbox_part), not on the row.
+        outbox_id = session.scalar(
+            select(OutboxPart.outbox_id).where(OutboxPart.provider_message_id == provider_message_id)
+        )
+        if outbox_id is None:
+            return None
+        row = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.id == outbox_id).with_for_update()
+        ).one()
+    try:
+        new = OutboxStatus(status)
+    except ValueError:
+        new = _CALLBACK_STATUS.get(status)
+        if new is None:
+            return False
+    # Locked with the row: a text's callbacks, part by part, are applied one at a time.
+    parts = session.scalars(
+        select(OutboxPart).where(OutboxPart.outbox_id == row.id).order_by(OutboxPart.part)
+    ).all()
+    part = next((p for p in parts if p.provider_message_id == provider_message_id), None)
+    if part is None:
+        # A text sent as one message (or split before its parts' ids were stored): the callback is the row's.
+        return _advance(row, new, error_code)
+    moved = _advance(part, new, error_code)
+    if STATUS_RANK[OutboxStatus(row.status)] < STATUS_RANK[OutboxStatus.SENT]:
+        # Cut short and not yet resumed: the parts still to go have no status, so the row waits for them.
+        return moved
+    derived, derived_error = _status_of_parts(parts)
+    if STATUS_RANK[derived] > STATUS_RANK[OutboxStatus(row.status)]:
+        row.status = derived
+        if derived in _FAILURES:
+            row.error_code = derived_error or row.error_code
+    return moved
+
+
+def _advance(target: OutboxMessage | OutboxPart, new: OutboxStatus, error_code: str | None) -> bool:
+    """Move a text's or a part's status on to `new` if that is forward; an error code is kept either way."""
     if error_code:
-        row.error_code = error_code
-    if STATUS_RANK[new] <= STATUS_RANK[OutboxStatus(row.status)]:
+        target.error_code = error_code
+    if STATUS_RANK[new] <= STATUS_RANK[OutboxStatus(target.status)]:
         return False
-    row.status = new
+    target.status = new
     return True
+
+
+def _status_of_parts(parts: Sequence[OutboxPart]) -> tuple[OutboxStatus, str | None]:
+    """Return a split text's status from its parts' (with the error code that decided it).
+
+    A patient holding parts 1 and 3 of a text does not have it: any part failed or undelivered makes the
+    text so (the first such part, in order, names the code), and it is delivered (or read) only when every
+    part is; otherwise it is sent.
+    """
+    statuses = [OutboxStatus(part.status) for part in parts]
+    failed = next((part for part in parts if part.status in _FAILURES), None)
+    if failed is not None:
+        return OutboxStatus(failed.status), failed.error_code
+    if statuses and all(status is OutboxStatus.READ for status in statuses):
+        return OutboxStatus.READ, None
+    if statuses and all(status in (OutboxStatus.DELIVERED, OutboxStatus.READ) for status in statuses):
+        return OutboxStatus.DELIVERED, None
+    return OutboxStatus.SENT, None
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from bot.channels import outbox
 from bot.channels.base import Delivery, OutgoingText, SendResult
-from bot.channels.models import OutboxMessage, OutboxStatus
+from bot.channels.models import OutboxMessage, OutboxPart, OutboxStatus
 from bot.channels.outbox import OutboxSender
 from bot.db import session_scope, utcnow
 from bot.patients.models import ChannelIdentity
@@ -175,6 +175,112 @@ def test_status_callbacks_only_move_forward(database_url: str) -> None:
         late = outbox.record_status(session=session, provider_message_id=sid, status="sent", error_code="30003")
     final = row(outbox_id)
     assert (late, final.status, final.error_code) == (False, "delivered", "30003")
+
+
+def status_callback(sid: str, status: str, error_code: str | None = None) -> bool | None:
+    """Apply one status callback in its own transaction, as the webhook does."""
+    with session_scope() as session:
+        return outbox.record_status(
+            session=session, provider_message_id=sid, status=status, error_code=error_code
+        )
+
+
+def sent_in_parts(*sids: str, key: str = "split") -> int:
+    """Queue a text and send it as several provider messages, with these ids in order."""
+    outbox_id = queue(key)
+    channel = ScriptedChannel(SendResult(Delivery.SENT, sids[0], part_ids=tuple(enumerate(sids))))
+    OutboxSender(channels={"sms": channel}, pacing=False).drain()
+    return outbox_id
+
+
+def text_and_parts(outbox_id: int) -> tuple[tuple[str, str | None], list[tuple[str, str | None]]]:
+    """Return a text's (status, error code) and each of its parts', in order."""
+    with session_scope() as session:
+        text = session.get(OutboxMessage, outbox_id)
+        parts = session.execute(select(OutboxPart.status, OutboxPart.error_code)
+                                .where(OutboxPart.outbox_id == outbox_id).order_by(OutboxPart.part)).all()  # fmt: skip
+        return (text.status, text.error_code), [tuple(part) for part in parts]  # type: ignore[misc]
+
+
+def test_a_split_text_is_delivered_when_every_part_is_whatever_the_order(database_url: str) -> None:
+    outbox_id = sent_in_parts("SMa", "SMb", "SMc")
+    steps = []
+    for sid, status in [("SMc", "delivered"), ("SMa", "sent"), ("SMa", "delivered"), ("SMb", "sent"),
+                        ("SMc", "sent"), ("SMb", "delivered"), ("SMb", "sent")]:  # fmt: skip
+        applied = status_callback(sid, status)
+        steps.append((sid, status, applied, text_and_parts(outbox_id)[0][0]))
+    assert steps == [
+        ("SMc", "delivered", True, "sent"),  # a later part alone does not deliver the text ...
+        ("SMa", "sent", False, "sent"),
+        ("SMa", "delivered", True, "sent"),  # ... nor does the first part, the row's own id
+        ("SMb", "sent", False, "sent"),
+        ("SMc", "sent", False, "sent"),  # late: part 3 stays delivered
+        ("SMb", "delivered", True, "delivered"),  # the last part in: the whole text is
+        ("SMb", "sent", False, "delivered"),  # late: the text stays delivered
+    ]
+    assert text_and_parts(outbox_id)[1] == [("delivered", None)] * 3
+    # Not ours at all: nothing to record, as before.
+    assert status_callback("SM-elsewhere", "delivered") is None
+
+
+def test_a_later_part_undelivered_after_the_first_delivered_makes_the_text_so(database_url: str) -> None:
+    outbox_id = sent_in_parts("SMa", "SMb", "SMc")
+    status_callback("SMa", "delivered")
+    status_callback("SMb", "undelivered", "30003")
+    after_part_two = text_and_parts(outbox_id)
+    status_callback("SMc", "failed", "30007")
+    status_callback("SMc", "delivered")
+    status_callback("SMb", "delivered")  # late and contradictory: part 2 stays undelivered
+    assert after_part_two == (
+        ("undelivered", "30003"), [("delivered", None), ("undelivered", "30003"), ("sent", None)]
+    )
+    # The text keeps the first failure it was given, status and code together; each part keeps its own.
+    assert text_and_parts(outbox_id) == (
+        ("undelivered", "30003"), [("delivered", None), ("undelivered", "30003"), ("failed", "30007")]
+    )
+
+
+def test_a_split_text_cut_short_is_delivered_only_once_its_other_parts_are(database_url: str) -> None:
+    # The first part reached the provider, the second's answer was lost: the row waits to be reconciled,
+    # and the first part's "delivered" arrives meanwhile. It is recorded, but the text is not delivered yet.
+    outbox_id = queue("split")
+    channel = ScriptedChannel(
+        SendResult(Delivery.UNKNOWN, part_ids=((0, "SMa"),)),
+        reconcile_results=(SendResult(Delivery.SENT, "SMa", part_ids=((0, "SMa"), (1, "SMb"))),),
+    )
+    sender = OutboxSender(channels={"sms": channel}, pacing=False)
+    sender.drain()
+    early = status_callback("SMa", "delivered")
+    waiting = text_and_parts(outbox_id)
+    make_due(outbox_id)
+    sender.drain()
+    resumed = text_and_parts(outbox_id)
+    status_callback("SMb", "delivered")
+    assert (early, waiting) == (True, (("unknown", None), [("delivered", None)]))
+    assert resumed == (("sent", None), [("delivered", None), ("sent", None)])
+    assert text_and_parts(outbox_id) == (("delivered", None), [("delivered", None), ("delivered", None)])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_callbacks_for_two_parts_at_once_are_applied_one_after_the_other(database_url: str) -> None:
+    # Each callback reads the other parts to settle the text: unserialised, two "delivered" at once would each
+    # see the other part still "sent", and the text would never count as delivered.
+    outbox_id = sent_in_parts("SMa", "SMb")
+    second_done = threading.Event()
+    with session_scope() as first:
+        assert outbox.record_status(
+            session=first, provider_message_id="SMa", status="delivered", error_code=None
+        )
+        second = threading.Thread(
+            target=lambda: (status_callback("SMb", "delivered"), second_done.set()), daemon=True
+        )
+        second.start()
+        waited = not second_done.wait(0.5)
+    finished = second_done.wait(10)
+    second.join(10)
+    assert (waited, finished) == (True, True)
+    assert text_and_parts(outbox_id) == (("delivered", None), [("delivered", None), ("delivered", None)])
 
 
 def test_a_sender_that_died_mid_send_leaves_an_unknown_to_reconcile(database_url: str) -> None:

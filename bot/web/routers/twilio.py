@@ -8,12 +8,10 @@ from functools import lru_cache
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from twilio.request_validator import RequestValidator
 
 from bot.channels.inbound import Accepted, InboundText, do_accept_inbound
-from bot.channels.models import OutboxMessage
 from bot.channels.outbox import record_status
 from bot.channels.twilio_sms import INBOUND_PATH, STATUS_CALLBACK_PATH
 from bot.channels.workers import Workers
@@ -171,17 +169,10 @@ async def twilio_sms(request: Request) -> Response:
     return Response(content=EMPTY_TWIML, media_type="text/xml")
 
 
-def _apply_status(*, sid: str, status: str, error_code: str | None) -> tuple[bool, bool]:
-    """Record a status callback; return whether the text is known and whether the status moved it."""
+def _apply_status(*, sid: str, status: str, error_code: str | None) -> bool | None:
+    """Record a status callback; return whether it moved the text (or its part) on, None if it is not ours."""
     with session_scope() as session:
-        known = session.scalars(
-            select(OutboxMessage.id).where(OutboxMessage.provider_message_id == sid)
-        ).first()
-        if known is None:
-            return False, False
-        return True, record_status(
-            session=session, provider_message_id=sid, status=status, error_code=error_code
-        )
+        return record_status(session=session, provider_message_id=sid, status=status, error_code=error_code)
 
 
 async def twilio_status(request: Request) -> Response:
@@ -197,9 +188,10 @@ async def twilio_status(request: Request) -> Response:
     if error_code is not None and not _ERROR_CODE.fullmatch(error_code):
         detail = "form field ErrorCode: must be 1 to 32 printable ASCII characters"
         raise HTTPException(status_code=400, detail=detail)
-    known, applied = await run_in_threadpool(_apply_status, sid=sid, status=status, error_code=error_code)
-    if not known:
-        # Later parts of a split text, or texts sent by another system on this number.
+    applied = await run_in_threadpool(_apply_status, sid=sid, status=status, error_code=error_code)
+    if applied is None:
+        # Texts sent by another system on this number, or a split text's later parts sent before migration
+        # 0015 stored their ids: acknowledged and logged.
         log.info("twilio status for unknown message %s ignored", sid)
     else:
         log.info("twilio status %s for %s (%s)", status, sid, "applied" if applied else "not newer")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from bot.channels import outbox
 from bot.channels.models import OutboxStatus
 from bot.conversations.models import Conversation, Direction, Handoff, Message
 from bot.db import session_scope
+from bot.patients.service import get_or_create_identity
 from tests.channels.twilio.conftest import (
     CLINIC_NUMBER,
     JIM,
@@ -226,6 +231,61 @@ def test_status_callbacks_only_move_forward_and_keep_error_codes(sms_app: SmsApp
     rows = {row.provider_message_id: (row.status, row.error_code) for row in outbox_rows()}
     assert answers == [204] * 5
     assert rows == {first: (OutboxStatus.DELIVERED, None), second: (OutboxStatus.UNDELIVERED, "30003")}
+
+
+# Long enough for three messages of at most three segments each.
+THREE_PART_TEXT = " ".join(
+    f"Step {n}: bring your insurance card, a photo ID and the list of medicines you take every day."
+    for n in range(1, 12)
+)
+
+
+def split_text_sent(sms_app: SmsApp) -> list[str]:
+    """Queue a long text, send it, and return its parts' Twilio ids, in order."""
+    with session_scope() as session:
+        identity = get_or_create_identity(session=session, channel="sms", address=JIM)
+        outbox.enqueue(session=session, key="test:split", identity=identity, body=THREE_PART_TEXT)
+    sms_app.settle()
+    return [m.sid for m in sms_app.fake.messages]
+
+
+def test_status_callbacks_for_the_later_parts_of_a_long_text_count(
+    sms_app: SmsApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    first, second, third = split_text_sent(sms_app)
+    seen = []
+    for sid, status in [(third, "delivered"), (first, "delivered"), (second, "sent"), (third, "sent"),
+                        (second, "delivered"), (second, "sent")]:  # fmt: skip
+        answer = sms_app.status(sid, status)
+        (row,) = outbox_rows()
+        seen.append((answer.status_code, row.status))
+    assert seen == [
+        (204, OutboxStatus.SENT),  # part 3 first: recorded, the text is not delivered yet
+        (204, OutboxStatus.SENT),  # part 1, the row's own id: not yet either
+        (204, OutboxStatus.SENT),
+        (204, OutboxStatus.SENT),  # late for part 3: it stays delivered
+        (204, OutboxStatus.DELIVERED),  # every part delivered
+        (204, OutboxStatus.DELIVERED),  # late: never undoes it
+    ]
+    assert f"twilio status delivered for {third} (applied)" in caplog.text
+    # A message that is not ours is still acknowledged, logged and changes nothing.
+    stranger = new_sid()
+    assert sms_app.status(stranger, "undelivered", error_code="30003").status_code == 204
+    assert f"twilio status for unknown message {stranger} ignored" in caplog.text
+    assert [(row.status, row.error_code) for row in outbox_rows()] == [(OutboxStatus.DELIVERED, None)]
+
+
+def test_a_later_part_undelivered_after_the_first_delivered_makes_the_text_so(sms_app: SmsApp) -> None:
+    first, second, third = split_text_sent(sms_app)
+    answers = [
+        sms_app.status(first, "delivered").status_code,
+        sms_app.status(second, "undelivered", error_code="30003").status_code,
+        sms_app.status(third, "delivered").status_code,
+    ]
+    (row,) = outbox_rows()
+    assert answers == [204] * 3
+    assert (row.status, row.error_code) == (OutboxStatus.UNDELIVERED, "30003")
 
 
 def test_a_status_twilio_does_not_document_is_a_400_naming_message_status(sms_app: SmsApp) -> None:
