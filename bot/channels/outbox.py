@@ -93,6 +93,27 @@ def cancel_pending(*, session: Session, identity_id: int, reason: str) -> int:
     return result.rowcount or 0
 
 
+# What a provider may say of a recipient for good that stops every text to them but emergency instructions
+# (SendResult.recipient_state): opted out (Twilio's 21610), or the bot blocked (Telegram).
+STOPPED_STATES = frozenset({"opted_out", "blocked"})
+
+
+def do_stop_texting(*, session: Session, row: OutboxMessage, state: str, error_code: str | None) -> None:
+    """Mark the recipient of a text opted out (audited once) and cancel their pending texts."""
+    identity = session.get(ChannelIdentity, row.identity_id)
+    if identity is not None and identity.opted_out_at is None:
+        identity.opted_out_at = utcnow()
+        audit.record(
+            session=session,
+            actor_kind="system",
+            action=f"identity.{state}",
+            subject_type="channel_identity",
+            subject_id=identity.id,
+            details={"outbox_id": row.id, "error_code": error_code},
+        )
+    cancel_pending(session=session, identity_id=row.identity_id, reason=state)
+
+
 # Provider statuses outside OutboxStatus, as the outbox reads them.
 _CALLBACK_STATUS = {"queued": OutboxStatus.SENT, "accepted": OutboxStatus.SENT, "sending": OutboxStatus.SENT,
                     "canceled": OutboxStatus.FAILED}  # fmt: skip
@@ -100,11 +121,18 @@ _FAILURES = (OutboxStatus.FAILED, OutboxStatus.UNDELIVERED)
 
 
 def record_status(
-    *, session: Session, provider_message_id: str, status: str, error_code: str | None
+    *,
+    session: Session,
+    provider_message_id: str,
+    status: str,
+    error_code: str | None,
+    recipient_state: str | None = None,
 ) -> bool | None:
     """Apply a provider's status callback to a text, or to one part of a split text; statuses only move on.
 
-    Return whether it moved the text (or its part) on, or None when no text of ours has that provider id.
+    A failure that says the recipient opted out (`recipient_state`, as at send time) stops texting them,
+    whichever part it came for. Return whether it moved the text (or its part) on, or None when no text
+    of ours has that provider id.
     """
     row = session.scalars(
         select(OutboxMessage).where(OutboxMessage.provider_message_id == provider_message_id).with_for_update()
@@ -125,6 +153,9 @@ def record_status(
         new = _CALLBACK_STATUS.get(status)
         if new is None:
             return False
+    if new in _FAILURES and recipient_state in STOPPED_STATES:
+        # A fact about the recipient, whatever the order the text's callbacks came in.
+        do_stop_texting(session=session, row=row, state=recipient_state, error_code=error_code)
     # Locked with the row: a text's callbacks, part by part, are applied one at a time.
     parts = session.scalars(
         select(OutboxPart).where(OutboxPart.outbox_id == row.id).order_by(OutboxPart.part)
@@ -554,7 +585,7 @@ class OutboxSender:
                 continue
             result = self._attempt(text)
             outcomes.append(_Outcome(text, result))
-            if result.outcome is Delivery.FAILED and result.recipient_state in {"opted_out", "blocked"}:
+            if result.outcome is Delivery.FAILED and result.recipient_state in STOPPED_STATES:
                 stopped.add(text.address)
         return outcomes
 
@@ -647,8 +678,10 @@ class OutboxSender:
             row.provider_message_id = row.provider_message_id or result.provider_message_id
         if result.outcome is Delivery.FAILED:
             row.status = OutboxStatus.FAILED
-            if result.recipient_state in {"opted_out", "blocked"}:
-                self._opt_out(session, row, result.recipient_state)
+            if result.recipient_state in STOPPED_STATES:
+                do_stop_texting(
+                    session=session, row=row, state=result.recipient_state, error_code=row.error_code
+                )
         elif row.attempts >= self.max_attempts:
             row.status = OutboxStatus.FAILED
             row.error_code = row.error_code or (
@@ -660,21 +693,6 @@ class OutboxSender:
                 row.attempts += 1
             row.next_attempt_at = now + timedelta(seconds=_backoff(row.attempts, result.retry_after))
         _report(row.id, row.status, row.channel, row.attempts, row.provider_message_id)
-
-    @staticmethod
-    def _opt_out(session: Session, row: OutboxMessage, state: str) -> None:
-        identity = session.get(ChannelIdentity, row.identity_id)
-        if identity is not None and identity.opted_out_at is None:
-            identity.opted_out_at = utcnow()
-            audit.record(
-                session=session,
-                actor_kind="system",
-                action=f"identity.{state}",
-                subject_type="channel_identity",
-                subject_id=identity.id,
-                details={"outbox_id": row.id, "error_code": row.error_code},
-            )
-        cancel_pending(session=session, identity_id=row.identity_id, reason=state)
 
     def run_once(self, *, limit: int = 50) -> int:
         """Deliver one batch of due texts; return how many were attempted."""

@@ -44,6 +44,21 @@ DEFAULT_API_BASE_URL = "https://api.twilio.com"
 # Twilio error codes that say something permanent about the recipient.
 OPTED_OUT_CODES = frozenset({21610})
 INVALID_NUMBER_CODES = frozenset({21211, 21614})
+
+
+def recipient_state(error_code: str | None) -> str | None:
+    """Return what a Twilio error code says of the recipient for good: "opted_out", "invalid_number" or None.
+
+    Read alike from an API error at send time and from a status callback's ErrorCode.
+    """
+    code = int(error_code) if error_code and error_code.isdecimal() else None
+    if code in OPTED_OUT_CODES:
+        return "opted_out"
+    if code in INVALID_NUMBER_CODES:
+        return "invalid_number"
+    return None
+
+
 # Clocks differ and Twilio stamps its own time: look a little before our first attempt.
 RECONCILE_SKEW = timedelta(minutes=1)
 # A reconcile reads at most this many recent texts to one number; the search is bounded.
@@ -379,11 +394,7 @@ class TwilioSmsChannel:
             # Too many requests, or Twilio in trouble: both may say when to come back.
             retry_after = parse_retry_after(self.http.last_headers().get("Retry-After"), now=utcnow())
             return SendResult(Delivery.RETRY, error_code=error_code, retry_after=retry_after)
-        if code in OPTED_OUT_CODES:
-            return SendResult(Delivery.FAILED, error_code=error_code, recipient_state="opted_out")
-        if code in INVALID_NUMBER_CODES:
-            return SendResult(Delivery.FAILED, error_code=error_code, recipient_state="invalid_number")
-        return SendResult(Delivery.FAILED, error_code=error_code)
+        return SendResult(Delivery.FAILED, error_code=error_code, recipient_state=recipient_state(error_code))
 
     @staticmethod
     def _network_error(text: OutgoingText, error: requests.RequestException) -> SendResult:

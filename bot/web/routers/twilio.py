@@ -13,7 +13,7 @@ from twilio.request_validator import RequestValidator
 
 from bot.channels.inbound import Accepted, InboundText, do_accept_inbound
 from bot.channels.outbox import record_status
-from bot.channels.twilio_sms import INBOUND_PATH, STATUS_CALLBACK_PATH
+from bot.channels.twilio_sms import INBOUND_PATH, STATUS_CALLBACK_PATH, recipient_state
 from bot.channels.workers import Workers
 from bot.config import get_settings
 from bot.conversations.service import MAX_BODY_CHARS
@@ -172,7 +172,8 @@ async def twilio_sms(request: Request) -> Response:
 def _apply_status(*, sid: str, status: str, error_code: str | None) -> bool | None:
     """Record a status callback; return whether it moved the text (or its part) on, None if it is not ours."""
     with session_scope() as session:
-        return record_status(session=session, provider_message_id=sid, status=status, error_code=error_code)
+        return record_status(session=session, provider_message_id=sid, status=status, error_code=error_code,
+                             recipient_state=recipient_state(error_code))  # fmt: skip
 
 
 async def twilio_status(request: Request) -> Response:

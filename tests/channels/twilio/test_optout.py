@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from bot.channels.models import OutboxMessage, OutboxStatus
 from bot.db import session_scope, utcnow
 from bot.patients.models import ChannelIdentity
-from bot.staff.models import StaffAlert
+from bot.staff.models import AuditEvent, StaffAlert
 from tests.channels.twilio.conftest import JIM, SmsApp, outbox_rows
 from tests.channels.twilio.test_delivery import queue_text
+from tests.channels.twilio.test_webhooks import THREE_PART_TEXT
 
 
 def opted_out(address: str = JIM) -> bool:
@@ -93,3 +95,36 @@ def test_twilio_refusing_an_unsubscribed_number_opts_it_out(sms_app: SmsApp) -> 
     rows = {row.id: (row.status, row.error_code) for row in outbox_rows()}
     assert rows == {due: (OutboxStatus.FAILED, "21610"), later: (OutboxStatus.CANCELLED, "opted_out")}
     assert (sms_app.fake.messages, opted_out()) == ([], True)
+
+
+def opt_out_audits() -> list[tuple[str, dict]]:  # type: ignore[type-arg]
+    with session_scope() as session:
+        return [(action, details) for action, details in session.execute(
+            select(AuditEvent.action, AuditEvent.details).where(AuditEvent.action.like("identity.%")))]  # fmt: skip
+
+
+@pytest.mark.parametrize("part", [0, 2], ids=["the first part", "a later part"])
+def test_a_21610_in_a_status_callback_opts_the_number_out_for_any_part(sms_app: SmsApp, part: int) -> None:
+    # Twilio took the text (a Messaging Service may refuse an opted-out number only afterwards) and then
+    # reports 21610 for one of its messages; a later text was already queued.
+    due = queue_text(THREE_PART_TEXT, key="lab:1")
+    later = queue_text("Reminder: your lab results are in.", key="lab:2")
+    with session_scope() as session:
+        session.get(OutboxMessage, later).next_attempt_at = utcnow() + timedelta(hours=1)
+    sms_app.settle()
+    sids = [m.sid for m in sms_app.fake.messages]
+    answer = sms_app.status(sids[part], "failed", error_code="21610")
+    sms_app.status(sids[part], "failed", error_code="21610")  # again: audited once
+    rows = {row.id: (row.status, row.error_code) for row in outbox_rows()}
+    assert (len(sids), answer.status_code, opted_out()) == (3, 204, True)
+    assert rows == {due: (OutboxStatus.FAILED, "21610"), later: (OutboxStatus.CANCELLED, "opted_out")}
+    assert opt_out_audits() == [("identity.opted_out", {"outbox_id": due, "error_code": "21610"})]
+
+
+def test_an_undelivered_text_for_another_reason_leaves_the_number_opted_in(sms_app: SmsApp) -> None:
+    queue_text(THREE_PART_TEXT, key="lab:1")
+    sms_app.settle()
+    sms_app.status(sms_app.fake.messages[1].sid, "undelivered", error_code="30003")
+    assert ([(row.status, row.error_code) for row in outbox_rows()], opted_out()) == (
+        [(OutboxStatus.UNDELIVERED, "30003")], False
+    )
