@@ -287,9 +287,16 @@ class InboundProcessor:
         in any conversation state, rather than "couldn't understand" and a front-desk hand-off.
         """
         with session_scope() as session:
-            message = session.get(Message, message_id)
-            if message is None:
+            conversation_id = session.scalar(select(Message.conversation_id).where(Message.id == message_id))
+            if conversation_id is None:
                 return
+            # The chat's lock first, as every writer that hands it to staff takes it (the engine's claim, the
+            # staff inbox): staff claiming it or the engine routing it meanwhile finish first, or wait for this,
+            # and the message and chat are read as they left them. (SQLite serialises whole transactions.)
+            session.execute(select(Conversation.id).where(Conversation.id == conversation_id).with_for_update())
+            message = session.get(Message, message_id)
+            if message is None or message.processed_at is not None:
+                return  # routed by another worker since this one failed it
             message.process_errors += 1
             if message.process_errors >= MAX_PROCESS_ERRORS:
                 message.processed_at, message.route = utcnow(), "error"
@@ -309,7 +316,7 @@ class InboundProcessor:
                     self._tell_handed_off(session=session, message=message, result=result)
 
     def _tell_emergency(self, *, session: Session, message: Message, kind: str | None) -> None:
-        """Queue the emergency instructions for a message that failed routing, then alert staff."""
+        """Queue the emergency instructions for a message that failed routing, then alert staff (chat held)."""
         log.error("inbound %s failed routing %d times and is an emergency: instructions and alert sent without it",
                   message.id, message.process_errors)  # fmt: skip
         conversation = session.get(Conversation, message.conversation_id)
@@ -333,6 +340,7 @@ class InboundProcessor:
             self.on_replies.set()
 
     def _tell_handed_off(self, *, session: Session, message: Message, result: flows.HandoffResult) -> None:
+        """Queue "a person will reply, by when" for a message that failed routing (the caller holds the chat)."""
         conversation = session.get(Conversation, message.conversation_id)
         identity = session.get(ChannelIdentity, conversation.identity_id) if conversation else None
         if conversation is None or identity is None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 from sqlalchemy import func, select
 
-from bot.channels.inbound import InboundProcessor, InboundText, do_accept_inbound
+from bot.channels.inbound import MAX_PROCESS_ERRORS, InboundProcessor, InboundText, do_accept_inbound
 from bot.channels.models import OutboxMessage
-from bot.conversations.models import Handoff, Message
+from bot.conversations.models import Conversation, Handoff, Message
 from bot.db import session_scope
-from bot.staff.models import OwedAlert
+from bot.staff import inbox
+from bot.staff.auth import Principal
+from bot.staff.models import OwedAlert, Role, StaffUser
 
 
 def accept(text: str, provider_id: str, *, address: str = "+16175550123") -> int | None:
@@ -196,3 +201,78 @@ def test_a_self_harm_message_that_keeps_failing_after_an_opt_out_gets_the_crisis
     with session_scope() as session:
         assert "988" in session.scalars(select(OutboxMessage.body)).one()
         assert session.scalars(select(Handoff.reason)).all() == ["emergency"]
+
+
+def counting_failure(processor: InboundProcessor, message_id: int) -> tuple[threading.Thread, threading.Event]:
+    """Return a thread that counts a routing failure against a message, and the event it sets once done."""
+    counted = threading.Event()
+
+    def count() -> None:
+        processor._count_failure(message_id)
+        counted.set()
+
+    return threading.Thread(target=count, daemon=True), counted
+
+
+# On SQLite whole transactions are serialised (bot.db): another writer holding the chat cannot interleave.
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_counting_a_failure_waits_while_another_writer_holds_the_chat(runtime) -> None:  # type: ignore[no-untyped-def]
+    message_id = accept("what are your hours", "SM-held")
+    counting, counted = counting_failure(InboundProcessor(engine=runtime.engine), message_id)
+    with session_scope() as holder:
+        conversation_id = holder.get(Message, message_id).conversation_id
+        holder.execute(select(Conversation.id).where(Conversation.id == conversation_id).with_for_update())
+        counting.start()
+        waited = not counted.wait(0.5)
+    finished = counted.wait(10)
+    counting.join(10)
+    with session_scope() as session:
+        errors = session.get(Message, message_id).process_errors
+    assert (waited, finished, errors) == (True, True, 1)
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_a_failed_message_handed_off_while_staff_claim_the_chat_leaves_it_theirs(runtime) -> None:  # type: ignore[no-untyped-def]
+    # The message fails routing for the last time just as a staff member claims the chat. Had the failure
+    # read the chat before the claim committed, it would put it back to "waiting" for staff and tell the
+    # patient a person will reply, after they were told who is replying.
+    message_id = accept("what are your hours", "SM-claimed")
+    with session_scope() as session:
+        message = session.get(Message, message_id)
+        message.process_errors = MAX_PROCESS_ERRORS - 1
+        conversation_id = message.conversation_id
+        user = session.scalars(select(StaffUser).where(StaffUser.role == Role.STAFF).order_by(StaffUser.id)).first()
+        staff = Principal(staff_id=user.id, name=user.name, email=user.email, role=Role(user.role),
+                          session_id="test", csrf_token="test")  # fmt: skip
+    counting, counted = counting_failure(InboundProcessor(engine=runtime.engine), message_id)
+    with session_scope() as session:
+        claim = inbox.do_claim(session=session, conversation_id=conversation_id, staff=staff, domain=runtime.engine.domain)
+        counting.start()
+        waited = not counted.wait(0.5)
+    finished = counted.wait(10)
+    counting.join(10)
+    with session_scope() as session:
+        conversation = session.get(Conversation, conversation_id)
+        message = session.get(Message, message_id)
+        handoffs = session.execute(select(Handoff.claimed_by_id, Handoff.resolved_at)
+                                   .where(Handoff.conversation_id == conversation_id)).all()  # fmt: skip
+        told = session.scalars(select(Message.response_key).where(
+            Message.conversation_id == conversation_id, Message.direction == "out").order_by(Message.id)).all()  # fmt: skip
+    assert (claim.status, waited, finished) == ("claimed", True, True)
+    assert (conversation.state, conversation.assigned_staff_id) == ("staff", staff.staff_id)
+    assert (message.process_errors, message.route) == (MAX_PROCESS_ERRORS, "error")
+    assert [tuple(row) for row in handoffs] == [(staff.staff_id, None)]
+    assert told == ["utter_staff_claimed"]
+
+
+def test_a_failure_is_not_counted_against_a_message_another_worker_has_routed_since(runtime) -> None:  # type: ignore[no-untyped-def]
+    # This worker's attempt failed and rolled back; another worker claimed the message and routed it before
+    # this one came to count the failure.
+    message_id = accept("what are your hours", "SM-routed-since")
+    processor = InboundProcessor(engine=runtime.engine)
+    processor.drain()
+    processor._count_failure(message_id)
+    with session_scope() as session:
+        message = session.get(Message, message_id)
+        handoffs = session.scalars(select(Handoff.id)).all()
+    assert (message.process_errors, message.route, handoffs) == (0, "answer", [])
