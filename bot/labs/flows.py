@@ -19,6 +19,7 @@ from bot.db import utcnow
 from bot.labs.models import LabMessage, LabOrder, LabStatus
 from bot.patients.models import Channel, ChannelIdentity, Patient
 from bot.patients.service import do_follow_phone_file, get_by_phone, get_or_create_identity
+from bot.promises.flows import do_close_promises
 from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 
@@ -412,12 +413,9 @@ def do_update_order(
         changes["status"] = str(new_status)
         if new_status == LabStatus.RESULTED:
             order.resulted_at = now
-            if promise is not None and promise.status == PromiseStatus.OPEN:
-                promise.status, promise.kept_at = PromiseStatus.KEPT, now
-        elif (
-            new_status == LabStatus.CANCELLED and promise is not None and promise.status == PromiseStatus.OPEN
-        ):
-            promise.status = PromiseStatus.CANCELLED
+        if promise is not None and new_status in FINAL_STATUSES:
+            outcome = PromiseStatus.KEPT if new_status == LabStatus.RESULTED else PromiseStatus.CANCELLED
+            do_close_promises(session=session, promises=[promise], status=outcome, at=now)
     if not changes:
         return order
     if source in FINGERPRINTED_SOURCES:

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.channels.models import OutboxMessage
+from bot.channels.models import OutboxMessage, OutboxStatus
 from bot.conversations.models import Conversation
 from bot.db import among, utcnow
 from bot.labs.models import LabOrder, LabStatus
@@ -313,6 +313,25 @@ def set_next_update(*, session: Session, promise_ids: Sequence[int], at: datetim
             update(Promise).where(among(session, Promise.id, promise_ids)).values(next_update_at=at),
             execution_options={"synchronize_session": False},
         )
+
+
+def cancel_unsent_updates(*, session: Session, promise_ids: Sequence[int], reason: str) -> int:
+    """Cancel the promises' late-update texts still waiting to be sent; return how many."""
+    if not promise_ids:
+        return 0
+    texts = select(PromiseUpdate.outbox_id).where(
+        among(session, PromiseUpdate.promise_id, promise_ids),
+        PromiseUpdate.kind == UpdateKind.LATE_UPDATE,
+        PromiseUpdate.outbox_id.is_not(None),
+    )
+    # Only PENDING: a text being sent (or reconciled after a crash) may already be on the patient's phone.
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(texts), OutboxMessage.status == OutboxStatus.PENDING)
+        .values(status=OutboxStatus.CANCELLED, error_code=reason, updated_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    return result.rowcount or 0
 
 
 def set_escalated(*, session: Session, promise_ids: Sequence[int], at: datetime, reason: str) -> None:

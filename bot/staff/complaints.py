@@ -23,6 +23,7 @@ from bot.conversations.models import (
 )
 from bot.conversations.rendering import clinic_values
 from bot.db import utcnow
+from bot.promises.flows import do_close_promises
 from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 from bot.staff.models import ComplaintAction, ComplaintCase, ComplaintStatus, StaffUser
@@ -373,8 +374,8 @@ def do_resolve_case(*, session: Session, case_id: int, staff_id: int, message: s
     case.status, case.resolved_at, case.resolved_by_id = ComplaintStatus.RESOLVED, now, staff_id
     case.resolution_message_id = sent.id
     promise = _complaint_promise(session=session, case=case)
-    if promise is not None and promise.status == PromiseStatus.OPEN:
-        promise.status, promise.kept_at = PromiseStatus.KEPT, now
+    if promise is not None:
+        do_close_promises(session=session, promises=[promise], status=PromiseStatus.KEPT, at=now)
     _audit(session, case, staff_id, "complaint.resolved", message_id=sent.id,
            promise_id=promise.id if promise else None)  # fmt: skip
     log.info("complaint case %s resolved (message %s)", case.id, sent.id)

@@ -33,6 +33,7 @@ from bot.db import utcnow
 from bot.labs.models import OPEN_LAB_STATUSES, LabOrder
 from bot.patients.models import Channel, ChannelIdentity, Patient
 from bot.patients.service import PHONE_CHANNELS, TELEGRAM_CONTACT, patients_on_phones, verified_patient
+from bot.promises.flows import do_close_promises
 from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.staff import audit
 from bot.staff.auth import Principal
@@ -917,16 +918,19 @@ def do_send(
     if handoff is not None:
         if handoff.first_response_at is None:
             handoff.first_response_at = now
-        for promise in session.scalars(
-            select(Promise).where(
-                Promise.subject_type == "handoff",
-                Promise.subject_id == handoff.id,
-                Promise.kind.in_((PromiseKind.HANDOFF_REPLY, PromiseKind.COMPLAINT_FOLLOWUP)),
-                Promise.status == PromiseStatus.OPEN,
-            )
-        ):
-            promise.status, promise.kept_at = PromiseStatus.KEPT, now
-            kept.append(promise.id)
+        kept = do_close_promises(
+            session=session,
+            promises=session.scalars(
+                select(Promise).where(
+                    Promise.subject_type == "handoff",
+                    Promise.subject_id == handoff.id,
+                    Promise.kind.in_((PromiseKind.HANDOFF_REPLY, PromiseKind.COMPLAINT_FOLLOWUP)),
+                    Promise.status == PromiseStatus.OPEN,
+                )
+            ),
+            status=PromiseStatus.KEPT,
+            at=now,
+        )
     promise_id = None
     if due_at is not None:
         promise = Promise(patient_id=conversation.patient_id, identity_id=identity.id, conversation_id=conversation.id,
@@ -997,18 +1001,19 @@ def _settle_handoff(session: Session, handoff: Handoff | None, now: datetime) ->
     if handoff is None:
         return []
     handoff.resolved_at = now
-    cancelled = []
-    for promise in session.scalars(
-        select(Promise).where(
-            Promise.subject_type == "handoff",
-            Promise.subject_id == handoff.id,
-            Promise.kind == PromiseKind.HANDOFF_REPLY,
-            Promise.status == PromiseStatus.OPEN,
-        )
-    ):
-        promise.status = PromiseStatus.CANCELLED
-        cancelled.append(promise.id)
-    return cancelled
+    return do_close_promises(
+        session=session,
+        promises=session.scalars(
+            select(Promise).where(
+                Promise.subject_type == "handoff",
+                Promise.subject_id == handoff.id,
+                Promise.kind == PromiseKind.HANDOFF_REPLY,
+                Promise.status == PromiseStatus.OPEN,
+            )
+        ),
+        status=PromiseStatus.CANCELLED,
+        at=now,
+    )
 
 
 def do_hand_back(*, session: Session, conversation_id: int, staff: Principal, domain: Domain) -> ActionResult:

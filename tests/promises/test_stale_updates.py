@@ -1,0 +1,112 @@
+"""A late update still queued when its promise is kept or cancelled is withdrawn, never sent after the news."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import time_machine
+from sqlalchemy import select, update
+
+from bot.channels.models import OutboxMessage, OutboxStatus
+from bot.conversations.flows import do_handoff
+from bot.conversations.models import HandoffReason
+from bot.conversations.service import open_conversation
+from bot.db import session_scope
+from bot.demo import DEMO_ADMIN_EMAIL
+from bot.labs.flows import do_update_order
+from bot.labs.models import LabOrder, LabStatus
+from bot.promises.models import Promise
+from bot.promises.sweeps import SweepCounts
+from bot.staff.auth import Principal
+from bot.staff.inbox import do_close, do_send
+from bot.staff.models import Role, StaffUser
+from scheduler.jobs import update_domain
+from tests.promises.factories import local, make_identity, make_lab_promise, make_patient
+
+TUE = date(2026, 11, 17)
+
+
+def outbox() -> list[tuple[str, str, str | None]]:
+    with session_scope() as session:
+        rows = session.execute(
+            select(OutboxMessage.key, OutboxMessage.status, OutboxMessage.error_code).order_by(OutboxMessage.id)
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def lab_order_id(order_row_id: int) -> str:
+    with session_scope() as session:
+        return session.get(LabOrder, order_row_id).order_id
+
+
+def test_results_in_after_the_late_update_was_queued_withdraw_it(clinic_db, sweep) -> None:
+    with session_scope() as session:
+        made = [make_lab_promise(session, due_at=local(TUE, 12)) for _ in range(2)]
+    assert sweep(local(TUE, 16)) == SweepCounts(updates=2)
+    first, second = made
+    # The second patient's update is already on its way (claimed by the sender): it cannot be called back.
+    with session_scope() as session:
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.key == f"promise:{second.promise_id}:2026-11-17:late_update")
+            .values(status=OutboxStatus.SENDING)
+        )
+    for done in made:
+        with time_machine.travel(local(TUE, 16, 1), tick=False), session_scope() as session:
+            do_update_order(session=session, order_id=lab_order_id(done.order_id), status=LabStatus.RESULTED,
+                            source="rest")  # fmt: skip
+    assert sweep(local(TUE, 16, 2)) == SweepCounts(results_ready=2)
+    assert outbox() == [
+        (f"promise:{first.promise_id}:2026-11-17:late_update", "cancelled", "promise_kept"),
+        (f"promise:{second.promise_id}:2026-11-17:late_update", "sending", None),
+        (f"promise:{first.promise_id}:2026-11-17:results_ready", "pending", None),
+        (f"promise:{second.promise_id}:2026-11-17:results_ready", "pending", None),
+    ]
+
+
+def test_an_order_cancelled_after_the_late_update_was_queued_withdraws_it(clinic_db, sweep) -> None:
+    with session_scope() as session:
+        made = make_lab_promise(session, due_at=local(TUE, 12))
+    assert sweep(local(TUE, 16)) == SweepCounts(updates=1)
+    with time_machine.travel(local(TUE, 16, 1), tick=False), session_scope() as session:
+        do_update_order(session=session, order_id=lab_order_id(made.order_id), status=LabStatus.CANCELLED,
+                        source="rest")  # fmt: skip
+    assert outbox() == [(f"promise:{made.promise_id}:2026-11-17:late_update", "cancelled", "promise_cancelled")]
+
+
+def _admin() -> Principal:
+    with session_scope() as session:
+        admin = session.scalars(select(StaffUser).where(StaffUser.email == DEMO_ADMIN_EMAIL)).one()
+        return Principal(staff_id=admin.id, name=admin.name, email=admin.email, role=Role(admin.role),
+                         session_id="s", csrf_token="c")  # fmt: skip
+
+
+def _late_handoff(sweep) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """A patient asked for a person at 10:00 Tuesday; nobody answered by 16:00: return conversation and promise."""
+    with session_scope() as session:
+        patient = make_patient(session)
+        conversation = open_conversation(session=session, identity=make_identity(session, patient))
+        with time_machine.travel(local(TUE, 10), tick=False):
+            do_handoff(session=session, conversation_id=conversation.id, reason=HandoffReason.HUMAN)
+        conversation_id = conversation.id
+        promise_id = session.scalars(select(Promise.id)).one()
+    assert sweep(local(TUE, 16)) == SweepCounts(updates=1)
+    return conversation_id, promise_id
+
+
+def test_a_staff_reply_after_the_late_update_was_queued_withdraws_it(clinic_db, sweep) -> None:
+    conversation_id, promise_id = _late_handoff(sweep)
+    # The reply jumps the queue (staff priority): "our team hasn't replied yet" must not follow it.
+    with time_machine.travel(local(TUE, 16, 1), tick=False), session_scope() as session:
+        do_send(session=session, conversation_id=conversation_id, staff=_admin(), domain=update_domain(),
+                body="Hello, this is Sam. How can I help?", submission_id="a" * 22)  # fmt: skip
+    [late, *_replies] = outbox()
+    assert late == (f"promise:{promise_id}:2026-11-17:late_update", "cancelled", "promise_kept")
+
+
+def test_a_hand_off_closed_after_the_late_update_was_queued_withdraws_it(clinic_db, sweep) -> None:
+    conversation_id, promise_id = _late_handoff(sweep)
+    with time_machine.travel(local(TUE, 16, 1), tick=False), session_scope() as session:
+        do_close(session=session, conversation_id=conversation_id, staff=_admin(), outcome="resolved")
+    [late, *_others] = outbox()
+    assert late == (f"promise:{promise_id}:2026-11-17:late_update", "cancelled", "promise_cancelled")
