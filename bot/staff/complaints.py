@@ -99,6 +99,23 @@ def _ensure_promise(*, session: Session, case: ComplaintCase, conversation: Conv
     subject_type, subject_id = (
         ("handoff", case.handoff_id) if case.handoff_id is not None else ("complaint", case.id)
     )
+    if case.handoff_id is not None:
+        reply = session.scalars(
+            select(Promise)
+            .where(
+                Promise.kind == PromiseKind.HANDOFF_REPLY,
+                Promise.subject_type == "handoff",
+                Promise.subject_id == case.handoff_id,
+                Promise.status == PromiseStatus.OPEN,
+            )
+            .with_for_update()
+        ).first()
+        if reply is not None:
+            # The hand-off became a complaint: its reply promise is now the follow-up, one commitment.
+            # A second promise beside it sent the patient two late updates a day about one conversation.
+            reply.kind, reply.reason_key = PromiseKind.COMPLAINT_FOLLOWUP, "handoff_complaint"
+            reply.due_at = case.due_at
+            return
     promise = Promise(
         patient_id=conversation.patient_id,
         identity_id=conversation.identity_id,
