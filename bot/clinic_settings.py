@@ -59,15 +59,21 @@ class ClinicContext:
     quiet_start: time
     quiet_end: time
 
+    @property
+    def update_time(self) -> time:
+        """Return the local time late updates go out: the daily update time, held back to quiet_start."""
+        # Texts wait for quiet hours; a patient told "by 7 am" must not hear from us at 8.
+        return max(self.daily_update_time, self.quiet_start)
+
     def next_update_at(self, now: datetime) -> datetime:
         """Return the next daily status-update time on a working day, after now."""
         day = self.calendar.local_date(now)
         if not self.calendar.is_working_day(day):
             day = self.calendar.next_working_day(day)
-        at = self.calendar.at_local(day, self.daily_update_time)
+        at = self.calendar.at_local(day, self.update_time)
         while at <= now:
             day = self.calendar.next_working_day(day)
-            at = self.calendar.at_local(day, self.daily_update_time)
+            at = self.calendar.at_local(day, self.update_time)
         return at
 
     @classmethod
@@ -87,6 +93,14 @@ class ClinicContext:
         quiet_end = _parse_clock("quiet_end", profile.quiet_end)
         if quiet_end <= quiet_start:
             raise ClinicConfigError("quiet_end", "must be later than quiet_start")
+        daily_update_time = _parse_clock("daily_update_time", profile.daily_update_time)
+        if daily_update_time >= quiet_end:
+            # Late updates go out only inside quiet hours: from this time on none would ever be sent.
+            raise ClinicConfigError(
+                "daily_update_time",
+                f"{daily_update_time:%H:%M} is not earlier than quiet_end {quiet_end:%H:%M}; "
+                "late updates are sent only inside quiet hours, so none would ever go out",
+            )
         return cls(
             id=profile.id,
             name=profile.name,
@@ -96,7 +110,7 @@ class ClinicContext:
             emergency_number=profile.emergency_number,
             crisis_line=profile.crisis_line,
             calendar=calendar,
-            daily_update_time=_parse_clock("daily_update_time", profile.daily_update_time),
+            daily_update_time=daily_update_time,
             quiet_start=quiet_start,
             quiet_end=quiet_end,
         )

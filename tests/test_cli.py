@@ -141,6 +141,7 @@ def test_bad_setting_names_the_setting(env: dict[str, str]) -> None:
         ("timezone", "Mars/Olympus_Mons", "clinic setting timezone: unknown time zone"),
         ("weekly_hours", '{"mon": "9-5"}', "clinic setting hours.mon"),
         ("daily_update_time", "4pm", "clinic setting daily_update_time"),
+        ("daily_update_time", "20:00", "clinic setting daily_update_time: 20:00 is not earlier than quiet_end 20:00"),
     ],
 )
 def test_bad_clinic_setting_is_a_clear_startup_error(env: dict[str, str], column: str, value: str, fragment: str) -> None:

@@ -10,7 +10,8 @@ import time_machine
 from sqlalchemy import select
 
 from bot.channels.models import OutboxMessage
-from bot.clinic_settings import ClinicProfile
+from bot.clinic import ClinicConfigError
+from bot.clinic_settings import ClinicProfile, load_clinic
 from bot.conversations.flows import do_handoff
 from bot.conversations.models import HandoffReason
 from bot.conversations.service import open_conversation
@@ -137,6 +138,26 @@ def test_quiet_hours(clinic_db, sweep) -> None:
     assert sweep(local(date(2026, 11, 18), 7, 30)) == SweepCounts()
     # The first promise was told "by 4 pm" on Tuesday evening: only the new one is updated at 08:00.
     assert sweep(local(date(2026, 11, 18), 8)) == SweepCounts(updates=1)
+
+
+def test_an_update_time_before_quiet_hours_promises_the_time_the_update_really_goes_out(clinic_db, sweep) -> None:
+    set_profile(daily_update_time="07:00")
+    lab_promise(due_at=local(TUE, 12))
+    assert sweep(local(TUE, 16)) == SweepCounts(updates=1)
+    assert texts()[0][1].endswith("We'll update you by 8 am tomorrow.")
+    assert sweep(local(date(2026, 11, 18), 7, 59)) == SweepCounts()
+    assert sweep(local(date(2026, 11, 18), 8)) == SweepCounts(updates=1)
+
+
+@pytest.mark.parametrize("update_time", ["20:00", "21:30"])
+def test_an_update_time_at_or_after_quiet_hours_end_is_refused_naming_the_setting(clinic_db, update_time) -> None:
+    set_profile(daily_update_time=update_time)
+    with session_scope() as session, pytest.raises(ClinicConfigError) as refused:
+        load_clinic(session=session)
+    assert str(refused.value) == (
+        f"daily_update_time: {update_time} is not earlier than quiet_end 20:00; "
+        "late updates are sent only inside quiet hours, so none would ever go out"
+    )
 
 
 def test_opted_out_patient_goes_to_the_call_list(clinic_db, sweep) -> None:
