@@ -486,11 +486,17 @@ def _require_migrated() -> None:
 
 def cmd_scheduler_run(args: argparse.Namespace) -> int:
     """Run the promise sweeps (and an outbox sender) as a standalone process."""
+    from bot.clinic_settings import load_clinic
+    from bot.db import session_scope
+
     # bot/ never imports scheduler/ (ARCHITECTURE.md); the CLI is the edge that wires it, lazily.
     from scheduler.setup import run_standalone
 
     settings = get_settings()
     _require_migrated()
+    # A bad clinic setting is a one-line error now, not a traceback logged by every pass of a running scheduler.
+    with session_scope() as session:
+        load_clinic(session=session)
     print(f"scheduler running: promise sweeps every {settings.scheduler_sweep_seconds:g} s; Ctrl-C stops")
     run_standalone(settings)
     return 0

@@ -11,6 +11,8 @@ from pathlib import Path
 from bot.channels.base import Delivery
 from bot.channels.outbox import SENDER_LEADERSHIP, OutboxSender
 from bot.channels.registry import build_channels
+from bot.clinic import ClinicConfigError
+from bot.clinic_settings import ClinicMissingError
 from bot.config import Settings, get_settings
 from bot.conversations.domain import Domain, load_domain
 from bot.db import get_engine, session_scope, utcnow
@@ -58,6 +60,9 @@ def sweep_job() -> None:
     """The interval job: one pass at the real time."""
     try:
         sweep_pass()
+    except (ClinicConfigError, ClinicMissingError) as error:
+        # Someone has to fix the clinic's settings; a traceback every interval would bury what is wrong.
+        log.error("promise sweep skipped: clinic setting %s", error)
     except Exception:
         # Keep the scheduler alive: the next interval retries, and UNIQUE keys make retries harmless.
         log.exception("promise sweep failed")
