@@ -65,13 +65,14 @@ class ClinicContext:
         # Texts wait for quiet hours; a patient told "by 7 am" must not hear from us at 8.
         return max(self.daily_update_time, self.quiet_start)
 
-    def next_update_at(self, now: datetime) -> datetime:
-        """Return the next daily status-update time on a working day, after now."""
-        day = self.calendar.local_date(now)
+    def next_update_at(self, now: datetime, *, not_before: datetime | None = None) -> datetime:
+        """Return the next daily status-update time on a working day, after now and not before not_before."""
+        start = now if not_before is None else max(now, not_before)
+        day = self.calendar.local_date(start)
         if not self.calendar.is_working_day(day):
             day = self.calendar.next_working_day(day)
         at = self.calendar.at_local(day, self.update_time)
-        while at <= now:
+        while at <= now or at < start:
             day = self.calendar.next_working_day(day)
             at = self.calendar.at_local(day, self.update_time)
         return at

@@ -82,12 +82,14 @@ def _postgres(session: Session) -> bool:
 
 def claim_late(
     *, session: Session, now: datetime, after_id: int, limit: int
-) -> Sequence[Row[tuple[int, int | None, int | None, int | None, str]]]:
-    """Claim open promises due by now whose next update is due too, after an id.
+) -> Sequence[Row[tuple[int, int | None, int | None, int | None, str, datetime]]]:
+    """Claim open promises, after an id, due by now with their next update due, or with a promised update due.
 
     A written update moves next_update_at to the next working day in the same transaction, so today's
     handled promises drop out here; UNIQUE(promise, day, kind) still guards a racing sweeper. (A NOT EXISTS
-    on today's updates was the slow part: the planner keeps the table tiny in its stats all day.)
+    on today's updates was the slow part: the planner keeps the table tiny in its stats all day.) An update
+    already told the patient when the next one comes: that stands even when lab intake has since moved the
+    due later.
     """
     # A lab promise whose order already resulted is kept by lab intake; never tell that patient "not back yet".
     finished_order = exists().where(
@@ -96,12 +98,12 @@ def claim_late(
     )
     query = (
         select(
-            Promise.id, Promise.patient_id, Promise.identity_id, Promise.conversation_id, Promise.reason_key
+            Promise.id, Promise.patient_id, Promise.identity_id, Promise.conversation_id, Promise.reason_key,
+            Promise.due_at,
         )
         .where(
             Promise.status == PromiseStatus.OPEN,
-            Promise.due_at <= now,
-            or_(Promise.next_update_at.is_(None), Promise.next_update_at <= now),
+            or_(and_(Promise.next_update_at.is_(None), Promise.due_at <= now), Promise.next_update_at <= now),
             Promise.id > after_id,
             ~and_(Promise.subject_type == LAB_SUBJECT, finished_order),
         )

@@ -168,8 +168,14 @@ class Wording:
             self._values[lang] = cached
         return cached
 
-    def render(self, key: str, *, lang: str, patient: PatientRow | None, known: bool) -> str:
+    def render(
+        self, key: str, *, lang: str, patient: PatientRow | None, known: bool,
+        next_update_at: datetime | None = None,
+    ) -> str:  # fmt: skip
         values = self.values(lang)
+        if next_update_at is not None and next_update_at != self.next_update_at:
+            due = render_due(due=next_update_at, now=self.now, tz=self.clinic.calendar.tz, lang=lang)
+            values = {**values, "next_update": due}
         if known and patient is not None:
             values = {**values, "name": patient.display_name}
         return render_text(self.domain, key, lang=lang, known=known, values=values)
@@ -209,15 +215,15 @@ class _Effect:
     text: dict[str, Any] | None = None
     order_id: int | None = None
     counts_as: str = "updates"
+    # For a late update: when the next one is due, as the text tells the patient.
+    next_update_at: datetime | None = None
 
 
-def _write(
-    session: Session, effects: list[_Effect], *, today: date, now: datetime, next_update_at: datetime | None
-) -> list[_Effect]:
+def _write(session: Session, effects: list[_Effect], *, today: date, now: datetime) -> list[_Effect]:
     """Write effects' texts and update rows in one savepoint; on a duplicate, one by one. Return what was written."""
     try:
         with session.begin_nested():
-            _write_rows(session, effects, today=today, now=now, next_update_at=next_update_at)
+            _write_rows(session, effects, today=today, now=now)
         return effects
     except IntegrityError as error:
         if not service.is_unique_violation(error):
@@ -227,7 +233,7 @@ def _write(
     for effect in effects:
         try:
             with session.begin_nested():
-                _write_rows(session, [effect], today=today, now=now, next_update_at=next_update_at)
+                _write_rows(session, [effect], today=today, now=now)
             written.append(effect)
         except IntegrityError as error:
             if not service.is_unique_violation(error):
@@ -236,9 +242,7 @@ def _write(
     return written
 
 
-def _write_rows(
-    session: Session, effects: list[_Effect], *, today: date, now: datetime, next_update_at: datetime | None
-) -> None:
+def _write_rows(session: Session, effects: list[_Effect], *, today: date, now: datetime) -> None:
     texts = [effect.text for effect in effects if effect.text is not None]
     outbox_ids = service.insert_texts(session=session, rows=texts)
     service.insert_updates(
@@ -251,7 +255,7 @@ def _write_rows(
                 "outbox_id": outbox_ids[effect.text["key"]] if effect.text is not None else None,
                 "channel": effect.text["channel"] if effect.text is not None else None,
                 "reason_key": effect.reason_key,
-                "next_update_at": next_update_at if effect.kind == UpdateKind.LATE_UPDATE else None,
+                "next_update_at": effect.next_update_at if effect.kind == UpdateKind.LATE_UPDATE else None,
                 "created_at": now,
             }
             for effect in effects
@@ -350,6 +354,18 @@ class _Reach:
         return identity, patient, lang_code(lang)
 
 
+def next_update_for(wording: Wording, *, due_at: datetime) -> datetime:
+    """Return when the update after this one is due: the next update time, or the first one after a later due.
+
+    A promise is claimed before its due only when lab intake moved the due later after an update had told
+    the patient when the next one comes: that update is kept, and the one after waits for the new due.
+    """
+    assert wording.next_update_at is not None
+    if due_at <= wording.now:
+        return wording.next_update_at
+    return wording.clinic.next_update_at(wording.now, not_before=due_at)
+
+
 def _late_batch(session: Session, rows: Sequence[Any], *, wording: Wording, today: date) -> SweepCounts:
     """Plan and write one claimed batch of late promises."""
     reach = _Reach.load(
@@ -359,8 +375,10 @@ def _late_batch(session: Session, rows: Sequence[Any], *, wording: Wording, toda
         identity_ids=[r.identity_id for r in rows if r.identity_id is not None],
         conversation_ids=[r.conversation_id for r in rows if r.conversation_id is not None],
     )
-    effects = []
+    effects, moves_to = [], {}
     for row in rows:
+        next_at = next_update_for(wording, due_at=row.due_at)
+        moves_to.setdefault(next_at, []).append(row.id)
         identity, patient, lang = reach.target(
             patient_id=row.patient_id, identity_id=row.identity_id, conversation_id=row.conversation_id
         )
@@ -368,14 +386,18 @@ def _late_batch(session: Session, rows: Sequence[Any], *, wording: Wording, toda
             effects.append(_Effect(row.id, UpdateKind.CALL_LIST, row.reason_key, counts_as="call_list"))
             continue
         known = is_known(identity, patient, now=wording.now)
-        body = wording.render(update_response(row.reason_key), lang=lang, patient=patient, known=known)
+        body = wording.render(
+            update_response(row.reason_key), lang=lang, patient=patient, known=known, next_update_at=next_at
+        )
         key = outbox_key(promise_id=row.id, local_date=today, kind=UpdateKind.LATE_UPDATE)
         text = _text_row(key=key, identity=identity, body=body, conversation_id=row.conversation_id)
-        effects.append(_Effect(row.id, UpdateKind.LATE_UPDATE, row.reason_key, text=text))
-    written = _write(session, effects, today=today, now=wording.now, next_update_at=wording.next_update_at)
-    assert wording.next_update_at is not None
+        effects.append(
+            _Effect(row.id, UpdateKind.LATE_UPDATE, row.reason_key, text=text, next_update_at=next_at)
+        )
+    written = _write(session, effects, today=today, now=wording.now)
     # Every claimed promise moves on, those another sweeper wrote first included: they were handled today.
-    service.set_next_update(session=session, promise_ids=[row.id for row in rows], at=wording.next_update_at)
+    for next_at, promise_ids in moves_to.items():
+        service.set_next_update(session=session, promise_ids=promise_ids, at=next_at)
     counts = SweepCounts()
     for effect in written:
         setattr(counts, effect.counts_as, getattr(counts, effect.counts_as) + 1)
@@ -421,7 +443,7 @@ def do_sweep_escalations(
 
     def work(session: Session, rows: Sequence[Any]) -> SweepCounts:
         effects = [_Effect(row.id, UpdateKind.ESCALATION, ESCALATION_REASON_LATE) for row in rows]
-        written = _write(session, effects, today=today, now=now, next_update_at=None)
+        written = _write(session, effects, today=today, now=now)
         service.set_escalated(
             session=session, promise_ids=[e.promise_id for e in written if e.promise_id],
             at=now, reason=ESCALATION_REASON_LATE,
@@ -482,7 +504,7 @@ def do_sweep_results_ready(
                 _Effect(promise_id, UpdateKind.RESULTS_READY, RESULTS_REASON, text=text,
                         order_id=order_id, counts_as="results_ready")
             )  # fmt: skip
-        written = _write(session, effects, today=today, now=now, next_update_at=None)
+        written = _write(session, effects, today=today, now=now)
         notified = [
             e.order_id for e in written if e.kind == UpdateKind.RESULTS_READY and e.order_id is not None
         ]

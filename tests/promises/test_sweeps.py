@@ -441,3 +441,52 @@ def test_two_sweepers_at_once_without_leadership_still_send_once(clinic_db) -> N
     assert errors == []
     assert sum(r.updates for r in results) == 40
     assert sorted(p for p, _, _ in updates()) == sorted(m.promise_id for m in made)
+
+
+def _reschedule(made, *, at: datetime, expected_by: datetime) -> None:  # type: ignore[no-untyped-def]
+    """What lab intake does when the lab sends a new expected time."""
+    with session_scope() as session:
+        order_id = session.get(LabOrder, made.order_id).order_id
+    with time_machine.travel(at, tick=False), session_scope() as session:
+        do_update_order(session=session, order_id=order_id, expected_by=expected_by, source="rest")
+
+
+def test_an_update_promised_before_the_lab_moved_its_date_still_comes_and_says_when_the_next_is(
+    clinic_db, sweep
+) -> None:
+    made = lab_promise(due_at=local(TUE, 12))
+    assert sweep(local(TUE, 16)) == SweepCounts(updates=1)
+    assert texts()[0][1].endswith("We'll update you by 4 pm tomorrow.")
+    # Wednesday morning the lab says Friday noon: the patient was still told to expect news by 4 pm today.
+    wed, thu, fri = date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)
+    _reschedule(made, at=local(wed, 9), expected_by=local(fri, 12))
+    assert sweep(local(wed, 16)) == SweepCounts(updates=1)
+    assert texts()[1][1].endswith("We'll update you by 4 pm on Friday.")
+    assert sweep(local(thu, 16)) == SweepCounts()
+    assert sweep(local(fri, 16)) == SweepCounts(updates=1)
+    assert [day for _, day, _ in updates()] == [TUE, wed, fri]
+    assert texts()[2][1].endswith("We'll update you by 4 pm on Monday.")
+
+
+def test_a_promise_rescheduled_several_times_gets_an_update_for_each_due_never_two_a_day(clinic_db, sweep) -> None:
+    made = lab_promise(due_at=local(TUE, 12), language="es", name="Lucia Torres")
+    wed, thu = date(2026, 11, 18), date(2026, 11, 19)
+    # Moved within Tuesday before its first update, then to later on Tuesday after it.
+    _reschedule(made, at=local(TUE, 11), expected_by=local(TUE, 15))
+    assert sweep(local(TUE, 16)) == SweepCounts(updates=1)
+    _reschedule(made, at=local(TUE, 16, 30), expected_by=local(TUE, 18))
+    assert sweep(local(TUE, 18)) == SweepCounts()
+    # Moved to Wednesday 17:00 before Wednesday's update: that update says the next comes Thursday, and the
+    # due passing at 17:00 adds none.
+    _reschedule(made, at=local(wed, 10), expected_by=local(wed, 17))
+    assert sweep(local(wed, 16)) == SweepCounts(updates=1)
+    assert sweep(local(wed, 17)) == SweepCounts()
+    assert sweep(local(thu, 16)) == SweepCounts(updates=1)
+    assert [day for _, day, _ in updates()] == [TUE, wed, thu]
+    assert [body.rsplit(". ", 1)[1] for _, body, _ in texts()] == [
+        "Le daremos otra actualización mañana antes de las 16:00.",
+        "Le daremos otra actualización mañana antes de las 16:00.",
+        "Le daremos otra actualización mañana antes de las 16:00.",
+    ]
+    with session_scope() as session:
+        assert session.get(Promise, made.promise_id).next_update_at == local(date(2026, 11, 20), 16)
