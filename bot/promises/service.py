@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     Row,
@@ -33,6 +34,7 @@ DELIVERABLE_CHANNELS = (Channel.SMS, Channel.TELEGRAM, Channel.WEBCHAT)
 # Results older than this are no longer announced: the patient has surely heard by other means.
 RESULTS_NOTICE_HORIZON = timedelta(days=14)
 LAB_SUBJECT = "lab_order"
+RESULTS_REASON = "results_ready"
 
 
 @dataclass(frozen=True)
@@ -134,14 +136,17 @@ def claim_escalations(
 def claim_results(
     *, session: Session, now: datetime, today: date, after_id: int, limit: int
 ) -> Sequence[Row[tuple[int, int, int | None, int | None, int | None]]]:
-    """Claim resulted orders whose patient was not told yet (nor put on today's call list), after an id.
+    """Claim resulted orders whose patient was not told yet (nor call-listed today for it), after an id.
 
     Each row: order id, patient id, its lab promise's id, identity id and conversation id (None without a promise).
     """
+    # Only a call-list entry for the results: one the late sweep made earlier today ("not back yet") must not
+    # hold back the notice to a patient reachable since, nor leave staff calling about the wrong news.
     on_call_list = exists().where(
         PromiseUpdate.promise_id == Promise.id,
         PromiseUpdate.local_date == today,
         PromiseUpdate.kind == UpdateKind.CALL_LIST,
+        PromiseUpdate.reason_key == RESULTS_REASON,
     )
     query = (
         select(LabOrder.id, LabOrder.patient_id, Promise.id, Promise.identity_id, Promise.conversation_id)
@@ -308,6 +313,25 @@ def insert_updates(*, session: Session, rows: list[dict[str, object]]) -> None:
     session.execute(insert(PromiseUpdate), rows)
 
 
+def retag_call_list(*, session: Session, promise_ids: Sequence[int], day: date, reason: str) -> set[int]:
+    """Give the promises' call-list entries of a day a new reason; return the promises that had one."""
+    if not promise_ids:
+        return set()
+    result = session.execute(
+        update(PromiseUpdate)
+        .where(
+            among(session, PromiseUpdate.promise_id, promise_ids),
+            PromiseUpdate.local_date == day,
+            PromiseUpdate.kind == UpdateKind.CALL_LIST,
+            or_(PromiseUpdate.reason_key.is_(None), PromiseUpdate.reason_key != reason),
+        )
+        .values(reason_key=reason)
+        .returning(PromiseUpdate.promise_id),
+        execution_options={"synchronize_session": False},
+    )
+    return set(result.scalars())
+
+
 def set_next_update(*, session: Session, promise_ids: Sequence[int], at: datetime) -> None:
     """Record when the next update is due on promises."""
     if promise_ids:
@@ -396,11 +420,13 @@ class PromiseListing:
     subject_id: int
 
 
-def _listing_query(*, hide_reasons: Sequence[str]) -> Select:  # type: ignore[type-arg]
+def _listing_query(
+    *, hide_reasons: Sequence[str], reason: Any = Promise.reason_key
+) -> Select:  # type: ignore[type-arg]
     query = select(
         Promise.id,
         Promise.kind,
-        Promise.reason_key,
+        reason,
         Promise.due_at,
         Promise.next_update_at,
         Promise.escalated_at,
@@ -441,7 +467,10 @@ def staff_sections(
             Promise.due_at, Promise.id
         ),
         "escalated": base.where(Promise.escalated_at.is_not(None)).order_by(Promise.escalated_at, Promise.id),
-        "call_list": _listing_query(hide_reasons=hide_reasons)
+        # Why to call is the entry's reason (results in), which is not always the promise's (not back yet).
+        "call_list": _listing_query(
+            hide_reasons=hide_reasons, reason=func.coalesce(PromiseUpdate.reason_key, Promise.reason_key)
+        )
         .join(PromiseUpdate, PromiseUpdate.promise_id == Promise.id)
         .where(PromiseUpdate.kind == UpdateKind.CALL_LIST, PromiseUpdate.local_date == today)
         .order_by(Promise.due_at, Promise.id),

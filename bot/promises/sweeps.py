@@ -34,7 +34,7 @@ from bot.when import lang_code, render_due
 log = logging.getLogger(__name__)
 
 ESCALATION_REASON_LATE = "late"
-RESULTS_REASON = "results_ready"
+RESULTS_REASON = service.RESULTS_REASON
 RESULTS_RESPONSE = "utter_update_results_ready"
 
 
@@ -504,12 +504,18 @@ def do_sweep_results_ready(
                 _Effect(promise_id, UpdateKind.RESULTS_READY, RESULTS_REASON, text=text,
                         order_id=order_id, counts_as="results_ready")
             )  # fmt: skip
+        # Already on today's call list for the late sweep's "not back yet": the call is now about results.
+        listed = [e.promise_id for e in effects if e.kind == UpdateKind.CALL_LIST and e.promise_id]
+        retagged = service.retag_call_list(
+            session=session, promise_ids=listed, day=today, reason=RESULTS_REASON
+        )
+        effects = [e for e in effects if not (e.kind == UpdateKind.CALL_LIST and e.promise_id in retagged)]
         written = _write(session, effects, today=today, now=now)
         notified = [
             e.order_id for e in written if e.kind == UpdateKind.RESULTS_READY and e.order_id is not None
         ]
         service.set_result_notified(session=session, order_ids=notified, at=now)
-        counts = SweepCounts()
+        counts = SweepCounts(call_list=len(retagged))
         for effect in written:
             setattr(counts, effect.counts_as, getattr(counts, effect.counts_as) + 1)
         return counts

@@ -8,8 +8,8 @@ import time_machine
 from sqlalchemy import select
 
 from bot.db import session_scope
-from bot.labs.models import LabOrder
-from bot.promises.models import PromiseKind
+from bot.labs.models import LabOrder, LabStatus
+from bot.promises.models import Promise, PromiseKind, PromiseStatus
 from bot.promises.sweeps import SweepCounts
 from bot.staff.models import AuditEvent
 from tests.channels.conftest import make_app  # noqa: F401
@@ -80,3 +80,20 @@ def test_promises_page_lists_and_timelines(make_app, sweep) -> None:  # noqa: F8
         ).all()
     assert ("promise.viewed", rosa.patient_id) in [tuple(v) for v in viewed]
     assert ("promises.viewed", None) in [tuple(v) for v in viewed]
+
+
+def test_the_call_list_says_why_to_call_results_in_not_the_promises_not_back(make_app, sweep) -> None:  # noqa: F811
+    harness = make_app()
+    with session_scope() as session:
+        clear_demo_orders(session)
+        lena = make_lab_promise(session, due_at=local(TUESDAY, 12), name="Lena Park", opted_out=True)
+        order = session.get(LabOrder, lena.order_id)
+        order.status, order.resulted_at = LabStatus.RESULTED, local(TUESDAY, 9)
+        promise = session.get(Promise, lena.promise_id)
+        promise.status, promise.kept_at = PromiseStatus.KEPT, local(TUESDAY, 9)
+    assert sweep(local(TUESDAY, 10)) == SweepCounts(call_list=1)
+    with time_machine.travel(local(TUESDAY, 11)):
+        sign_in(harness.client)
+        calls = section(harness.client.get("/staff/promises").text, "call_list")
+    assert "Lena Park" in calls
+    assert "Results in; patient not told" in calls and "Lab result not back" not in calls

@@ -490,3 +490,34 @@ def test_a_promise_rescheduled_several_times_gets_an_update_for_each_due_never_t
     ]
     with session_scope() as session:
         assert session.get(Promise, made.promise_id).next_update_at == local(date(2026, 11, 20), 16)
+
+
+def _call_list_rows() -> list[tuple[int, str]]:
+    with session_scope() as session:
+        rows = session.execute(
+            select(PromiseUpdate.promise_id, PromiseUpdate.reason_key).where(PromiseUpdate.kind == "call_list")
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def test_results_after_a_late_call_list_entry_reach_a_patient_reachable_since(clinic_db, sweep) -> None:
+    made = lab_promise(due_at=local(TUE, 12), identity=False)
+    assert sweep(local(TUE, 16)) == SweepCounts(call_list=1)
+    with session_scope() as session:
+        telegram = make_identity(session, session.get(Patient, made.patient_id), channel=Channel.TELEGRAM)
+        telegram.verification_method, telegram_id = "telegram_deeplink", telegram.id
+    _result(made.order_id, local(TUE, 17))
+    assert sweep(local(TUE, 17, 5)) == SweepCounts(results_ready=1)
+    [(key, body, identity_id)] = texts()
+    assert (key, identity_id) == (f"promise:{made.promise_id}:2026-11-17:results_ready", telegram_id)
+    assert body.startswith("Hi Rosa, this is Riverside Family Clinic. Your lab results are in.")
+
+
+def test_results_for_a_patient_on_the_late_call_list_turn_that_call_into_a_results_call(clinic_db, sweep) -> None:
+    made = lab_promise(due_at=local(TUE, 12), opted_out=True)
+    assert sweep(local(TUE, 16)) == SweepCounts(call_list=1)
+    _result(made.order_id, local(TUE, 17))
+    assert sweep(local(TUE, 17, 5)) == SweepCounts(call_list=1)
+    assert sweep(local(TUE, 17, 10)) == SweepCounts()
+    assert texts() == []
+    assert _call_list_rows() == [(made.promise_id, "results_ready")]
