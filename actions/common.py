@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from rasa_sdk import Tracker
@@ -39,6 +39,8 @@ def day_phrase(*, clinic: ClinicContext, at: datetime, lang: str) -> str:
 
 
 def by_day_phrase(*, clinic: ClinicContext, at: datetime, lang: str) -> str:
-    """Render an expected day ("by Thursday")."""
+    """Render an expected day ("by Thursday"); a time of midnight ends the day before, as in render_due."""
     today = clinic.calendar.local_date(datetime.now(tz=UTC))
-    return render_by_day(day=clinic.calendar.local_date(at), today=today, lang=lang)
+    local = clinic.calendar.local(at)
+    day = local.date() - timedelta(days=1) if local.time() == time(0, 0) else local.date()
+    return render_by_day(day=day, today=today, lang=lang)

@@ -5,7 +5,9 @@ Field map (1-based HL7 positions):
   ORM^O01: ORC-1 order control (NW new, CA cancel), ORC-2/OBR-2 placer order number = order_id,
     PID-3 patient id (the clinic's external id), PID-5 name (family^given), PID-7 date of birth,
     PID-13 phone, OBR-4 test (text, else code), OBR-7 ordered time (ORC-9 as a fallback),
-    OBR-27 quantity/timing: its end (component 5, else start, component 4) is the expected time.
+    OBR-27 quantity/timing: its end (component 5, else start, component 4) is the expected time;
+    a date without a time means by the end of that day: the clinic's closing time, or midnight
+    when it does not open that day.
     Without OBR-27 the result is expected CLINICBOT_LAB_TURNAROUND_DAYS working days after the
     order (clinic calendar: weekly hours, public holidays, closures), at the same local clock time.
   ORU^R01: OBR-2 order_id (ORC-2 as a fallback), OBR-25 result status: F or C final -> resulted,
@@ -25,7 +27,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 import hl7
@@ -181,6 +183,21 @@ def parse_ts(value: str, *, where: str, tz: Any) -> datetime:
     return _checked(check_in_range, naive.replace(tzinfo=tz), where=where)
 
 
+def parse_expected(value: str, *, where: str, calendar: Any) -> datetime:
+    """Parse an expected-by TS/DTM; a date alone means the end of that day (closing time), not its start."""
+    at = parse_ts(value, where=where, tz=calendar.tz)
+    match = TS.fullmatch(value)
+    assert match is not None  # parse_ts accepted it
+    if match.group(4) is not None:
+        return at
+    # "Results by Wednesday" read as Wednesday 00:00 made the order late all Wednesday: the patient asking
+    # that morning heard "taking longer than expected", and staff saw it among the late ones.
+    day = date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+    intervals = calendar.opening_intervals(day)
+    end = intervals[-1][1] if intervals else calendar.at_local(day + timedelta(days=1), time(0, 0))
+    return _checked(check_in_range, end, where=where)
+
+
 def _birth_date(value: str) -> date | None:
     if not value:
         return None
@@ -316,7 +333,9 @@ def _upsert_from_orm(session: Session, message: Any) -> str:
         ordered_at = parse_ts(ordered_raw, where="OBR-7 (observation date/time)", tz=clinic.calendar.tz)
         expected_raw = _get(obr, 27, 5) or _get(obr, 27, 4)
         if expected_raw:
-            expected_by = parse_ts(expected_raw, where="OBR-27 (quantity/timing)", tz=clinic.calendar.tz)
+            expected_by = parse_expected(
+                expected_raw, where="OBR-27 (quantity/timing)", calendar=clinic.calendar
+            )
         else:
             expected_by = default_expected_by(ordered_at, calendar=clinic.calendar)
         result = do_upsert_order(session=session, order_id=order_id, patient=patient,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import hl7
+import time_machine
 from sqlalchemy import func, select
 
 from bot.db import session_scope
@@ -303,3 +304,31 @@ def test_an_order_for_a_patient_on_file_with_other_details_is_an_ae_naming_the_f
             .where(LabOrder.order_id == "HL7-P3")
         ).one()
     assert owner == "RFC-1002"
+
+
+def test_an_expected_date_without_a_time_means_by_the_end_of_that_day(demo_db: str) -> None:
+    from actions.common import by_day_phrase
+    from bot.clinic_settings import load_clinic
+
+    # Wednesday 25 Nov 2026 the clinic closes at 18:00 (23:00 UTC); Saturday 28 it does not open.
+    for control, order_id, expected in (("MSG-W", "HL7-W", "20261125"), ("MSG-S", "HL7-S", "20261128")):
+        assert receive(orm(control, order_id=order_id, obr_extra="|" * 20 + f"^^^^{expected}"))[0] == "AA"
+    with session_scope() as session:
+        due = dict(
+            session.execute(
+                select(LabOrder.order_id, LabOrder.expected_by).where(LabOrder.order_id.like("HL7-%"))
+            ).all()
+        )
+        clinic = load_clinic(session=session)
+    assert due == {
+        "HL7-W": datetime(2026, 11, 25, 23, 0, tzinfo=UTC),
+        "HL7-S": datetime(2026, 11, 29, 5, 0, tzinfo=UTC),  # midnight ending Saturday, clinic-local
+    }
+    wednesday_morning = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+    with time_machine.travel(wednesday_morning, tick=False):
+        phrases = [
+            by_day_phrase(clinic=clinic, at=due[key], lang=lang)
+            for key in ("HL7-W", "HL7-S")
+            for lang in ("en", "es")
+        ]
+    assert phrases == ["today", "para hoy", "by Saturday", "para el sábado"]
