@@ -167,8 +167,9 @@ class ClinicCalendar:
         if not any(weekly.values()):
             raise ClinicConfigError("hours", "the clinic is closed every day of the week")
         _check_holidays(holiday_country, holiday_subdivision)
-        if isinstance(closures, str | date):
-            raise ClinicConfigError("closures", "expected a list of dates, got a single value")
+        # Stored as JSON, so any value can arrive here: only a list (or set) of dates is one.
+        if isinstance(closures, str | date) or not isinstance(closures, list | tuple | set | frozenset):
+            raise ClinicConfigError("closures", f"expected a list of dates, got {closures!r}")
         closed_days = frozenset(_parse_closure(value) for value in closures)
         return cls(
             tz=tz,

@@ -153,7 +153,9 @@ def test_build_bad_holiday_settings(country: str | None, subdivision: str | None
 
 
 @pytest.mark.parametrize(
-    "closures", [["2026-13-01"], ["next friday"], [datetime(2026, 12, 24, tzinfo=UTC)], "2026-12-24", [42]]
+    "closures",
+    [["2026-13-01"], ["next friday"], [datetime(2026, 12, 24, tzinfo=UTC)], "2026-12-24", [42], 5, True,
+     {"2026-12-24": "Christmas Eve"}],  # fmt: skip
 )
 def test_build_bad_closures(closures: object) -> None:
     with pytest.raises(ClinicConfigError) as excinfo:
