@@ -914,11 +914,15 @@ def do_send(
         # A concurrent repeat the lock above did not serialise (SQLite across processes): keep nothing of this one.
         raise Refused(409, "This reply was already sent.", outcome="conflict", patient_id=conversation.patient_id)
     conversation.last_message_at = now
-    kept: list[int] = []
+    # Staff getting back to the patient here keeps what an earlier reply promised ("we'll get back to you
+    # by 6 pm tomorrow"), before this reply promises anything new.
+    kept = do_close_promises(
+        session=session, promises=_open_followups(session, conversation.id), status=PromiseStatus.KEPT, at=now
+    )
     if handoff is not None:
         if handoff.first_response_at is None:
             handoff.first_response_at = now
-        kept = do_close_promises(
+        kept += do_close_promises(
             session=session,
             promises=session.scalars(
                 select(Promise).where(
@@ -996,6 +1000,19 @@ def do_transfer(
     return ActionResult("transferred", queued=True)
 
 
+def _open_followups(session: Session, conversation_id: int) -> list[Promise]:
+    """Return the open follow-up promises staff replies made in a conversation."""
+    return list(
+        session.scalars(
+            select(Promise).where(
+                Promise.conversation_id == conversation_id,
+                Promise.kind == PromiseKind.CALLBACK,
+                Promise.status == PromiseStatus.OPEN,
+            )
+        )
+    )
+
+
 def _settle_handoff(session: Session, handoff: Handoff | None, now: datetime) -> list[int]:
     """Resolve a hand-off; a reply promise still open was never kept by a staff reply: cancel it."""
     if handoff is None:
@@ -1052,6 +1069,12 @@ def do_close(*, session: Session, conversation_id: int, staff: Principal, outcom
     now = utcnow()
     handoff = _open_handoff(session, conversation.id)
     cancelled = _settle_handoff(session, handoff, now)
+    # Closed by staff: a follow-up promised in it will not come here, so it must not keep sending
+    # "we haven't been able to get back to you yet" about a conversation that is over.
+    followups = _open_followups(session, conversation.id)
+    cancelled += do_close_promises(
+        session=session, promises=followups, status=PromiseStatus.CANCELLED, at=now
+    )
     conversation.state, conversation.outcome = ConversationState.CLOSED, outcome
     conversation.closed_at, conversation.closed_by_id = now, staff.staff_id
     _audit(session, staff, "conversation.closed", conversation, outcome=outcome,

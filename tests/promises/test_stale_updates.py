@@ -1,7 +1,8 @@
-"""A late update still queued when its promise is kept or cancelled is withdrawn, never sent after the news."""
+"""Promises closed by the lab and by staff: queued late updates withdrawn, follow-ups kept or cancelled."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import date
 
 import time_machine
@@ -110,3 +111,37 @@ def test_a_hand_off_closed_after_the_late_update_was_queued_withdraws_it(clinic_
         do_close(session=session, conversation_id=conversation_id, staff=_admin(), outcome="resolved")
     [late, *_others] = outbox()
     assert late == (f"promise:{promise_id}:2026-11-17:late_update", "cancelled", "promise_cancelled")
+
+
+def promise_states() -> list[tuple[str, str]]:
+    with session_scope() as session:
+        rows = session.execute(select(Promise.kind, Promise.status).order_by(Promise.id))
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def _reply(conversation_id: int, *, at, body: str, **followup: str) -> None:  # type: ignore[no-untyped-def]
+    with time_machine.travel(at, tick=False), session_scope() as session:
+        do_send(session=session, conversation_id=conversation_id, staff=_admin(), domain=update_domain(), body=body,
+                submission_id=secrets.token_urlsafe(16), **followup)  # fmt: skip
+
+
+def test_staff_getting_back_as_promised_keeps_the_follow_up_promise(clinic_db, sweep) -> None:
+    wed = date(2026, 11, 18)
+    conversation_id, _ = _late_handoff(sweep)
+    _reply(conversation_id, at=local(TUE, 16, 30), body="Let me check with the doctor.", followup="next_day")
+    assert promise_states() == [("handoff_reply", "kept"), ("callback", "open")]
+    # Wednesday morning the staff member gets back to the patient, as promised for 6 pm.
+    _reply(conversation_id, at=local(wed, 11), body="The doctor says yes.")
+    assert promise_states() == [("handoff_reply", "kept"), ("callback", "kept")]
+    assert sweep(local(wed, 18)) == SweepCounts()
+
+
+def test_closing_the_conversation_cancels_its_follow_up_promise(clinic_db, sweep) -> None:
+    wed, thu = date(2026, 11, 18), date(2026, 11, 19)
+    conversation_id, _ = _late_handoff(sweep)
+    _reply(conversation_id, at=local(TUE, 16, 30), body="We'll book you in.", followup="today")
+    with time_machine.travel(local(TUE, 17, 30), tick=False), session_scope() as session:
+        do_close(session=session, conversation_id=conversation_id, staff=_admin(), outcome="resolved")
+    assert promise_states() == [("handoff_reply", "kept"), ("callback", "cancelled")]
+    for day in (wed, thu):
+        assert sweep(local(day, 16)) == SweepCounts()
