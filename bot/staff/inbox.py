@@ -1013,6 +1013,38 @@ def _open_followups(session: Session, conversation_id: int) -> list[Promise]:
     )
 
 
+def _settle_requests(session: Session, conversation_id: int, *, done: bool, now: datetime) -> list[int]:
+    """Settle a closing conversation's open requests, done when resolved, else cancelled; return their ids.
+
+    Closing is where staff say a request is handled: without it the answer promised for a refill or an
+    appointment stayed open for good, and the patient was told "your request is still being worked on"
+    every working day after staff had answered it.
+    """
+    requests = list(
+        session.scalars(
+            select(PatientRequest).where(
+                PatientRequest.conversation_id == conversation_id, PatientRequest.status == RequestStatus.OPEN
+            )
+        )
+    )
+    if not requests:
+        return []
+    for request in requests:
+        request.status = RequestStatus.DONE if done else RequestStatus.CANCELLED
+        request.completed_at = now
+    promises = session.scalars(
+        select(Promise).where(
+            Promise.kind == PromiseKind.REQUEST_ANSWER,
+            Promise.subject_type == "request",
+            Promise.subject_id.in_([request.id for request in requests]),
+            Promise.status == PromiseStatus.OPEN,
+        )
+    )
+    status = PromiseStatus.KEPT if done else PromiseStatus.CANCELLED
+    do_close_promises(session=session, promises=promises, status=status, at=now)
+    return [request.id for request in requests]
+
+
 def _settle_handoff(session: Session, handoff: Handoff | None, now: datetime) -> list[int]:
     """Resolve a hand-off; a reply promise still open was never kept by a staff reply: cancel it."""
     if handoff is None:
@@ -1075,8 +1107,10 @@ def do_close(*, session: Session, conversation_id: int, staff: Principal, outcom
     cancelled += do_close_promises(
         session=session, promises=followups, status=PromiseStatus.CANCELLED, at=now
     )
+    settled = _settle_requests(session, conversation.id, done=outcome == "resolved", now=now)
     conversation.state, conversation.outcome = ConversationState.CLOSED, outcome
     conversation.closed_at, conversation.closed_by_id = now, staff.staff_id
     _audit(session, staff, "conversation.closed", conversation, outcome=outcome,
-           handoff_id=handoff.id if handoff else None, promises_cancelled=cancelled)  # fmt: skip
+           handoff_id=handoff.id if handoff else None, promises_cancelled=cancelled,
+           **({"requests_settled": settled} if settled else {}))  # fmt: skip
     return ActionResult("closed")

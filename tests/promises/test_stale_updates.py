@@ -9,8 +9,8 @@ import time_machine
 from sqlalchemy import select, update
 
 from bot.channels.models import OutboxMessage, OutboxStatus
-from bot.conversations.flows import do_handoff
-from bot.conversations.models import HandoffReason
+from bot.conversations.flows import do_handoff, do_record_request
+from bot.conversations.models import HandoffReason, PatientRequest, RequestKind
 from bot.conversations.service import open_conversation
 from bot.db import session_scope
 from bot.demo import DEMO_ADMIN_EMAIL
@@ -145,3 +145,41 @@ def test_closing_the_conversation_cancels_its_follow_up_promise(clinic_db, sweep
     assert promise_states() == [("handoff_reply", "kept"), ("callback", "cancelled")]
     for day in (wed, thu):
         assert sweep(local(day, 16)) == SweepCounts()
+
+
+def _request() -> int:
+    """A patient asked for a refill at 10:00 Tuesday, answer promised by 10:00 Wednesday: return the conversation."""
+    with session_scope() as session:
+        patient = make_patient(session)
+        conversation = open_conversation(session=session, identity=make_identity(session, patient))
+        with time_machine.travel(local(TUE, 10), tick=False):
+            do_record_request(session=session, conversation_id=conversation.id, kind=RequestKind.REFILL,
+                              action=None, details={"medication": "lisinopril"})  # fmt: skip
+        return conversation.id
+
+
+def requests() -> list[tuple[str, bool]]:
+    with session_scope() as session:
+        rows = session.execute(select(PatientRequest.status, PatientRequest.completed_at.is_not(None)))
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def test_a_request_answered_and_closed_as_resolved_is_done_and_its_promise_kept(clinic_db, sweep) -> None:
+    wed, thu = date(2026, 11, 18), date(2026, 11, 19)
+    conversation_id = _request()
+    _reply(conversation_id, at=local(TUE, 11), body="Sent to your pharmacy.")
+    with time_machine.travel(local(TUE, 11, 1), tick=False), session_scope() as session:
+        do_close(session=session, conversation_id=conversation_id, staff=_admin(), outcome="resolved")
+    assert (requests(), promise_states()) == ([("done", True)], [("request_answer", "kept")])
+    for day in (wed, thu):
+        assert sweep(local(day, 16)) == SweepCounts()
+
+
+def test_a_request_closed_otherwise_is_cancelled_with_its_queued_update(clinic_db, sweep) -> None:
+    wed = date(2026, 11, 18)
+    conversation_id = _request()
+    assert sweep(local(wed, 16)) == SweepCounts(updates=1)
+    with time_machine.travel(local(wed, 16, 1), tick=False), session_scope() as session:
+        do_close(session=session, conversation_id=conversation_id, staff=_admin(), outcome="referred")
+    assert (requests(), promise_states()) == ([("cancelled", True)], [("request_answer", "cancelled")])
+    assert [status for _, status, _ in outbox()] == ["cancelled"]
