@@ -89,6 +89,10 @@ class ActionPossibleEmergency(Action):
                 session=session, conversation_id=conversation_id(tracker), message_id=message_id
             )
             clinic = flows.clinic_for(session=session)
+        if result is None:
+            # No hand-off to name (it could not be read or opened; the alert sweep owes it): the 911 advice alone.
+            dispatcher.utter_message(response="utter_possible_emergency")
+            return []
         # The words a bot chat gets for a possible emergency (the 911 advice), naming the chat's own hand-off
         # (for an opted-out number in a bot chat, the nurse's hand-off opened for it).
         dispatcher.utter_message(

@@ -284,18 +284,22 @@ def do_possible_emergency(*, session: Session, conversation_id: int, handoff_id:
                    priority=Priority.EMERGENCY)  # fmt: skip
 
 
-def do_possible_emergency_or_log(*, session: Session, conversation_id: int, message_id: int | None) -> HandoffResult:
+def do_possible_emergency_or_log(
+    *, session: Session, conversation_id: int, message_id: int | None
+) -> HandoffResult | None:
     """Alert staff to a possible emergency in a chat they own (or from an opted-out number); return the
-    hand-off the patient is told of.
+    hand-off the patient is told of, or None when it could not be read or opened.
 
-    The alert is raised in a savepoint: failing, it is logged loudly and the patient's reply still goes.
+    The hand-off and the alert are written in a savepoint: failing, they are logged loudly and owed to the
+    alert sweep (which opens the hand-off and raises the alert later), and the patient's reply still goes.
     """
-    result = _staff_handoff(session=session, conversation_id=conversation_id)
     try:
         with session.begin_nested():
+            result = _staff_handoff(session=session, conversation_id=conversation_id)
             do_possible_emergency(
                 session=session, conversation_id=conversation_id, handoff_id=result.handoff_id, message_id=message_id
             )
+            return result
     except Exception:
         log.exception(
             "POSSIBLE EMERGENCY ALERT FAILED in conversation %s (message %s): reply still sent; "
@@ -305,7 +309,7 @@ def do_possible_emergency_or_log(*, session: Session, conversation_id: int, mess
         )
         _owe_alert(session=session, conversation_id=conversation_id, message_id=message_id,
                    kind=OwedAlertKind.POSSIBLE_EMERGENCY, emergency_kind=None)  # fmt: skip
-    return result
+        return None
 
 
 def do_raise_owed_alerts(*, session: Session, now: datetime) -> int:

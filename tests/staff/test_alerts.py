@@ -21,6 +21,7 @@ from bot.conversations.engine import Outcome
 from bot.conversations.models import Conversation, ConversationState, Handoff, Message, Route
 from bot.db import session_scope, utcnow
 from bot.metrics import database_metrics
+from bot.patients.service import get_or_create_identity
 from bot.staff import alerts as alerts_module
 from bot.staff.alerts import do_queue_owed_copies, open_alert_count, run_sla_sweeps, sweep_overdue_handoffs
 from bot.staff.models import AuditEvent, OwedAlert, StaffAlert
@@ -395,6 +396,37 @@ def test_a_possible_emergency_alert_that_fails_is_raised_by_the_sla_sweep(runtim
         assert session.scalars(select(StaffAlert.message_id)).all() == [outcome.message_id]
         assert session.scalars(select(Handoff.reason)).all() == ["human"]
     assert (owed(), raise_owed()) == ([], 0)
+
+
+def test_a_possible_emergency_whose_handoff_cannot_be_opened_still_gets_the_911_advice(runtime) -> None:
+    with session_scope() as session:
+        # An opted-out number in a bot chat: the nurse's hand-off it needs must be opened now, and that fails.
+        identity = get_or_create_identity(session=session, channel="sms", address=PATIENT)
+        identity.opted_out_at = utcnow()
+    with pytest.MonkeyPatch.context() as patch:
+
+        def down(**_: Any) -> None:
+            raise RuntimeError("hand-off cannot be written")
+
+        patch.setattr("bot.conversations.flows.do_handoff", down)
+        outcome = route(runtime, POSSIBLE_EMERGENCY)
+    # The advice without a team or a time to name, first in the queue and past the opt-out.
+    assert [(reply.response_key, reply.urgent) for reply in outcome.replies] == [("utter_possible_emergency", True)]
+    assert outcome.replies[0].text == (
+        "I can't give medical advice. Our staff will see your message. If it gets worse or feels urgent, call 911."
+    )
+    with session_scope() as session:
+        queued = session.execute(select(OutboxMessage.key, OutboxMessage.priority, OutboxMessage.bypass_opt_out)).all()
+        assert session.scalars(select(Handoff)).all() == []
+    assert [tuple(row) for row in queued] == [(f"reply:{outcome.message_id}:0", 100, True)]
+    assert (alerts(), owed()) == ([], [(outcome.message_id, "possible_emergency", None, 0)])
+
+    # The sweep opens the nurse's hand-off and raises the alert, once.
+    assert (raise_owed(), raise_owed()) == (1, 0)
+    handoff_id, conversation_id = only_handoff()
+    assert alerts() == [("emergency", conversation_id, handoff_id, 40)]
+    with session_scope() as session:
+        assert session.scalars(select(Handoff.reason)).all() == ["medical"]
 
 
 # -- the staff group's copy of an alert ----------------------------------------------------------
