@@ -216,7 +216,7 @@ class InboundProcessor:
     def process_batch(self, *, limit: int = BATCH) -> list[Outcome]:
         """Route up to `limit` pending messages in one transaction; return their outcomes.
 
-        One claim, one flush per message and one commit for the batch. If any message fails the
+        One claim, one write of each kind and one commit for the batch. If any message fails the
         batch rolls back and its messages are routed one by one, so a failure is counted against the
         message that caused it and never holds back the others.
         """
@@ -233,8 +233,7 @@ class InboundProcessor:
                     if body != (message.body or ""):
                         analysis = None
                     routed.append(self.engine.route(session=session, message=message, analysis=analysis))
-                # One flush writes the batch (its updates as executemany, its replies in one insert), and
-                # one statement queues every reply, in order.
+                # One statement each records the batch's messages, stores its replies and queues them, in order.
                 outcomes = self.engine.finish(session=session, routed=routed)
         except Exception:
             if not claimed_ids:
