@@ -139,6 +139,13 @@ _RECORD_ROUTED = (
     .values(lang=bindparam("b_lang"), intent=bindparam("b_intent"), confidence=bindparam("b_confidence"),
             route=bindparam("b_route"), processed_at=bindparam("b_processed_at"))  # fmt: skip
 )
+_CONVERSATION = Conversation.__table__
+_RECORD_CONVERSATION = (
+    update(_CONVERSATION)
+    .where(_CONVERSATION.c.id == bindparam("b_id"))
+    .values({column: bindparam(f"b_{column}", type_=_CONVERSATION.c[column].type)
+             for column in _ROUTED_CONVERSATION_COLUMNS})  # fmt: skip
+)
 _IDENTITY_SEEN = (
     update(ChannelIdentity.__table__)
     .where(ChannelIdentity.__table__.c.id == bindparam("b_id"))
@@ -231,23 +238,33 @@ class Engine:
                      clinic=clinic, analysis=analysis, text=text, lang=lang, media=bool(message.media),
                      message_id=message.id)  # fmt: skip
         route, intent, confidence = turn.run()
-        # The ORM batches UPDATEs only across rows that change the same columns, and each turn changes
-        # its own mix (a form's slots, the language, a clarify count). Written with one set of columns,
-        # the conversations routed before a flush (the batch's, or one an action asks for) take one
-        # executemany instead of one UPDATE per mix.
+        # `finish` writes these columns for the whole batch. If an action flushes first, the ORM batches
+        # UPDATEs only across rows that change the same columns, and each turn changes its own mix (a
+        # form's slots, the language, a clarify count): written with one set of columns, the conversations
+        # routed so far take one executemany instead of one UPDATE per mix.
         _write_columns(conversation, _ROUTED_CONVERSATION_COLUMNS)
         return Routed(message, conversation, identity, route, intent, confidence, lang, turn.replies, utcnow())
 
     def finish(self, *, session: Session, routed: list[Routed]) -> list[Outcome]:
         """Record routed messages, store their replies and queue them in the outbox, in order; return outcomes.
 
-        One flush writes what the turns changed (conversations, hand-offs, requests), then one statement
-        each records the messages as routed, stores the replies (returning their ids) and queues them.
+        One flush writes what actions changed (hand-offs, requests), then one statement each records the
+        conversations and messages as routed, stores the replies (returning their ids) and queues them.
         """
+        # What every turn changes on its conversation is written below, one statement for the batch; the
+        # session writes only what else an action changed (a hand-off's state, say).
+        conversations = {}
+        for item in routed:
+            conversation = item.conversation
+            values = {column: getattr(conversation, column) for column in _ROUTED_CONVERSATION_COLUMNS}
+            for column, value in values.items():
+                set_committed_value(conversation, column, value)
+            conversations[conversation.id] = {"b_id": conversation.id, **{f"b_{k}": v for k, v in values.items()}}
         session.flush()
         if not routed:
             return []
         connection = session.connection()
+        connection.execute(_RECORD_CONVERSATION, list(conversations.values()))
         connection.execute(_RECORD_ROUTED, [
             {"b_id": item.message.id, "b_lang": item.lang, "b_intent": item.intent, "b_confidence": item.confidence,
              "b_route": item.route.value, "b_processed_at": item.processed_at} for item in routed
