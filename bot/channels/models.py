@@ -26,7 +26,8 @@ class OutboxStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-# Provider status callbacks only move a text forward along this order.
+# Provider status callbacks only move a text forward along this order (see `moves_forward`): pending,
+# sending (or unknown), sent, then either delivered and read, or undelivered/failed.
 STATUS_RANK = {
     OutboxStatus.PENDING: 0,
     OutboxStatus.SENDING: 1,
@@ -38,6 +39,22 @@ STATUS_RANK = {
     OutboxStatus.READ: 4,
     OutboxStatus.CANCELLED: 5,
 }
+# A text that failed did not reach the patient, whatever a later callback says: failure is terminal.
+FAILURES = frozenset({OutboxStatus.UNDELIVERED, OutboxStatus.FAILED})
+_REACHED = frozenset({OutboxStatus.DELIVERED, OutboxStatus.READ})
+
+
+def moves_forward(current: str, new: str) -> bool:
+    """Return whether a text (or a part) in status `current` may move to `new`.
+
+    Delivery and failure are two ends, not steps of one line: a late "read" or "delivered" never undoes
+    "failed" or "undelivered", nor a late failure a delivery (callbacks come in any order, and a
+    contradictory one is the later news only by chance). Along each end a status only moves up the rank.
+    """
+    old, to = OutboxStatus(current), OutboxStatus(new)
+    if old in FAILURES or (old in _REACHED and to in FAILURES):
+        return False
+    return STATUS_RANK[to] > STATUS_RANK[old]
 
 
 class OutboxMessage(Base):

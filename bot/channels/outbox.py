@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
 from bot.channels.base import Channel, Delivery, OutgoingText, SendResult
-from bot.channels.models import STATUS_RANK, OutboxMessage, OutboxPart, OutboxStatus
+from bot.channels.models import FAILURES, STATUS_RANK, OutboxMessage, OutboxPart, OutboxStatus, moves_forward
 from bot.db import get_engine, insert_or_ignore_id, insert_or_ignore_many, session_scope, utcnow
 from bot.db.leader import Leadership
 from bot.patients.models import ChannelIdentity
@@ -117,7 +117,6 @@ def do_stop_texting(*, session: Session, row: OutboxMessage, state: str, error_c
 # Provider statuses outside OutboxStatus, as the outbox reads them.
 _CALLBACK_STATUS = {"queued": OutboxStatus.SENT, "accepted": OutboxStatus.SENT, "sending": OutboxStatus.SENT,
                     "canceled": OutboxStatus.FAILED}  # fmt: skip
-_FAILURES = (OutboxStatus.FAILED, OutboxStatus.UNDELIVERED)
 
 
 def record_status(
@@ -153,7 +152,7 @@ def record_status(
         new = _CALLBACK_STATUS.get(status)
         if new is None:
             return False
-    if new in _FAILURES and recipient_state in STOPPED_STATES:
+    if new in FAILURES and recipient_state in STOPPED_STATES:
         # A fact about the recipient, whatever the order the text's callbacks came in.
         do_stop_texting(session=session, row=row, state=recipient_state, error_code=error_code)
     # Locked with the row: a text's callbacks, part by part, are applied one at a time.
@@ -169,9 +168,9 @@ def record_status(
         # Cut short and not yet resumed: the parts still to go have no status, so the row waits for them.
         return moved
     derived, derived_error = _status_of_parts(parts)
-    if STATUS_RANK[derived] > STATUS_RANK[OutboxStatus(row.status)]:
+    if moves_forward(row.status, derived):
         row.status = derived
-        if derived in _FAILURES:
+        if derived in FAILURES:
             row.error_code = derived_error or row.error_code
     return moved
 
@@ -180,7 +179,7 @@ def _advance(target: OutboxMessage | OutboxPart, new: OutboxStatus, error_code: 
     """Move a text's or a part's status on to `new` if that is forward; an error code is kept either way."""
     if error_code:
         target.error_code = error_code
-    if STATUS_RANK[new] <= STATUS_RANK[OutboxStatus(target.status)]:
+    if not moves_forward(target.status, new):
         return False
     target.status = new
     return True
@@ -194,7 +193,7 @@ def _status_of_parts(parts: Sequence[OutboxPart]) -> tuple[OutboxStatus, str | N
     part is; otherwise it is sent.
     """
     statuses = [OutboxStatus(part.status) for part in parts]
-    failed = next((part for part in parts if part.status in _FAILURES), None)
+    failed = next((part for part in parts if part.status in FAILURES), None)
     if failed is not None:
         return OutboxStatus(failed.status), failed.error_code
     if statuses and all(status is OutboxStatus.READ for status in statuses):

@@ -288,6 +288,37 @@ def test_a_later_part_undelivered_after_the_first_delivered_makes_the_text_so(sm
     assert (row.status, row.error_code) == (OutboxStatus.UNDELIVERED, "30003")
 
 
+def texts_sent(sms_app: SmsApp, count: int) -> list[str]:
+    """Queue short texts to one patient, send them, and return their Twilio ids, in order."""
+    with session_scope() as session:
+        identity = get_or_create_identity(session=session, channel="sms", address=JIM)
+        for number in range(count):
+            outbox.enqueue(session=session, key=f"test:short:{number}", identity=identity, body=f"Note {number}.")
+    sms_app.settle()
+    return [m.sid for m in sms_app.fake.messages]
+
+
+def test_a_failure_is_final_and_a_delivery_is_never_undone_by_a_late_failure(sms_app: SmsApp) -> None:
+    failed, undelivered, read = texts_sent(sms_app, 3)
+    answers = [
+        sms_app.status(failed, "failed", error_code="30007").status_code,
+        sms_app.status(failed, "read").status_code,  # late and contradictory: the text did not arrive
+        sms_app.status(failed, "delivered").status_code,
+        sms_app.status(undelivered, "undelivered", error_code="30003").status_code,
+        sms_app.status(undelivered, "read").status_code,
+        sms_app.status(read, "read").status_code,
+        sms_app.status(read, "failed").status_code,  # late: the patient has read it
+        sms_app.status(read, "delivered").status_code,  # late: read is further on than delivered
+    ]
+    rows = {row.provider_message_id: (row.status, row.error_code) for row in outbox_rows()}
+    assert answers == [204] * 8
+    assert rows == {
+        failed: (OutboxStatus.FAILED, "30007"),
+        undelivered: (OutboxStatus.UNDELIVERED, "30003"),
+        read: (OutboxStatus.READ, None),
+    }
+
+
 def test_a_status_twilio_does_not_document_is_a_400_naming_message_status(sms_app: SmsApp) -> None:
     sms_app.text_in("what are your hours?")
     sms_app.settle()
