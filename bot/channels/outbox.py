@@ -172,16 +172,27 @@ def record_status(
         row.status = derived
         if derived in FAILURES:
             row.error_code = derived_error or row.error_code
+    elif derived == row.status and derived in FAILURES and not row.error_code:
+        # The failure stands and its part has just told its code: the text takes it. A code on record stays:
+        # another part may have failed the same way, and the text keeps the failure it was given first.
+        row.error_code = derived_error
     return moved
 
 
 def _advance(target: OutboxMessage | OutboxPart, new: OutboxStatus, error_code: str | None) -> bool:
-    """Move a text's or a part's status on to `new` if that is forward; an error code is kept either way."""
-    if error_code:
-        target.error_code = error_code
+    """Move a text's or a part's status on to `new` if that is forward, with the callback's error code.
+
+    A code belongs to the status it came with: it is kept when that status is applied, or when the callback
+    repeats the failure that stands (Twilio tries a callback again, and the retry may carry the code). A
+    late or contradictory callback's code says nothing of the text, and a callback without a code never
+    erases the one on record.
+    """
     if not moves_forward(target.status, new):
+        if error_code and new in FAILURES and new == target.status:
+            target.error_code = error_code
         return False
     target.status = new
+    target.error_code = error_code or target.error_code
     return True
 
 

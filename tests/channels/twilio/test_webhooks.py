@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from bot.channels import outbox
-from bot.channels.models import OutboxStatus
+from bot.channels.models import OutboxPart, OutboxStatus
 from bot.conversations.models import Conversation, Direction, Handoff, Message
 from bot.db import session_scope
 from bot.patients.service import get_or_create_identity
@@ -317,6 +317,45 @@ def test_a_failure_is_final_and_a_delivery_is_never_undone_by_a_late_failure(sms
         undelivered: (OutboxStatus.UNDELIVERED, "30003"),
         read: (OutboxStatus.READ, None),
     }
+
+
+def test_an_error_code_is_kept_only_with_the_status_it_came_with(sms_app: SmsApp) -> None:
+    delivered, late_sent, undelivered, repeated = texts_sent(sms_app, 4)
+    answers = [
+        sms_app.status(delivered, "delivered").status_code,
+        sms_app.status(delivered, "undelivered", error_code="30003").status_code,  # late: not this text's code
+        sms_app.status(late_sent, "delivered").status_code,
+        sms_app.status(late_sent, "sent", error_code="30008").status_code,
+        sms_app.status(undelivered, "undelivered", error_code="30003").status_code,
+        sms_app.status(undelivered, "sent").status_code,  # no code: the one on record stays
+        sms_app.status(undelivered, "failed", error_code="30008").status_code,  # the undelivered stands, and its code
+        sms_app.status(repeated, "undelivered").status_code,
+        sms_app.status(repeated, "undelivered", error_code="30005").status_code,  # Twilio's retry, with the code
+        sms_app.status(repeated, "undelivered").status_code,
+    ]
+    rows = {row.provider_message_id: (row.status, row.error_code) for row in outbox_rows()}
+    assert answers == [204] * 10
+    assert rows == {
+        delivered: (OutboxStatus.DELIVERED, None),
+        late_sent: (OutboxStatus.DELIVERED, None),
+        undelivered: (OutboxStatus.UNDELIVERED, "30003"),
+        repeated: (OutboxStatus.UNDELIVERED, "30005"),
+    }
+
+
+def parts_of_the_text() -> list[tuple[str, str | None]]:
+    with session_scope() as session:
+        return [tuple(p) for p in session.execute(select(OutboxPart.status, OutboxPart.error_code).order_by(OutboxPart.part))]  # type: ignore[misc]
+
+
+def test_a_parts_error_code_is_kept_only_with_the_status_it_came_with(sms_app: SmsApp) -> None:
+    first, second, third = split_text_sent(sms_app)
+    for sid, status, code in [(second, "undelivered", None), (second, "undelivered", "30003"),
+                              (third, "delivered", None), (third, "undelivered", "30005"), (second, "sent", None)]:  # fmt: skip
+        assert sms_app.status(sid, status, error_code=code).status_code == 204
+    (row,) = outbox_rows()
+    assert (row.status, row.error_code) == (OutboxStatus.UNDELIVERED, "30003")
+    assert parts_of_the_text() == [("sent", None), ("undelivered", "30003"), ("delivered", None)]
 
 
 def test_a_status_twilio_does_not_document_is_a_400_naming_message_status(sms_app: SmsApp) -> None:
