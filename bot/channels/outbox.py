@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Integer, Row, bindparam, func, literal_column, select, update
+from sqlalchemy import Engine, Integer, Row, bindparam, case, func, literal_column, select, update
 from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
@@ -256,16 +256,29 @@ class _Outcome:
 
 
 _OUTBOX = OutboxMessage.__table__
-# What _apply does for a sent text, as one statement for a whole wave (built once, compiled once).
+# A text no attempt has settled yet: only such a row takes an attempt's outcome as its status. A sender whose
+# rows looked stale (its heartbeat could not reach the database) may record an attempt after another
+# sender's reconcile found and recorded the same message, and status callbacks moved it on (delivered):
+# its late "sent", "unknown" or "retry" must not set the text back.
+_UNSETTLED = (OutboxStatus.PENDING, OutboxStatus.SENDING, OutboxStatus.UNKNOWN)
+# Literals: an expanding IN cannot run as one executemany.
+_unsettled = _OUTBOX.c.status.in_([literal_column(f"'{status.value}'") for status in _UNSETTLED])
+# What _apply does for a sent text, as one statement for a whole wave (built once, compiled once). A settled
+# row keeps its status, time sent and error code; the provider's id is recorded either way.
 _RECORD_SENT = (
     update(_OUTBOX)
     .where(_OUTBOX.c.id == bindparam("b_id"))
     .values(
-        status=OutboxStatus.SENT,
-        sent_at=bindparam("b_now"),
+        status=case((_unsettled, OutboxStatus.SENT.value), else_=_OUTBOX.c.status),
+        sent_at=case(
+            (_unsettled, bindparam("b_now")), else_=func.coalesce(_OUTBOX.c.sent_at, bindparam("b_now"))
+        ),
         updated_at=bindparam("b_now"),
         provider_message_id=func.coalesce(bindparam("b_provider_id"), _OUTBOX.c.provider_message_id),
-        error_code=func.coalesce(bindparam("b_error"), _OUTBOX.c.error_code),
+        error_code=case(
+            (_unsettled, func.coalesce(bindparam("b_error"), _OUTBOX.c.error_code)),
+            else_=_OUTBOX.c.error_code,
+        ),
     )
 )
 
@@ -699,17 +712,34 @@ class OutboxSender:
             return self._opted_out_in(session, check)
 
     def _apply(self, session: Session, row: OutboxMessage, outcome: _Outcome, now: datetime) -> None:
-        """Record an outcome other than "sent" (`_record` writes those with one statement)."""
+        """Record an outcome other than "sent" (`_record` writes those with one statement).
+
+        A row settled meanwhile (see _UNSETTLED) keeps its status and error code; what the attempt learnt of
+        the text (parts sent, the provider's id, one more attempt) and of the recipient is still recorded.
+        """
         result = outcome.result
+        settled = row.status not in _UNSETTLED
         if outcome.cancelled:
-            row.status, row.error_code = OutboxStatus.CANCELLED, "opted_out"
-            log.info("outbox %s cancelled via %s: opted out", row.id, row.channel)
+            if not settled:
+                row.status, row.error_code = OutboxStatus.CANCELLED, "opted_out"
+                log.info("outbox %s cancelled via %s: opted out", row.id, row.channel)
             return
-        row.error_code = result.error_code or row.error_code
         if result.parts_sent > row.parts_sent:
             # Cut short after some parts: the next attempt sends only the rest, and the first part's id stays.
             row.parts_sent = result.parts_sent
             row.provider_message_id = row.provider_message_id or result.provider_message_id
+        if settled:
+            if result.outcome is Delivery.UNKNOWN:
+                row.attempts += 1
+            if result.outcome is Delivery.FAILED and result.recipient_state in STOPPED_STATES:
+                # A fact about the recipient, whatever became of this text.
+                do_stop_texting(
+                    session=session, row=row, state=result.recipient_state, error_code=result.error_code
+                )
+            log.info("outbox %s is %s already; attempt %s via %s ended %s", row.id, row.status, row.attempts,
+                     row.channel, result.outcome.value)  # fmt: skip
+            return
+        row.error_code = result.error_code or row.error_code
         if result.outcome is Delivery.FAILED:
             row.status = OutboxStatus.FAILED
             if result.recipient_state in STOPPED_STATES:

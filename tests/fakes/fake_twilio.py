@@ -7,6 +7,7 @@ Drive it only through the real `twilio` client (point `client.api.base_url` at `
         fake.fail_next(Fault.rate_limited(retry_after=30))
         fake.fail_next(Fault.slow(seconds=2))          # records the message, answers too late
         fake.fail_next(Fault.slow(seconds=2, record=False))
+        fake.fail_next(Fault.held())                   # records the message, answers when fake.release() is called
         fake.fail_next(Fault.error(21610))             # Twilio error JSON, HTTP 400
         fake.fail_next(Fault.server_error(), on="list")
         fake.opt_out("+16175550142")                   # every later create to it answers 21610
@@ -50,12 +51,14 @@ MAX_DELAY_SECONDS = 30.0
 class Fault:
     """What the fake does instead of (or besides) answering normally."""
 
-    kind: Literal["ok", "status", "error", "slow", "disconnect"]
+    kind: Literal["ok", "status", "error", "slow", "disconnect", "held"]
     status: int = 500
     code: int | None = None
     retry_after: str | None = None
     seconds: float = 0.0
     record: bool = True
+    # A held create, once released: answer as usual, or drop the connection unanswered.
+    then: Literal["answer", "disconnect"] = "answer"
 
     @classmethod
     def ok(cls) -> Fault:
@@ -86,6 +89,15 @@ class Fault:
     def disconnect(cls, *, record: bool = False) -> Fault:
         """Close the connection without an answer (after recording, if asked)."""
         return cls("disconnect", record=record)
+
+    @classmethod
+    def held(cls, *, then: Literal["answer", "disconnect"] = "answer") -> Fault:
+        """Record the message, then hold the answer until `FakeTwilio.release()`: answer, or drop the connection.
+
+        The test decides what happens while the sender waits (a status callback, another sender's reconcile);
+        a hold never outlasts MAX_DELAY_SECONDS.
+        """
+        return cls("held", then=then)
 
 
 @dataclass
@@ -143,6 +155,7 @@ class _State:
     # (another host, as Twilio's CDN is) was ever sent the account's credentials.
     media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     store_saw_credentials: bool = False
+    released: threading.Event = field(default_factory=threading.Event)
 
 
 def _parse_when(value: str) -> datetime | None:
@@ -223,7 +236,11 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.kind == "error":
             self._error(fault.status, fault.code or fault.status)
             return True
-        if fault.kind == "disconnect":
+        if fault.kind == "held":
+            self.state.released.wait(MAX_DELAY_SECONDS)
+            if fault.then == "answer":
+                return False
+        if fault.kind in {"disconnect", "held"}:
             self.close_connection = True
             self.connection.close()
             return True
@@ -253,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(401, 20003)
             return
         fault = self._next_fault("create")
-        if fault is not None and fault.kind != "ok" and not (fault.kind in {"slow", "disconnect"} and fault.record):
+        if fault is not None and fault.kind != "ok" and not (fault.kind in {"slow", "disconnect", "held"} and fault.record):
             self._apply(fault)
             return
         to, body = form.get("To"), form.get("Body")
@@ -429,8 +446,9 @@ class FakeTwilio:
         return self
 
     def stop(self) -> None:
-        """Stop serving; requests held by slow faults are released at once."""
+        """Stop serving; requests held by slow or held faults are released at once."""
         self.state.stopping.set()
+        self.state.released.set()
         if self._started:
             self.server.shutdown()
             self.thread.join(timeout=5)
@@ -448,6 +466,10 @@ class FakeTwilio:
         """Apply a fault to the next `times` requests of one kind (message creates or lists)."""
         with self.state.lock:
             self.state.faults[on].extend([fault] * times)
+
+    def release(self) -> None:
+        """Let every held create answer (see Fault.held)."""
+        self.state.released.set()
 
     def add_media(self, content: bytes, content_type: str) -> str:
         """Store a file as if a patient attached it to an MMS; return its MediaUrl."""

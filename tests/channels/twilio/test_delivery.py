@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -10,6 +13,7 @@ from sqlalchemy import select
 
 from bot.channels import outbox
 from bot.channels.models import OutboxPart, OutboxStatus
+from bot.channels.outbox import OutboxSender
 from bot.channels.sms_text import segments
 from bot.db import session_scope, utcnow
 from bot.patients.service import get_or_create_identity
@@ -257,3 +261,40 @@ def test_logs_carry_ids_not_numbers_or_words(sms_app: SmsApp, caplog: pytest.Log
     logged = caplog.text
     assert message.sid in logged
     assert [leak for leak in ("5550142", "5550199", "weekdays", message.body[:20]) if leak in logged] == []
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("then", ["answer", "disconnect"])
+def test_a_late_attempt_never_sets_back_a_delivered_text(make_app, fake_twilio: FakeTwilio, then: str) -> None:  # type: ignore[no-untyped-def]
+    # A sender whose rows looked stale (its heartbeat could not reach the database) is taken for dead: another
+    # sender's reconcile finds its message at Twilio and records it, and Twilio's "delivered" comes. The first
+    # sender's answer comes last, "sent" or none at all: the text stays delivered.
+    app = SmsApp(harness=make_app(**twilio_env(fake_twilio, CLINICBOT_OUTBOX_SEND_TIMEOUT="10")), fake=fake_twilio)
+    fake_twilio.fail_next(Fault.held(then=then))  # type: ignore[arg-type]
+    queue_text("Your results are in.")
+    first = app.harness.workers.sender
+    sending = threading.Thread(target=first.run_once, daemon=True)
+    sending.start()
+    wait_for(lambda: len(fake_twilio.messages) == 1)
+    (message,) = fake_twilio.messages
+    other = OutboxSender(channels=first.channels, pacing=False, stale_after=timedelta(0))
+    try:
+        reconciled = other.run_once()
+    finally:
+        other.close()
+    callback = app.status(message.sid, "delivered")
+    fake_twilio.release()
+    sending.join(15)
+    (row,) = outbox_rows()
+    assert (reconciled, callback.status_code, sending.is_alive()) == (1, 204, False)
+    assert (row.status, row.provider_message_id, len(fake_twilio.messages)) == (
+        OutboxStatus.DELIVERED, message.sid, 1
+    )
+    # Each attempt is still counted: the first sender's unknown outcome is one more.
+    assert row.attempts == (1 if then == "answer" else 2)
