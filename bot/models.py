@@ -1,7 +1,7 @@
 """Import every model so the metadata is complete (Alembic, tests)."""
 
 from bot.channels.linking import TelegramLinkToken
-from bot.channels.models import OutboxMessage, OutboxPart
+from bot.channels.models import EarlyStatus, OutboxMessage, OutboxPart
 from bot.channels.verification import VerificationCode
 from bot.clinic_settings import ClinicProfile
 from bot.conversations.models import Conversation, Handoff, Message, PatientRequest
@@ -16,6 +16,7 @@ __all__ = [
     "Base",
     "ChannelIdentity",
     "ClinicProfile",
+    "EarlyStatus",
     "Conversation",
     "Handoff",
     "LabOrder",

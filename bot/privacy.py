@@ -29,6 +29,7 @@ TABLES: dict[str, str] = {
     "message": "erased and purged by retention: the body; metadata (time, channel, intent, route) kept",
     "outbox": "erased and purged by retention: the body and buttons; pending texts cancelled",
     "outbox_part": "the provider ids (Twilio SIDs), delivery statuses and error codes of a split text's messages; no patient data",
+    "early_status": "status callbacks (Twilio SIDs, statuses, error codes) for messages not recorded yet; deleted when applied or after 7 days; no patient data",
     "request": "erased: details (e.g. the refill's medication, preferred times)",
     "lab_order": "erased: the test name; order id, status and dates kept",
     "promise": "ids and times only; open promises are cancelled by erasure",

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, text
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db import Base, utcnow
@@ -119,3 +119,26 @@ class OutboxPart(Base):
     status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.SENT, server_default="sent")
     error_code: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EarlyStatus(Base):
+    """A provider's status callback for a message id no text of ours had recorded yet, kept until one does.
+
+    Twilio calls back within moments of accepting a message, sometimes before the sender has recorded the
+    send (its transaction is still open, or the send's answer was lost and a reconcile finds the message
+    later), and never calls again once answered. The sender applies these as it records the id
+    (outbox._apply_early); a sweep lets go of those no text ever took (outbox.EARLY_STATUS_KEPT).
+    """
+
+    __tablename__ = "early_status"
+    # Twilio retries a callback: each status of a message is kept once.
+    __table_args__ = (UniqueConstraint("provider_message_id", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider_message_id: Mapped[str] = mapped_column(String(128))
+    # The outbox status the callback names (delivered, read, undelivered or failed).
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    # What the error code says of the recipient for good ("opted_out"), as the channel read it on arrival.
+    recipient_state: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -14,14 +14,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Integer, Row, bindparam, case, func, literal_column, select, update
+from sqlalchemy import Engine, Integer, Row, bindparam, case, delete, func, literal_column, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
 from bot.channels.base import Channel, Delivery, OutgoingText, SendResult
-from bot.channels.models import FAILURES, STATUS_RANK, OutboxMessage, OutboxPart, OutboxStatus, moves_forward
+from bot.channels.models import (
+    FAILURES,
+    STATUS_RANK,
+    EarlyStatus,
+    OutboxMessage,
+    OutboxPart,
+    OutboxStatus,
+    moves_forward,
+)
 from bot.db import get_engine, insert_or_ignore_id, insert_or_ignore_many, session_scope, utcnow
-from bot.db.leader import Leadership
+from bot.db.leader import Leadership, lock_key
 from bot.patients.models import ChannelIdentity
 from bot.staff import audit
 
@@ -117,6 +126,66 @@ def do_stop_texting(*, session: Session, row: OutboxMessage, state: str, error_c
 # Provider statuses outside OutboxStatus, as the outbox reads them.
 _CALLBACK_STATUS = {"queued": OutboxStatus.SENT, "accepted": OutboxStatus.SENT, "sending": OutboxStatus.SENT,
                     "canceled": OutboxStatus.FAILED}  # fmt: skip
+# A callback for a provider id no text of ours has recorded yet is kept this long (EarlyStatus): the sender
+# records a send within seconds, and a reconcile within hours; one still unmatched after this was for a
+# message of another system on the number, or of a text never recorded, and is let go (expire_early_statuses).
+EARLY_STATUS_KEPT = timedelta(days=7)
+# Holds a provider id's advisory lock on PostgreSQL (see _lock_provider_ids); the keys come sorted.
+_LOCK_PROVIDER_IDS = sql_text(
+    "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS t(k)"
+)
+_KEPT_FOR = (
+    select(EarlyStatus)
+    .where(EarlyStatus.provider_message_id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(EarlyStatus.id)
+)
+
+
+def _callback_status(status: str) -> OutboxStatus | None:
+    """Return the outbox status a provider's status names, or None for one the outbox does not follow."""
+    try:
+        return OutboxStatus(status)
+    except ValueError:
+        return _CALLBACK_STATUS.get(status)
+
+
+def worth_keeping(status: str) -> bool:
+    """Return whether a callback with this status, for a provider id not recorded yet, is kept for it.
+
+    Only a status that would move a text just recorded as sent: the others would change nothing.
+    """
+    new = _callback_status(status)
+    return new is not None and moves_forward(OutboxStatus.SENT, new)
+
+
+def _lock_provider_ids(session: Session, provider_ids: Iterable[str]) -> None:
+    """On PostgreSQL, hold provider ids' advisory locks to the end of the transaction.
+
+    A callback that finds no text for its id keeps it, and the sender that records the id applies what
+    is kept; each does its reading under the id's lock, so neither reads before the other has committed.
+    On SQLite one transaction writes at a time (bot.db.session_scope) and nothing is needed.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted({lock_key(f"provider-message:{provider_id}") for provider_id in provider_ids})
+    if keys:
+        session.execute(_LOCK_PROVIDER_IDS, {"keys": keys})
+
+
+def _text_of(session: Session, provider_message_id: str) -> OutboxMessage | None:
+    """Return the text a provider id belongs to, locked, or None."""
+    row = session.scalars(
+        select(OutboxMessage).where(OutboxMessage.provider_message_id == provider_message_id).with_for_update()
+    ).first()
+    if row is not None:
+        return row
+    # A split text's later part: its id is stored with the row's parts (outbox_part), not on the row.
+    outbox_id = session.scalar(
+        select(OutboxPart.outbox_id).where(OutboxPart.provider_message_id == provider_message_id)
+    )
+    if outbox_id is None:
+        return None
+    return session.scalars(select(OutboxMessage).where(OutboxMessage.id == outbox_id).with_for_update()).one()
 
 
 def record_status(
@@ -130,28 +199,39 @@ def record_status(
     """Apply a provider's status callback to a text, or to one part of a split text; statuses only move on.
 
     A failure that says the recipient opted out (`recipient_state`, as at send time) stops texting them,
-    whichever part it came for. Return whether it moved the text (or its part) on, or None when no text
-    of ours has that provider id.
+    whichever part it came for. A callback for a provider id no text has recorded yet may have come
+    before the sender recorded the send: if `worth_keeping`, it is kept (EarlyStatus) and applied when
+    the sender records that id. Return whether it moved the text (or its part) on, or None when no text
+    of ours has that provider id (yet).
     """
-    row = session.scalars(
-        select(OutboxMessage).where(OutboxMessage.provider_message_id == provider_message_id).with_for_update()
-    ).first()
+    row = _text_of(session, provider_message_id)
+    new = _callback_status(status)
     if row is None:
-        # A split text's later part: its id is stored with the row's parts (outbox_part), not on the row.
-        outbox_id = session.scalar(
-            select(OutboxPart.outbox_id).where(OutboxPart.provider_message_id == provider_message_id)
-        )
-        if outbox_id is None:
+        if new is None or not moves_forward(OutboxStatus.SENT, new):
+            return None  # it would change nothing (see worth_keeping)
+        _lock_provider_ids(session, [provider_message_id])
+        # Under the lock: a sender that recorded the id meanwhile has committed it.
+        row = _text_of(session, provider_message_id)
+        if row is None:
+            kept = {"provider_message_id": provider_message_id, "status": new.value, "error_code": error_code,
+                    "recipient_state": recipient_state, "received_at": utcnow()}  # fmt: skip
+            insert_or_ignore_many(session=session, table=EarlyStatus.__table__, rows=[kept],
+                                  conflict=["provider_message_id", "status"])  # fmt: skip
             return None
-        row = session.scalars(
-            select(OutboxMessage).where(OutboxMessage.id == outbox_id).with_for_update()
-        ).one()
-    try:
-        new = OutboxStatus(status)
-    except ValueError:
-        new = _CALLBACK_STATUS.get(status)
-        if new is None:
-            return False
+    if new is None:
+        return False
+    return _apply_status(session, row, provider_message_id, new, error_code, recipient_state)
+
+
+def _apply_status(
+    session: Session,
+    row: OutboxMessage,
+    provider_message_id: str,
+    new: OutboxStatus,
+    error_code: str | None,
+    recipient_state: str | None,
+) -> bool:
+    """Apply one callback to its locked text; return whether it moved the text (or its part) on."""
     if new in FAILURES and recipient_state in STOPPED_STATES:
         # A fact about the recipient, whatever the order the text's callbacks came in.
         do_stop_texting(session=session, row=row, state=recipient_state, error_code=error_code)
@@ -177,6 +257,30 @@ def record_status(
         # another part may have failed the same way, and the text keeps the failure it was given first.
         row.error_code = derived_error
     return moved
+
+
+def _apply_early(session: Session, provider_ids: Iterable[str]) -> None:
+    """Apply the callbacks kept for provider ids just recorded, in the order they came, and let them go."""
+    ids = sorted(set(provider_ids))
+    if not ids:
+        return
+    _lock_provider_ids(session, ids)
+    for kept in session.scalars(_KEPT_FOR, {"b_ids": ids}).all():
+        row = _text_of(session, kept.provider_message_id)
+        if row is None:
+            # Not among the ids this transaction recorded after all: left for its text, or to expire.
+            continue
+        sid, status = kept.provider_message_id, OutboxStatus(kept.status)
+        moved = _apply_status(session, row, sid, status, kept.error_code, kept.recipient_state)
+        log.info("outbox %s: status %s kept for %s applied (%s)", row.id, kept.status, sid,
+                 "moved on" if moved else "not newer")  # fmt: skip
+        session.delete(kept)
+
+
+def expire_early_statuses(*, session: Session, now: datetime) -> int:
+    """Let go of callbacks kept longer than EARLY_STATUS_KEPT for ids no text took; return how many."""
+    result = session.execute(delete(EarlyStatus).where(EarlyStatus.received_at < now - EARLY_STATUS_KEPT))
+    return result.rowcount or 0
 
 
 def _advance(target: OutboxMessage | OutboxPart, new: OutboxStatus, error_code: str | None) -> bool:
@@ -705,6 +809,12 @@ class OutboxSender:
             found = session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(rest))) if rest else ()
             for row in found:
                 self._apply(session, row, rest[row.id], now)
+            # Status callbacks that came before their ids were recorded (see record_status) count now, in the
+            # transaction that records the ids: none is left waiting for an id already on record.
+            _apply_early(session, [
+                sid for o in outcomes if not o.cancelled
+                for sid in (o.result.provider_message_id, *(sid for _, sid in o.result.part_ids)) if sid
+            ])  # fmt: skip
             check = self._check_ids(check_next)
             if not check:
                 return set()

@@ -177,7 +177,8 @@ def run_sla_sweeps(
     stop: threading.Event, *, on_queued: Callable[[], None] | None = None, interval: float = SWEEP_SECONDS
 ) -> None:
     """Sweep every interval until stopped: alerts messages still owe staff, overdue hand-offs, then the
-    staff group copies alerts still owe.
+    staff group copies alerts still owe; and let go of status callbacks kept too long for texts never
+    recorded (the outbox's own housekeeping, here because this loop runs beside the sender).
 
     Wakes the sender when alerts were raised or copies queued (the copies are queued texts).
     """
@@ -200,7 +201,20 @@ def run_sla_sweeps(
             log.info("sla sweep raised or queued %s alert(s)", done)
             if on_queued is not None:
                 on_queued()
+        _expire_early_statuses()
         stop.wait(interval)
+
+
+def _expire_early_statuses() -> None:
+    """Let go of the status callbacks kept for texts never recorded (outbox.EARLY_STATUS_KEPT)."""
+    try:
+        with session_scope() as session:
+            expired = outbox.expire_early_statuses(session=session, now=utcnow())
+    except Exception:
+        log.exception("sweep of kept status callbacks failed; will retry")
+        return
+    if expired:
+        log.info("let go of %s status callback(s) kept for texts never recorded", expired)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from bot.channels import outbox
 from bot.channels.base import Delivery, OutgoingText, SendResult
-from bot.channels.models import OutboxMessage, OutboxPart, OutboxStatus
+from bot.channels.models import EarlyStatus, OutboxMessage, OutboxPart, OutboxStatus
 from bot.channels.outbox import OutboxSender
 from bot.db import session_scope, utcnow
 from bot.patients.models import ChannelIdentity
@@ -282,6 +282,68 @@ def test_callbacks_for_two_parts_at_once_are_applied_one_after_the_other(databas
     second.join(10)
     assert (waited, finished) == (True, True)
     assert text_and_parts(outbox_id) == (("delivered", None), [("delivered", None), ("delivered", None)])
+
+
+def kept_count() -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.count()).select_from(EarlyStatus)) or 0
+
+
+# On SQLite one transaction writes at a time: a callback and the sender's record never overlap there.
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_status_kept_while_the_sender_records_its_send_is_applied_once_that_commits(database_url: str) -> None:
+    # The callback found no text and keeps its status, not yet committed, as the sender records the send:
+    # unserialised, the sender would read no kept status and the callback's would wait for good.
+    outbox_id = queue()
+    sender = OutboxSender(channels={"sms": ScriptedChannel()}, pacing=False)
+    recorded = threading.Event()
+    with session_scope() as callback:
+        kept = outbox.record_status(session=callback, provider_message_id=f"SM{outbox_id}", status="delivered",
+                                    error_code=None)  # fmt: skip
+        sending = threading.Thread(target=lambda: (sender.drain(), recorded.set()), daemon=True)
+        sending.start()
+        waited = not recorded.wait(0.5)
+    finished = recorded.wait(10)
+    sending.join(10)
+    sender.close()
+    assert (kept, waited, finished) == (None, True, True)
+    assert (row(outbox_id).status, kept_count()) == ("delivered", 0)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_status_that_comes_while_the_sender_records_its_send_waits_and_is_applied(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sender has recorded the id, not yet committed, as the callback comes: the callback sees no text yet,
+    # waits for the sender's commit, then finds the text and applies its status rather than keep it.
+    outbox_id = queue()
+    sender = OutboxSender(channels={"sms": ScriptedChannel()}, pacing=False)
+    recording, commit = threading.Event(), threading.Event()
+    apply_early = outbox._apply_early
+
+    def held(session, provider_ids):  # type: ignore[no-untyped-def]
+        apply_early(session, provider_ids)
+        recording.set()
+        commit.wait(10)
+
+    monkeypatch.setattr(outbox, "_apply_early", held)
+    sending = threading.Thread(target=sender.drain, daemon=True)
+    sending.start()
+    assert recording.wait(10)
+    applied: list[bool | None] = []
+    callback = threading.Thread(target=lambda: applied.append(status_callback(f"SM{outbox_id}", "delivered")),
+                                daemon=True)  # fmt: skip
+    callback.start()
+    callback.join(0.5)
+    waited = callback.is_alive()
+    commit.set()
+    sending.join(10)
+    callback.join(10)
+    sender.close()
+    assert (waited, applied) == (True, [True])
+    assert (row(outbox_id).status, kept_count()) == ("delivered", 0)
 
 
 def test_a_sender_that_died_mid_send_leaves_an_unknown_to_reconcile(database_url: str) -> None:

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from twilio.request_validator import RequestValidator
 
 from bot.channels.inbound import Accepted, InboundText, do_accept_inbound
-from bot.channels.outbox import record_status
+from bot.channels.outbox import record_status, worth_keeping
 from bot.channels.twilio_sms import INBOUND_PATH, STATUS_CALLBACK_PATH, recipient_state
 from bot.channels.workers import Workers
 from bot.config import get_settings
@@ -190,9 +190,12 @@ async def twilio_status(request: Request) -> Response:
         detail = "form field ErrorCode: must be 1 to 32 printable ASCII characters"
         raise HTTPException(status_code=400, detail=detail)
     applied = await run_in_threadpool(_apply_status, sid=sid, status=status, error_code=error_code)
-    if applied is None:
-        # Texts sent by another system on this number, or a split text's later parts sent before migration
-        # 0015 stored their ids: acknowledged and logged.
+    if applied is None and worth_keeping(status):
+        # Most likely a text of ours whose send the sender has not recorded yet: applied when it does. Else a
+        # text of another system on this number, or a split text's part sent before migration 0015 stored its
+        # id: let go after outbox.EARLY_STATUS_KEPT.
+        log.info("twilio status %s for unknown message %s kept until its text is recorded", status, sid)
+    elif applied is None:
         log.info("twilio status for unknown message %s ignored", sid)
     else:
         log.info("twilio status %s for %s (%s)", status, sid, "applied" if applied else "not newer")

@@ -1,4 +1,5 @@
-"""Delivery through the real twilio client: retries, Retry-After, timeouts reconciled, long texts split."""
+"""Delivery through the real twilio client: retries, Retry-After, timeouts reconciled, long texts split,
+and status callbacks that race the sender's record of the send."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bot.channels import outbox
-from bot.channels.models import OutboxPart, OutboxStatus
+from bot.channels.models import EarlyStatus, OutboxPart, OutboxStatus
 from bot.channels.outbox import OutboxSender
 from bot.channels.sms_text import segments
 from bot.db import session_scope, utcnow
+from bot.patients.models import ChannelIdentity
 from bot.patients.service import get_or_create_identity
-from tests.channels.twilio.conftest import JIM, SmsApp, make_due, outbox_rows, twilio_env
+from bot.staff.alerts import run_sla_sweeps
+from tests.channels.twilio.conftest import JIM, SmsApp, make_due, new_sid, outbox_rows, twilio_env
 from tests.fakes.fake_twilio import FakeTwilio, Fault
 
 LONG_TEXT = " ".join(
@@ -298,3 +301,137 @@ def test_a_late_attempt_never_sets_back_a_delivered_text(make_app, fake_twilio: 
     )
     # Each attempt is still counted: the first sender's unknown outcome is one more.
     assert row.attempts == (1 if then == "answer" else 2)
+
+
+def kept_statuses() -> list[tuple[str, str, str | None]]:
+    """Return the status callbacks kept for messages not recorded yet, oldest first."""
+    with session_scope() as session:
+        rows = session.execute(select(EarlyStatus.provider_message_id, EarlyStatus.status, EarlyStatus.error_code)
+                               .order_by(EarlyStatus.id))  # fmt: skip
+        return [tuple(kept) for kept in rows]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("status", "error_code", "settled"),
+    [("delivered", None, OutboxStatus.DELIVERED), ("undelivered", "30003", OutboxStatus.UNDELIVERED),
+     ("failed", "21610", OutboxStatus.FAILED)],
+)  # fmt: skip
+def test_a_status_that_comes_before_its_send_is_recorded_is_applied_when_it_is(
+    sms_app: SmsApp, status: str, error_code: str | None, settled: OutboxStatus
+) -> None:
+    # Twilio took the text but its answer was lost: the send is recorded only when a reconcile finds it, and
+    # Twilio's callback comes before that. Acknowledged, it is never sent again: it is kept until then.
+    sms_app.fake.fail_next(Fault.slow(seconds=2, record=True))
+    queue_text("Your results are in.")
+    sms_app.settle()
+    (message,) = sms_app.fake.messages
+    answers = [sms_app.status(message.sid, status, error_code=error_code).status_code for _ in range(2)]
+    answers.append(sms_app.status(message.sid, "sent").status_code)  # changes nothing: not kept
+    (waiting,) = outbox_rows()
+    kept = kept_statuses()
+    make_due()
+    sms_app.settle()
+    (row,) = outbox_rows()
+    with session_scope() as session:
+        opted_out = session.scalars(select(ChannelIdentity.opted_out_at)).one() is not None
+    assert (answers, waiting.status, waiting.provider_message_id) == ([204] * 3, OutboxStatus.UNKNOWN, None)
+    assert kept == [(message.sid, status, error_code)]  # a repeat of the callback is kept once
+    # The first attempt's "timeout" stays on record unless the callback brings a code of its own.
+    assert (row.status, row.error_code, row.provider_message_id) == (settled, error_code or "timeout", message.sid)
+    assert (kept_statuses(), len(sms_app.fake.messages), opted_out) == ([], 1, error_code == "21610")
+
+
+def test_a_status_that_comes_while_its_send_is_in_flight_is_applied_as_it_is_recorded(
+    make_app, fake_twilio: FakeTwilio  # type: ignore[no-untyped-def]
+) -> None:
+    app = SmsApp(harness=make_app(**twilio_env(fake_twilio, CLINICBOT_OUTBOX_SEND_TIMEOUT="10")), fake=fake_twilio)
+    fake_twilio.fail_next(Fault.held())
+    queue_text("Your results are in.")
+    sending = threading.Thread(target=app.harness.workers.sender.run_once, daemon=True)
+    sending.start()
+    wait_for(lambda: len(fake_twilio.messages) == 1)
+    (message,) = fake_twilio.messages
+    callback = app.status(message.sid, "delivered")
+    (in_flight,) = outbox_rows()
+    fake_twilio.release()
+    sending.join(15)
+    (row,) = outbox_rows()
+    assert (callback.status_code, in_flight.status, sending.is_alive()) == (204, OutboxStatus.SENDING, False)
+    assert (row.status, row.provider_message_id, kept_statuses()) == (OutboxStatus.DELIVERED, message.sid, [])
+
+
+THREE_PART_TEXT = " ".join(
+    f"Step {n}: bring your insurance card, a photo ID and the list of medicines you take every day."
+    for n in range(1, 12)
+)
+
+
+def parts_status() -> list[tuple[str, str | None]]:
+    with session_scope() as session:
+        rows = session.execute(select(OutboxPart.status, OutboxPart.error_code).order_by(OutboxPart.part))
+        return [tuple(part) for part in rows]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("status", "error_code"), [("delivered", None), ("undelivered", "30003")])
+def test_a_parts_status_that_comes_before_the_part_is_recorded_counts_for_the_text(
+    sms_app: SmsApp, status: str, error_code: str | None
+) -> None:
+    # The first part was answered; the second reached Twilio but its answer was lost, so the text waits to be
+    # reconciled, knowing only the first part's id. Both parts' callbacks come meanwhile.
+    sms_app.fake.fail_next(Fault.ok())
+    sms_app.fake.fail_next(Fault.slow(seconds=2, record=True))
+    queue_text(THREE_PART_TEXT)
+    sms_app.settle()
+    first, second = (m.sid for m in sms_app.fake.messages)
+    answers = [sms_app.status(first, "delivered").status_code,
+               sms_app.status(second, status, error_code=error_code).status_code]  # fmt: skip
+    waiting = (outbox_rows()[0].status, parts_status(), kept_statuses())
+    make_due()
+    sms_app.settle()
+    third = sms_app.fake.messages[2].sid
+    resumed = (outbox_rows()[0].status, parts_status(), kept_statuses())
+    sms_app.status(third, "delivered")
+    (row,) = outbox_rows()
+    assert answers == [204, 204]
+    assert waiting == (OutboxStatus.UNKNOWN, [("delivered", None)], [(second, status, error_code)])
+    if status == "delivered":
+        assert resumed == (OutboxStatus.SENT, [("delivered", None), ("delivered", None), ("sent", None)], [])
+        # The second part's "timeout" stays on record: no failure brought a code of its own.
+        assert (row.status, row.error_code) == (OutboxStatus.DELIVERED, "timeout")
+    else:
+        # A part that failed fails the text as soon as its status counts.
+        assert resumed == (OutboxStatus.UNDELIVERED, [("delivered", None), ("undelivered", "30003"), ("sent", None)], [])
+        assert (row.status, row.error_code) == (OutboxStatus.UNDELIVERED, "30003")
+    assert len(sms_app.fake.messages) == 3
+
+
+def test_a_status_for_a_message_never_recorded_makes_no_text_and_is_let_go_after_a_week(sms_app: SmsApp) -> None:
+    stranger, old, recent = new_sid(), new_sid(), new_sid()
+    answers = [
+        sms_app.status(stranger, "delivered").status_code,
+        sms_app.status(stranger, "delivered").status_code,  # Twilio's retry: kept once
+        sms_app.status(stranger, "read").status_code,
+        sms_app.status(stranger, "sent").status_code,  # would change nothing: not kept
+        sms_app.status(stranger, "scheduled").status_code,
+        sms_app.status(old, "failed", error_code="30008").status_code,
+        sms_app.status(recent, "canceled").status_code,
+    ]
+    kept = kept_statuses()
+    with session_scope() as session:
+        for sid, days in ((old, 8), (recent, 6)):
+            session.execute(update(EarlyStatus).where(EarlyStatus.provider_message_id == sid)
+                            .values(received_at=utcnow() - timedelta(days=days)))  # fmt: skip
+    # The workers' sweep loop, as the app runs it beside the sender.
+    stop = threading.Event()
+    sweeping = threading.Thread(target=run_sla_sweeps, args=(stop,), kwargs={"interval": 0.05}, daemon=True)
+    sweeping.start()
+    try:
+        wait_for(lambda: old not in {sid for sid, _, _ in kept_statuses()})
+    finally:
+        stop.set()
+        sweeping.join(10)
+    assert answers == [204] * 7
+    assert kept == [(stranger, "delivered", None), (stranger, "read", None), (old, "failed", "30008"),
+                    (recent, "failed", None)]  # fmt: skip
+    assert kept_statuses() == [(stranger, "delivered", None), (stranger, "read", None), (recent, "failed", None)]
+    assert (outbox_rows(), sms_app.fake.messages) == ([], [])

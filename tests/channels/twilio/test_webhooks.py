@@ -269,9 +269,12 @@ def test_status_callbacks_for_the_later_parts_of_a_long_text_count(
         (204, OutboxStatus.DELIVERED),  # late: never undoes it
     ]
     assert f"twilio status delivered for {third} (applied)" in caplog.text
-    # A message that is not ours is still acknowledged, logged and changes nothing.
+    # A message that is not ours (or not yet) is still acknowledged and logged, and changes no text: a status
+    # that could move a text whose send is not recorded yet is kept for it, another is ignored.
     stranger = new_sid()
     assert sms_app.status(stranger, "undelivered", error_code="30003").status_code == 204
+    assert sms_app.status(stranger, "sent").status_code == 204
+    assert f"twilio status undelivered for unknown message {stranger} kept until its text is recorded" in caplog.text
     assert f"twilio status for unknown message {stranger} ignored" in caplog.text
     assert [(row.status, row.error_code) for row in outbox_rows()] == [(OutboxStatus.DELIVERED, None)]
 
