@@ -7,7 +7,8 @@ import math
 import re
 import threading
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -129,10 +130,17 @@ class Analyzer:
         return f"Analyzer(kind={self.kind!r}, lo={self.lo}, hi={self.hi})"
 
 
+# Per-block memo of word -> in-vocabulary feature ids of its char_wb n-grams. Words recur across messages,
+# so most n-grams are sliced and looked up once per word, not once per message; bounded (a few MB) so odd
+# input cannot grow it.
+_MEMO_WORDS = 8192
+_MEMO_WORD_CHARS = 24
+
+
 class TfidfBlock:
     """Frozen tf-idf vocabulary; transforms one text without sklearn's per-call overhead."""
 
-    __slots__ = ("analyzer", "vocab", "idf", "sublinear")
+    __slots__ = ("analyzer", "vocab", "idf", "sublinear", "_memo")
 
     def __init__(
         self, *, analyzer: Analyzer, vocab: dict[str, int], idf: np.ndarray, sublinear: bool
@@ -141,6 +149,16 @@ class TfidfBlock:
         self.vocab = vocab
         self.idf = np.asarray(idf, dtype=np.float64)
         self.sublinear = sublinear
+        self._memo: dict[str, tuple[int, ...]] = {}
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        # The layout pickle wrote before the memo existed, so cached models still load and MODEL_FORMAT stands.
+        return None, {"analyzer": self.analyzer, "vocab": self.vocab, "idf": self.idf, "sublinear": self.sublinear}
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        for name, value in state[1].items():
+            setattr(self, name, value)
+        self._memo = {}
 
     @classmethod
     def from_vectorizer(cls, vectorizer: object) -> TfidfBlock:
@@ -157,14 +175,32 @@ class TfidfBlock:
         """Return the number of features."""
         return len(self.idf)
 
+    def _word_ids(self, word: str) -> tuple[int, ...]:
+        """Return the in-vocabulary feature ids of one word's char_wb n-grams, in n-gram order, memoised."""
+        found = self._memo.get(word)
+        if found is None:
+            vocab = self.vocab
+            found = tuple(j for j in map(vocab.get, self.analyzer(word)) if j is not None)
+            if len(word) <= _MEMO_WORD_CHARS:
+                if len(self._memo) >= _MEMO_WORDS:
+                    self._memo.clear()
+                self._memo[word] = found
+        return found
+
+    def _ids(self, text: str) -> Iterable[int]:
+        """Return the in-vocabulary feature ids of a text's n-grams, in n-gram order."""
+        if self.analyzer.kind == "char_wb":
+            # char_wb n-grams never cross a space: a text's n-grams are its words' n-grams, word by word.
+            return chain.from_iterable(map(self._word_ids, text.split()))
+        vocab = self.vocab
+        return (j for j in map(vocab.get, self.analyzer(text)) if j is not None)
+
     def transform_one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Return (feature ids, l2-normalised tf-idf values) for one normalised text."""
-        vocab = self.vocab
+        # Ids in order of first occurrence, as before the memo: the sums below add in that order.
         counts: dict[int, int] = {}
-        for gram in self.analyzer(text):
-            j = vocab.get(gram)
-            if j is not None:
-                counts[j] = counts.get(j, 0) + 1
+        for j in self._ids(text):
+            counts[j] = counts.get(j, 0) + 1
         if not counts:
             return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float64)
         ids = np.fromiter(counts.keys(), dtype=np.intp, count=len(counts))

@@ -180,3 +180,41 @@ def test_tfidf_block_matches_sklearn_transform() -> None:
             fast = np.zeros_like(dense)
             fast[ids] = vals
             np.testing.assert_allclose(fast, dense, atol=1e-12)
+
+
+def test_tfidf_block_word_memo_changes_no_feature() -> None:
+    corpus = [normalize_for_intent(e.text) for e in SMALL_TRAINING]
+    vectorizer = make_vectorizer(kind="char_wb", lo=2, hi=5)
+    vectorizer.fit(corpus)  # type: ignore[attr-defined]
+    block = TfidfBlock.from_vectorizer(vectorizer)
+    texts = corpus + ["necesito necesito necesito cita", "  cita  ", "a", "", "x" * 200 + " cita"]
+    for text in texts:
+        # The reference: every n-gram of the whole text looked up in turn, ids in first-occurrence order.
+        counts: dict[int, int] = {}
+        for gram in char_wb_ngrams(text, 2, 5):
+            if gram in block.vocab:
+                counts[block.vocab[gram]] = counts.get(block.vocab[gram], 0) + 1
+        for _ in ("cold", "warm"):
+            ids, vals = block.transform_one(text)
+            assert ids.tolist() == list(counts)
+            tf = np.log(np.array(list(counts.values()), dtype=np.float64)) + 1.0
+            expected = tf * block.idf[ids]
+            assert vals.tobytes() == (expected / np.sqrt(expected @ expected)).tobytes()
+    assert "x" * 200 not in block._memo  # long words are not kept
+
+
+def test_tfidf_block_pickles_without_its_memo() -> None:
+    import pickle
+
+    vectorizer = make_vectorizer(kind="char_wb", lo=2, hi=5)
+    vectorizer.fit([normalize_for_intent(e.text) for e in SMALL_TRAINING])  # type: ignore[attr-defined]
+    block = TfidfBlock.from_vectorizer(vectorizer)
+    block.transform_one("necesito una cita")
+    assert block._memo
+    state = block.__getstate__()
+    assert state == (None, {"analyzer": block.analyzer, "vocab": block.vocab, "idf": block.idf, "sublinear": True})
+    copy = pickle.loads(pickle.dumps(block))
+    assert copy._memo == {}
+    assert [a.tobytes() for a in copy.transform_one("necesito una cita")] == [
+        a.tobytes() for a in block.transform_one("necesito una cita")
+    ]
