@@ -7,7 +7,8 @@ import math
 import re
 import threading
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from itertools import chain
 from pathlib import Path
 
@@ -187,20 +188,16 @@ class TfidfBlock:
                 self._memo[word] = found
         return found
 
-    def _ids(self, text: str) -> Iterable[int]:
-        """Return the in-vocabulary feature ids of a text's n-grams, in n-gram order."""
-        if self.analyzer.kind == "char_wb":
-            # char_wb n-grams never cross a space: a text's n-grams are its words' n-grams, word by word.
-            return chain.from_iterable(map(self._word_ids, text.split()))
-        vocab = self.vocab
-        return (j for j in map(vocab.get, self.analyzer(text)) if j is not None)
-
     def transform_one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Return (feature ids, l2-normalised tf-idf values) for one normalised text."""
-        # Ids in order of first occurrence, as before the memo: the sums below add in that order.
-        counts: dict[int, int] = {}
-        for j in self._ids(text):
-            counts[j] = counts.get(j, 0) + 1
+        counts: Counter[int | None]
+        if self.analyzer.kind == "char_wb":
+            # char_wb n-grams never cross a space: a text's n-grams are its words' n-grams, word by word.
+            counts = Counter(chain.from_iterable(map(self._word_ids, text.split())))
+        else:
+            counts = Counter(map(self.vocab.get, self.analyzer(text)))
+            counts.pop(None, None)  # out-of-vocabulary n-grams
+        # A Counter keeps its keys in order of first occurrence, so the sums below add in n-gram order.
         if not counts:
             return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float64)
         ids = np.fromiter(counts.keys(), dtype=np.intp, count=len(counts))
