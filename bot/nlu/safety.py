@@ -15,6 +15,8 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bot.nlu.prefilter import Prefilter
+
 __all__ = ["EmergencyKind", "SafetyResult", "check", "normalised_forms"]
 
 log = logging.getLogger(__name__)
@@ -814,6 +816,11 @@ def _finalise(rule: _Rule, text: str, suffix: str = "") -> SafetyResult:
     return SafetyResult(True, kind, name)
 
 
+# A rule whose pattern has no match in a message neither fires nor leaves a dormant mention, so the rules
+# the prefilter rules out (no string a match must start with is in the message) are skipped unchanged.
+_PREFILTER = Prefilter({rule.name: rule.pattern for rule in _RULES})
+
+
 def _evaluate(text: str) -> SafetyResult:
     """Run the rule table over one normalised form of a message."""
     spans = _clauses(text)
@@ -821,7 +828,10 @@ def _evaluate(text: str) -> SafetyResult:
     # Past or resolved mentions, kept in case a later clause says "it's back", and general questions, in
     # case one says "it hurts now"; one per rule is enough to decide.
     dormant: dict[str, tuple[int, _Rule, str]] = {}
+    possible = _PREFILTER.possible(text)
     for rule in _RULES:
+        if rule.name not in possible:
+            continue
         if rule.requires is not None and not rule.requires.search(text):
             continue
         for m in rule.pattern.finditer(text):
