@@ -823,8 +823,9 @@ _PREFILTER = Prefilter({rule.name: rule.pattern for rule in _RULES})
 
 def _evaluate(text: str) -> SafetyResult:
     """Run the rule table over one normalised form of a message."""
-    spans = _clauses(text)
-    starts = [s for s, _ in spans]
+    # Clauses are split at the first match: most messages match no rule at all.
+    spans: list[tuple[int, int]] = []
+    starts: list[int] = []
     # Past or resolved mentions, kept in case a later clause says "it's back", and general questions, in
     # case one says "it hurts now"; one per rule is enough to decide.
     dormant: dict[str, tuple[int, _Rule, str]] = {}
@@ -835,6 +836,9 @@ def _evaluate(text: str) -> SafetyResult:
         if rule.requires is not None and not rule.requires.search(text):
             continue
         for m in rule.pattern.finditer(text):
+            if not spans:
+                spans = _clauses(text)
+                starts = [s for s, _ in spans]
             index = bisect_right(starts, m.start()) - 1
             start, end = spans[index]
             reason = _suppressed(rule, text, m, start, end)
