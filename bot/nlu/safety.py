@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import unicodedata
@@ -83,12 +84,15 @@ _SPACES = re.compile(r"[ ]{2,}")
 _STRETCHED = re.compile(r"([a-z])\1{2,}")
 
 
-def normalised_forms(text: str) -> list[str]:
+def normalised_forms(text: str) -> tuple[str, ...]:
     """Return a message as the rules read it: ASCII, lower case, punctuation kept (bot.nlu.clinical reads it too)."""
     return _normalise(text)
 
 
-def _normalise(text: str) -> list[str]:
+# The analyser reads each message here and again in bot.nlu.clinical, moments apart; a few entries are
+# enough for that (and for a few threads at once) without keeping messages around.
+@functools.lru_cache(maxsize=8)
+def _normalise(text: str) -> tuple[str, ...]:
     """Return the searchable forms of a message (more than one when it is ambiguous)."""
     text = _SURROGATES.sub(" ", text.translate(_APOSTROPHES))
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
@@ -103,7 +107,7 @@ def _normalise(text: str) -> list[str]:
     if _STRETCHED.search(forms[0]):
         # "cantttt" wants one letter, "bleeeeding" wants two; try both.
         forms = [f for form in forms for f in (_STRETCHED.sub(r"\1\1", form), _STRETCHED.sub(r"\1", form))]
-    return forms
+    return tuple(forms)
 
 
 # ---------------------------------------------------------------------------
