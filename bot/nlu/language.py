@@ -280,10 +280,11 @@ class LanguageModel:
         if not _LETTER_RE.search(norm):
             return "en", 0.5
         tokens = words(norm)
-        plain = [strip_accents(t) for t in tokens]
+        # ASCII has nothing to strip (NFKD leaves it as it is): most tokens skip the Unicode pass.
+        plain = [t if t.isascii() else strip_accents(t) for t in tokens]
         n_es = sum(t in _ES_WORDS for t in plain)
         n_en = sum(t in _EN_WORDS for t in plain)
-        has_es_chars = any(c in _ES_CHARS for c in norm)
+        has_es_chars = not _ES_CHARS.isdisjoint(norm)
         z = self.model_logit(norm)
         z += _CUE_WEIGHT * (n_es - n_en) + (_ES_CHAR_WEIGHT if has_es_chars else 0.0) - _EN_PRIOR
         if n_es == 0 and not has_es_chars:
