@@ -181,7 +181,7 @@ class TfidfBlock:
         found = self._memo.get(word)
         if found is None:
             vocab = self.vocab
-            found = tuple(j for j in map(vocab.get, self.analyzer(word)) if j is not None)
+            found = tuple([j for j in map(vocab.get, self.analyzer(word)) if j is not None])
             if len(word) <= _MEMO_WORD_CHARS:
                 if len(self._memo) >= _MEMO_WORDS:
                     self._memo.clear()
