@@ -678,6 +678,10 @@ class OutboxSender:
             except Exception:
                 log.exception("outbox sender could not refresh its %s texts in flight", len(self._held))
 
+    def _calls_back(self, channel_name: str) -> bool:
+        """Return whether a channel's provider reports delivery statuses by callback (record_status)."""
+        return bool(getattr(self.channels.get(channel_name), "status_callbacks", False))
+
     def _width(self, channel_name: str) -> int:
         """Return how many addresses of a channel may be sent to at once (the channel says; default one)."""
         return max(1, int(getattr(self.channels[channel_name], "parallel_sends", 1)))
@@ -810,9 +814,10 @@ class OutboxSender:
             for row in found:
                 self._apply(session, row, rest[row.id], now)
             # Status callbacks that came before their ids were recorded (see record_status) count now, in the
-            # transaction that records the ids: none is left waiting for an id already on record.
+            # transaction that records the ids: none is left waiting for an id already on record. Only for
+            # channels whose provider calls back (Twilio); the others' waves skip the lock and the lookup.
             _apply_early(session, [
-                sid for o in outcomes if not o.cancelled
+                sid for o in outcomes if not o.cancelled and self._calls_back(o.text.channel)
                 for sid in (o.result.provider_message_id, *(sid for _, sid in o.result.part_ids)) if sid
             ])  # fmt: skip
             check = self._check_ids(check_next)

@@ -253,6 +253,8 @@ class TwilioSmsChannel:
     min_interval_per_address = 0.0
     # Texts to different numbers may be in flight at once (the sender keeps one number's texts in order).
     parallel_sends = 8
+    # Twilio calls STATUS_CALLBACK_PATH with each text's delivery status (bot.channels.outbox.record_status).
+    status_callbacks = True
 
     def __init__(
         self,

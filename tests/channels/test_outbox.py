@@ -28,6 +28,8 @@ class ScriptedChannel:
     name = "sms"
     min_interval_per_address = 0.0
     max_per_second = None
+    # Its provider reports delivery by status callbacks, as Twilio does (outbox.record_status).
+    status_callbacks = True
 
     def __init__(self, *results: SendResult, reconcile_results: tuple[SendResult | None, ...] = ()) -> None:
         self.results = deque(results)
@@ -636,3 +638,25 @@ def test_a_live_senders_long_batch_never_goes_stale_for_another_sender(database_
     keys = [text.key for text in channel.sent]
     assert (sorted(keys), channel.reconciled) == ([f"slow{i}" for i in range(5)], [])
     assert [row(i).status for i in ids] == ["sent"] * 5
+
+
+def test_a_channel_without_status_callbacks_records_its_sends_without_looking_for_kept_statuses(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a provider that calls back (Twilio) can have statuses kept for its ids: another channel's waves
+    # skip the lookup (and, on PostgreSQL, the advisory locks) on the sender's hot path.
+    looked_up: list[list[str]] = []
+    apply_early = outbox._apply_early
+    monkeypatch.setattr(outbox, "_apply_early", lambda session, ids: (looked_up.append(sorted(ids)),
+                                                                      apply_early(session, ids)))  # fmt: skip
+
+    class NoCallbacks(ScriptedChannel):
+        status_callbacks = False
+
+    quiet_id, twilio_id = queue("quiet", address="+16175554100"), queue("twilio", address="+16175554101")
+    OutboxSender(channels={"sms": NoCallbacks()}, pacing=False).drain()
+    with session_scope() as session:
+        session.get(OutboxMessage, twilio_id).status = OutboxStatus.PENDING
+    OutboxSender(channels={"sms": ScriptedChannel()}, pacing=False).drain()
+    assert looked_up == [[], [f"SM{twilio_id}"]]
+    assert (row(quiet_id).status, row(twilio_id).status) == ("sent", "sent")
