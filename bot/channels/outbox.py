@@ -379,10 +379,8 @@ _RECORD_SENT = (
         ),
         updated_at=bindparam("b_now"),
         provider_message_id=func.coalesce(bindparam("b_provider_id"), _OUTBOX.c.provider_message_id),
-        error_code=case(
-            (_unsettled, func.coalesce(bindparam("b_error"), _OUTBOX.c.error_code)),
-            else_=_OUTBOX.c.error_code,
-        ),
+        # An earlier attempt's code (a timeout, a 500) no longer describes a text that went out: it goes.
+        error_code=case((_unsettled, bindparam("b_error")), else_=_OUTBOX.c.error_code),
     )
 )
 

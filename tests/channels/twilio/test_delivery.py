@@ -336,8 +336,8 @@ def test_a_status_that_comes_before_its_send_is_recorded_is_applied_when_it_is(
         opted_out = session.scalars(select(ChannelIdentity.opted_out_at)).one() is not None
     assert (answers, waiting.status, waiting.provider_message_id) == ([204] * 3, OutboxStatus.UNKNOWN, None)
     assert kept == [(message.sid, status, error_code)]  # a repeat of the callback is kept once
-    # The first attempt's "timeout" stays on record unless the callback brings a code of its own.
-    assert (row.status, row.error_code, row.provider_message_id) == (settled, error_code or "timeout", message.sid)
+    # The first attempt's "timeout" went when the reconcile found the text sent; a failure brings its own code.
+    assert (row.status, row.error_code, row.provider_message_id) == (settled, error_code, message.sid)
     assert (kept_statuses(), len(sms_app.fake.messages), opted_out) == ([], 1, error_code == "21610")
 
 
@@ -396,8 +396,8 @@ def test_a_parts_status_that_comes_before_the_part_is_recorded_counts_for_the_te
     assert waiting == (OutboxStatus.UNKNOWN, [("delivered", None)], [(second, status, error_code)])
     if status == "delivered":
         assert resumed == (OutboxStatus.SENT, [("delivered", None), ("delivered", None), ("sent", None)], [])
-        # The second part's "timeout" stays on record: no failure brought a code of its own.
-        assert (row.status, row.error_code) == (OutboxStatus.DELIVERED, "timeout")
+        # The second part's "timeout" went when the text was sent in full: every part was delivered.
+        assert (row.status, row.error_code) == (OutboxStatus.DELIVERED, None)
     else:
         # A part that failed fails the text as soon as its status counts.
         assert resumed == (OutboxStatus.UNDELIVERED, [("delivered", None), ("undelivered", "30003"), ("sent", None)], [])
