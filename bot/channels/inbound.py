@@ -375,10 +375,12 @@ class InboundProcessor:
     def run_forever(self, stop: threading.Event, *, poll_seconds: float = 1.0) -> None:
         """Process until stopped; wake early when a message is stored."""
         while not stop.is_set():
+            # Cleared before the claim, not after the wait: a wake-up for a message this claim will see is
+            # spent by it, and only one that comes after (for a message it may have missed) claims again.
+            self.wake.clear()
             try:
                 if not self.process_batch(limit=self.batch):
                     self.wake.wait(poll_seconds)
-                    self.wake.clear()
             except Exception:
                 # Leave the message unprocessed: it is retried, never dropped.
                 log.exception("processing an inbound message failed; will retry")

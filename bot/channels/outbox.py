@@ -918,9 +918,11 @@ class OutboxSender:
                     if not self._lead(leadership, check_seconds=check_seconds):
                         stop.wait(poll_seconds)
                         continue
+                    # Cleared before the claim (as the inbound processor does): a wake-up this claim answers
+                    # is spent by it, and an empty claim waits for the next one.
+                    self.wake.clear()
                     if self.run_once() == 0:
                         self.wake.wait(poll_seconds)
-                        self.wake.clear()
                 except Exception:
                     log.exception("outbox sender round failed; retrying")
                     stop.wait(poll_seconds)
