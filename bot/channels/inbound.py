@@ -283,7 +283,9 @@ class InboundProcessor:
 
         An emergency that keeps failing is still an emergency: the safety rules (text only, no model, no
         database) read it again here, and the patient gets the instructions and staff an urgent alert,
-        in any conversation state, rather than "couldn't understand" and a front-desk hand-off.
+        in any conversation state, rather than "couldn't understand" and a front-desk hand-off. So is a
+        possible one (the classifier reads an emergency the rules do not): a nurse's hand-off, an urgent
+        alert, and the 911 advice, as the engine gives it.
         """
         with session_scope() as session:
             conversation_id = session.scalar(select(Message.conversation_id).where(Message.id == message_id))
@@ -304,6 +306,9 @@ class InboundProcessor:
                     kind = safety.kind.value if safety.kind else None
                     self._tell_emergency(session=session, message=message, kind=kind)
                     return
+                if self._possible_emergency(message):
+                    self._tell_possible_emergency(session=session, message=message)
+                    return
                 conversation = session.get(Conversation, message.conversation_id)
                 bot_answers = conversation is not None and conversation.state == ConversationState.BOT
                 result = flows.do_handoff(
@@ -312,55 +317,76 @@ class InboundProcessor:
                 if bot_answers:
                     # Never a silent drop: the patient is told a person will reply, and by when. (When staff
                     # already own the chat the bot stays silent; they see the message in the transcript.)
-                    self._tell_handed_off(session=session, message=message, result=result)
+                    self._reply(session=session, message=message, key="utter_handoff_unclear", result=result,
+                                route=Route.HANDOFF)  # fmt: skip
+
+    def _possible_emergency(self, message: Message) -> bool:
+        """Return whether the classifier reads an emergency in a message routing kept failing on.
+
+        The classifier may be what failed: then it reads nothing, and the rules' answer stands.
+        """
+        try:
+            return self.engine.nlu.analyse(message.body or "").intent == "emergency"
+        except Exception:
+            log.exception("reading inbound %s for a possible emergency failed", message.id)
+            return False
 
     def _tell_emergency(self, *, session: Session, message: Message, kind: str | None) -> None:
         """Queue the emergency instructions for a message that failed routing, then alert staff (chat held)."""
         log.error("inbound %s failed routing %d times and is an emergency: instructions and alert sent without it",
                   message.id, message.process_errors)  # fmt: skip
-        conversation = session.get(Conversation, message.conversation_id)
-        identity = session.get(ChannelIdentity, conversation.identity_id) if conversation else None
-        if conversation is None or identity is None:
-            return
-        clinic, lang = load_clinic(session=session), conversation.language or "en"
-        key = flows.emergency_response(kind)
-        values = clinic_values(clinic=clinic, lang=lang, patient=None, now=utcnow())
-        text = self.engine.domain.render(key, lang=lang, slots={}, values=values)
-        out = Message(conversation_id=conversation.id, channel=conversation.channel, direction=Direction.OUT,
-                      author_kind=Author.BOT, body=text, lang=lang, response_key=key, route=Route.EMERGENCY)  # fmt: skip
-        session.add(out)
-        session.flush()
-        # As the engine queues an emergency reply: first in the queue, and sent even after an opt-out.
-        outbox.enqueue(session=session, key=f"reply:{message.id}:failed", identity=identity, body=text,
-                       conversation_id=conversation.id, message_id=out.id, priority=100, bypass_opt_out=True)  # fmt: skip
         # Instructions first: the hand-off and alert are bookkeeping whose failure must not lose them.
-        flows.do_emergency_or_log(session=session, conversation_id=conversation.id, kind=kind, message_id=message.id)
-        if self.on_replies is not None:
-            self.on_replies.set()
+        if self._reply(session=session, message=message, key=flows.emergency_response(kind), route=Route.EMERGENCY,
+                       urgent=True):  # fmt: skip
+            flows.do_emergency_or_log(session=session, conversation_id=message.conversation_id, kind=kind,
+                                      message_id=message.id)  # fmt: skip
 
-    def _tell_handed_off(self, *, session: Session, message: Message, result: flows.HandoffResult) -> None:
-        """Queue "a person will reply, by when" for a message that failed routing (the caller holds the chat)."""
+    def _tell_possible_emergency(self, *, session: Session, message: Message) -> None:
+        """Hand a possible emergency that failed routing to a nurse, alert staff, and give the 911 advice (chat held).
+
+        In any state, and after an opt-out, as the engine answers one where staff own the chat: the
+        patient asked, and the alert calls staff to the message whatever their queue shows.
+        """
+        log.error("inbound %s failed routing %d times and may be an emergency: 911 advice and alert sent without it",
+                  message.id, message.process_errors)  # fmt: skip
+        # Never raises: a hand-off or alert that cannot be written is owed to the alert sweep.
+        result = flows.do_possible_emergency_or_log(
+            session=session, conversation_id=message.conversation_id, message_id=message.id
+        )
+        # Without a hand-off to name, the 911 advice alone.
+        key = "utter_possible_emergency" if result is None else f"utter_handoff_{HandoffReason.MEDICAL}"
+        self._reply(session=session, message=message, key=key, result=result, route=Route.HANDOFF, urgent=True)
+
+    def _reply(
+        self, *, session: Session, message: Message, key: str, route: Route,
+        result: flows.HandoffResult | None = None, urgent: bool = False,
+    ) -> bool:
+        """Queue the bot's one reply to a message that failed routing; return False when its chat is gone.
+
+        `result` names the hand-off's team and due time in the words. An urgent reply goes first in the
+        queue and even after an opt-out, as the engine queues emergency instructions.
+        """
         conversation = session.get(Conversation, message.conversation_id)
         identity = session.get(ChannelIdentity, conversation.identity_id) if conversation else None
         if conversation is None or identity is None:
-            return
+            return False
         clinic, lang, now = load_clinic(session=session), conversation.language or "en", utcnow()
         domain = self.engine.domain
-        values = {
-            **clinic_values(clinic=clinic, lang=lang, patient=None, now=now),
-            "team": domain.render(f"utter_team_{result.team}", lang=lang, slots={}, values={}),
-            "due": render_due(due=result.due_at, now=now, tz=clinic.calendar.tz, lang=lang),
-        }
-        key = "utter_handoff_unclear"
+        values = clinic_values(clinic=clinic, lang=lang, patient=None, now=now)
+        if result is not None:
+            values["team"] = domain.render(f"utter_team_{result.team}", lang=lang, slots={}, values={})
+            values["due"] = render_due(due=result.due_at, now=now, tz=clinic.calendar.tz, lang=lang)
         text = domain.render(key, lang=lang, slots={}, values=values)
         out = Message(conversation_id=conversation.id, channel=conversation.channel, direction=Direction.OUT,
-                      author_kind=Author.BOT, body=text, lang=lang, response_key=key, route=Route.HANDOFF)  # fmt: skip
+                      author_kind=Author.BOT, body=text, lang=lang, response_key=key, route=route)  # fmt: skip
         session.add(out)
         session.flush()
         outbox.enqueue(session=session, key=f"reply:{message.id}:failed", identity=identity, body=text,
-                       conversation_id=conversation.id, message_id=out.id)  # fmt: skip
+                       conversation_id=conversation.id, message_id=out.id, priority=100 if urgent else 0,
+                       bypass_opt_out=urgent)  # fmt: skip
         if self.on_replies is not None:
             self.on_replies.set()
+        return True
 
     def drain(self, *, limit: int = 10_000) -> int:
         """Process every pending message; return how many."""

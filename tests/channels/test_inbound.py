@@ -203,6 +203,45 @@ def test_a_self_harm_message_that_keeps_failing_after_an_opt_out_gets_the_crisis
         assert session.scalars(select(Handoff.reason)).all() == ["emergency"]
 
 
+POSSIBLE_EMERGENCY = "i feel like i'm going to pass out"  # the classifier reads an emergency, the rules do not
+
+
+@pytest.mark.parametrize("state", ["bot", "staff"])
+def test_a_possible_emergency_that_keeps_failing_goes_to_a_nurse_with_the_911_advice(runtime, monkeypatch, state) -> None:  # type: ignore[no-untyped-def]
+    from bot.nlu.safety import check
+    from bot.staff.models import StaffAlert
+
+    assert not check(POSSIBLE_EMERGENCY).is_emergency and runtime.nlu.analyse(POSSIBLE_EMERGENCY).intent == "emergency"
+    message_id = accept(POSSIBLE_EMERGENCY, "SM-possible-poison")
+    with session_scope() as session:
+        session.get(Message, message_id).conversation.state = state
+    monkeypatch.setattr(runtime.engine, "route", lambda **_: (_ for _ in ()).throw(RuntimeError("bug")))
+    InboundProcessor(engine=runtime.engine).drain()
+    with session_scope() as session:
+        poison = session.get(Message, message_id)
+        handoffs = session.execute(select(Handoff.reason, Handoff.team)).all()
+        alert = session.scalars(select(StaffAlert)).one()
+        body = session.scalars(select(OutboxMessage.body)).one()
+    assert (poison.process_errors, poison.route) == (3, "error")
+    # Not "couldn't understand" for the front desk: a nurse's hand-off (this staff-owned chat had none open),
+    # an urgent alert, and the advice first in the queue, sent even after an opt-out.
+    assert [tuple(row) for row in handoffs] == [("medical", "nurse")]
+    assert (alert.kind, alert.message_id) == ("emergency", message_id)
+    assert emergency_texts(message_id) == [(f"reply:{message_id}:failed", 100, True, "utter_handoff_medical")]
+    assert "call 911" in body
+
+
+def test_a_possible_emergency_whose_classifier_fails_too_goes_to_the_front_desk(runtime, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    message_id = accept(POSSIBLE_EMERGENCY, "SM-possible-no-model")
+    monkeypatch.setattr(runtime.engine, "route", lambda **_: (_ for _ in ()).throw(RuntimeError("bug")))
+    processor = InboundProcessor(engine=runtime.engine)
+    monkeypatch.setattr(runtime.engine.nlu, "analyse", lambda _text: (_ for _ in ()).throw(RuntimeError("model")))
+    processor.drain()
+    with session_scope() as session:
+        assert session.scalars(select(Handoff.reason)).all() == ["unclear"]
+    assert emergency_texts(message_id) == [(f"reply:{message_id}:failed", 0, False, "utter_handoff_unclear")]
+
+
 def counting_failure(processor: InboundProcessor, message_id: int) -> tuple[threading.Thread, threading.Event]:
     """Return a thread that counts a routing failure against a message, and the event it sets once done."""
     counted = threading.Event()
