@@ -11,10 +11,12 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from bot.config import Settings
+from bot.staff.alerts import SWEEP_SECONDS, sla_sweep_pass
 from scheduler import jobs
 
 SWEEP_JOB_ID = "promise_sweeps"
 OUTBOX_JOB_ID = "outbox"
+SLA_JOB_ID = "sla_sweeps"
 OUTBOX_SECONDS = 2.0
 
 
@@ -39,6 +41,19 @@ def build_scheduler(*, settings: Settings, blocking: bool, deliver: bool) -> Bas
         misfire_grace_time=grace,
     )
     if deliver:
+        # Standalone, this process may be the deployment's only sender: the sweeps that run beside an app's
+        # sender (alerts owed to staff, overdue hand-offs, kept status callbacks) run here too. Beside an
+        # app's they are harmless: each claims its rows (SKIP LOCKED) and raises an alert once.
+        scheduler.add_job(
+            sla_sweep_pass,
+            "interval",
+            seconds=SWEEP_SECONDS,
+            id=SLA_JOB_ID,
+            next_run_time=datetime.now(tz=UTC),
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, round(SWEEP_SECONDS)),
+        )
         scheduler.add_job(
             jobs.deliver_job,
             "interval",

@@ -173,35 +173,43 @@ def sweep_overdue_handoffs(*, session: Session, now: datetime) -> int:
     return raised
 
 
+_SLA_SWEEPS = (
+    ("owed alerts", do_raise_owed_alerts),
+    ("overdue hand-offs", sweep_overdue_handoffs),
+    # Last: it also takes the copies the sweeps above failed to queue.
+    ("owed staff group copies", do_queue_owed_copies),
+)
+
+
+def sla_sweep_pass() -> int:
+    """Sweep once: alerts messages still owe staff, overdue hand-offs, then the staff group copies alerts
+    still owe; and let go of status callbacks kept too long for texts never recorded (the outbox's own
+    housekeeping, run wherever a sender runs). Return how many alerts were raised or copies queued.
+    """
+    done = 0
+    for name, sweep in _SLA_SWEEPS:
+        # Each in its own transaction: one failing never holds back the others.
+        try:
+            with session_scope() as session:
+                done += sweep(session=session, now=utcnow())
+        except Exception:
+            log.exception("sla sweep of %s failed; will retry", name)
+    if done:
+        log.info("sla sweep raised or queued %s alert(s)", done)
+    _expire_early_statuses()
+    return done
+
+
 def run_sla_sweeps(
     stop: threading.Event, *, on_queued: Callable[[], None] | None = None, interval: float = SWEEP_SECONDS
 ) -> None:
-    """Sweep every interval until stopped: alerts messages still owe staff, overdue hand-offs, then the
-    staff group copies alerts still owe; and let go of status callbacks kept too long for texts never
-    recorded (the outbox's own housekeeping, here because this loop runs beside the sender).
+    """Sweep every interval until stopped (`sla_sweep_pass`), beside an app's sender.
 
     Wakes the sender when alerts were raised or copies queued (the copies are queued texts).
     """
-    sweeps = (
-        ("owed alerts", do_raise_owed_alerts),
-        ("overdue hand-offs", sweep_overdue_handoffs),
-        # Last: it also takes the copies the sweeps above failed to queue.
-        ("owed staff group copies", do_queue_owed_copies),
-    )
     while not stop.is_set():
-        done = 0
-        for name, sweep in sweeps:
-            # Each in its own transaction: one failing never holds back the others.
-            try:
-                with session_scope() as session:
-                    done += sweep(session=session, now=utcnow())
-            except Exception:
-                log.exception("sla sweep of %s failed; will retry", name)
-        if done:
-            log.info("sla sweep raised or queued %s alert(s)", done)
-            if on_queued is not None:
-                on_queued()
-        _expire_early_statuses()
+        if sla_sweep_pass() and on_queued is not None:
+            on_queued()
         stop.wait(interval)
 
 

@@ -8,7 +8,7 @@ from bot.config import get_settings
 from bot.db import get_engine, session_scope
 from bot.db.leader import Leadership
 from bot.promises.models import SchedulerHeartbeat
-from scheduler.setup import OUTBOX_JOB_ID, SWEEP_JOB_ID, build_scheduler, start_in_process
+from scheduler.setup import OUTBOX_JOB_ID, SLA_JOB_ID, SWEEP_JOB_ID, build_scheduler, start_in_process
 
 
 def test_sweep_job_is_an_interval_with_explicit_misfire_and_coalesce(clinic_db_sched) -> None:
@@ -21,6 +21,37 @@ def test_sweep_job_is_an_interval_with_explicit_misfire_and_coalesce(clinic_db_s
     assert (
         build_scheduler(settings=get_settings(), blocking=False, deliver=False).get_job(OUTBOX_JOB_ID) is None
     )
+
+
+def test_the_standalone_scheduler_runs_the_sweeps_that_run_beside_a_sender(clinic_db_sched) -> None:
+    """`scheduler run` may be a deployment's only sender: overdue hand-offs and kept callbacks are swept there too."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from bot.channels.models import EarlyStatus
+    from bot.conversations import flows
+    from bot.conversations.models import Handoff, HandoffReason
+    from bot.conversations.service import open_conversation
+    from bot.db import utcnow
+    from bot.patients.service import get_or_create_identity
+    from bot.staff.models import StaffAlert
+
+    assert build_scheduler(settings=get_settings(), blocking=False, deliver=False).get_job(SLA_JOB_ID) is None
+    job = build_scheduler(settings=get_settings(), blocking=False, deliver=True).get_job(SLA_JOB_ID)
+    with session_scope() as session:
+        identity = get_or_create_identity(session=session, channel="sms", address="+16175550188")
+        conversation = open_conversation(session=session, identity=identity)
+        session.flush()
+        handoff_id = flows.do_handoff(session=session, conversation_id=conversation.id, reason=HandoffReason.HUMAN).handoff_id
+        session.get(Handoff, handoff_id).due_at = utcnow() - timedelta(minutes=5)
+        session.add_all([EarlyStatus(provider_message_id="SM-old", status="delivered", received_at=utcnow() - timedelta(days=8)),
+                         EarlyStatus(provider_message_id="SM-new", status="delivered")])  # fmt: skip
+    job.func(*job.args)
+    with session_scope() as session:
+        alerts = session.execute(select(StaffAlert.kind, StaffAlert.handoff_id)).all()
+        kept = session.scalars(select(EarlyStatus.provider_message_id)).all()
+    assert ([tuple(row) for row in alerts], kept) == ([("sla_breach", handoff_id)], ["SM-new"])
 
 
 def test_in_process_scheduler_sweeps_at_once_and_beats(clinic_db_sched) -> None:
