@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import String, select
@@ -11,6 +11,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from bot.clinic import ClinicCalendar, ClinicConfigError
 from bot.db import Base
+
+# On a day the clinic closes before the daily update time, late updates go this long before it closes.
+HALF_DAY_LEAD = timedelta(minutes=30)
 
 
 class ClinicProfile(Base):
@@ -65,16 +68,30 @@ class ClinicContext:
         # Texts wait for quiet hours; a patient told "by 7 am" must not hear from us at 8.
         return max(self.daily_update_time, self.quiet_start)
 
+    def update_time_on(self, day: date) -> time:
+        """Return the local time a day's late updates go out (`update_time`), in the clinic's hours.
+
+        On a day the clinic closes by then (a half-day, a Saturday morning) they go HALF_DAY_LEAD before
+        it closes, not after it opens nor before quiet_start: staff are there to take the replies, and a
+        patient is never told "by 4 pm" on a day nobody is in at 4.
+        """
+        at = self.update_time
+        hours = self.calendar.hours[day.weekday()]
+        if hours and at >= hours[-1][1]:
+            opens, closes = hours[0][0], hours[-1][1]
+            at = max((datetime.combine(day, closes) - HALF_DAY_LEAD).time(), opens, self.quiet_start)
+        return at
+
     def next_update_at(self, now: datetime, *, not_before: datetime | None = None) -> datetime:
         """Return the next daily status-update time on a working day, after now and not before not_before."""
         start = now if not_before is None else max(now, not_before)
         day = self.calendar.local_date(start)
         if not self.calendar.is_working_day(day):
             day = self.calendar.next_working_day(day)
-        at = self.calendar.at_local(day, self.update_time)
+        at = self.calendar.at_local(day, self.update_time_on(day))
         while at <= now or at < start:
             day = self.calendar.next_working_day(day)
-            at = self.calendar.at_local(day, self.update_time)
+            at = self.calendar.at_local(day, self.update_time_on(day))
         return at
 
     @classmethod

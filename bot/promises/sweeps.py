@@ -60,7 +60,7 @@ def late_update_day(clinic: ClinicContext, now: datetime) -> date | None:
     today = clinic.calendar.local_date(now)
     if not clinic.calendar.is_working_day(today):
         return None
-    if now < clinic.calendar.at_local(today, clinic.daily_update_time):
+    if now < clinic.calendar.at_local(today, clinic.update_time_on(today)):
         return None
     return today if sending_hours(clinic, now) else None
 
@@ -70,7 +70,10 @@ def escalation_day(clinic: ClinicContext, now: datetime) -> date | None:
     today = clinic.calendar.local_date(now)
     if not clinic.calendar.is_working_day(today):
         return None
-    return today if now >= clinic.calendar.at_local(today, clinic.daily_update_time) else None
+    # At the daily update time, or before the clinic closes on a half-day (not held back to quiet hours:
+    # escalations go to staff, not to patients).
+    at = min(clinic.daily_update_time, clinic.update_time_on(today))
+    return today if now >= clinic.calendar.at_local(today, at) else None
 
 
 def escalation_cutoff(calendar: ClinicCalendar, *, today: date, working_days: int) -> datetime:

@@ -129,6 +129,23 @@ def test_dst_days_send_at_four_pm_local(clinic_db, sweep, saturday, sunday, offs
     assert sweep(four_pm) == SweepCounts(updates=1)
 
 
+def test_on_a_half_day_updates_go_before_the_clinic_closes(clinic_db, sweep) -> None:
+    weekday = "08:00-18:00"
+    set_profile(weekly_hours={**{day: weekday for day in ("mon", "tue", "wed", "thu", "fri")}, "sat": "09:00-12:00"})
+    friday, saturday, monday = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 23)
+    made = lab_promise(due_at=local(friday, 12))
+    assert sweep(local(friday, 16)) == SweepCounts(updates=1)
+    # Not "by 4 pm tomorrow": nobody is in at 4 on a Saturday.
+    assert texts()[0][1].endswith("We'll update you by 11:30 am tomorrow.")
+    with session_scope() as session:
+        assert session.get(Promise, made.promise_id).next_update_at == local(saturday, 11, 30)
+    assert sweep(local(saturday, 11, 29)) == SweepCounts()
+    assert sweep(local(saturday, 11, 30)) == SweepCounts(updates=1)
+    assert texts()[1][1].endswith("We'll update you by 4 pm on Monday.")
+    with session_scope() as session:
+        assert session.get(Promise, made.promise_id).next_update_at == local(monday, 16)
+
+
 def test_quiet_hours(clinic_db, sweep) -> None:
     lab_promise(due_at=local(TUE, 12))
     assert sweep(local(TUE, 20)) == SweepCounts()
