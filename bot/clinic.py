@@ -35,6 +35,24 @@ _TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
 # ten years is far longer than any realistic closure.
 _MAX_SEARCH_DAYS = 3660
 
+# The holidays package names US holidays in English only (and Thai); these are the names Spanish-language
+# US government pages use. A name not here (a state's own holiday) stays in English.
+_US_HOLIDAYS_ES = {
+    "New Year's Day": "Año Nuevo",
+    "Martin Luther King Jr. Day": "Día de Martin Luther King Jr.",
+    "Washington's Birthday": "Día de los Presidentes",
+    "Memorial Day": "Día de los Caídos",
+    "Juneteenth National Independence Day": "Juneteenth",
+    "Independence Day": "Día de la Independencia",
+    "Labor Day": "Día del Trabajo",
+    "Columbus Day": "Día de Colón",
+    "Veterans Day": "Día de los Veteranos",
+    "Thanksgiving Day": "Día de Acción de Gracias",
+    "Christmas Day": "Navidad",
+    "Inauguration Day": "Día de la Investidura",
+}
+_OBSERVED = {"en": " (observed)", "es": " (feriado observado)"}
+
 
 class ClinicConfigError(ValueError):
     """A clinic setting is invalid; message names the setting and the problem."""
@@ -143,6 +161,10 @@ class ClinicCalendar:
     _holiday_years: dict[int, Mapping[date, str]] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
+    # The same in Spanish, where the holidays package has the country's names in Spanish (else empty).
+    _holiday_years_es: dict[int, Mapping[date, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         """Copy the hours and closures so later caller mutations cannot change the calendar."""
@@ -181,8 +203,8 @@ class ClinicCalendar:
 
     # -- days -------------------------------------------------------------------------------
 
-    def holiday_name(self, day: date) -> str | None:
-        """Return the public holiday's name on a local day, or None."""
+    def holiday_name(self, day: date, *, lang: str = "en") -> str | None:
+        """Return the public holiday's name on a local day, in English or Spanish ("es"), or None."""
         if self.holiday_country is None:
             return None
         table = self._holiday_years.get(day.year)
@@ -193,7 +215,28 @@ class ClinicCalendar:
                 )
             )
             self._holiday_years[day.year] = table
-        return table.get(day)
+        name = table.get(day)
+        if name is None or lang_code(lang) != "es":
+            return name
+        return self._spanish_holiday_name(day, name)
+
+    def _spanish_holiday_name(self, day: date, english: str) -> str:
+        """Return a holiday's Spanish name: the package's where it has one, else the US table, else English."""
+        table = self._holiday_years_es.get(day.year)
+        if table is None:
+            country = holidays.country_holidays(self.holiday_country, subdiv=self.holiday_subdivision, years=day.year)
+            table = {}
+            if "es" in (getattr(country, "supported_languages", None) or ()):
+                table = dict(holidays.country_holidays(self.holiday_country, subdiv=self.holiday_subdivision,
+                                                       years=day.year, language="es"))  # fmt: skip
+            self._holiday_years_es[day.year] = table
+        if day in table:
+            return table[day]
+        base = english.removesuffix(_OBSERVED["en"])
+        spanish = _US_HOLIDAYS_ES.get(base) if self.holiday_country == "US" else None
+        if spanish is None:
+            return english
+        return spanish + (_OBSERVED["es"] if base != english else "")
 
     def is_working_day(self, day: date) -> bool:
         """Return whether the clinic has hours that weekday and is not closed for a holiday or closure."""
@@ -324,9 +367,8 @@ class ClinicCalendar:
         """Describe a day's opening hours: '8 am-6 pm', 'closed (Thanksgiving Day)' / '8:00-18:00', 'cerrado'."""
         code = lang_code(lang)
         closed = "cerrado" if code == "es" else "closed"
-        name = self.holiday_name(day)
+        name = self.holiday_name(day, lang=code)
         if name is not None:
-            # Holiday names come from the holidays package in English; good enough for both languages.
             return f"{closed} ({name})"
         if day in self.closures:
             return closed

@@ -237,6 +237,21 @@ def test_subdivision_holidays() -> None:
     assert federal.is_working_day(patriots_day) is True
 
 
+def test_holiday_names_in_spanish(clinic: ClinicCalendar) -> None:
+    # US names from our table (the holidays package has none in Spanish), "observed" included.
+    assert clinic.hours_text(date(2026, 11, 26), lang="es") == "cerrado (Día de Acción de Gracias)"
+    assert clinic.holiday_name(date(2026, 7, 3), lang="es") == "Día de la Independencia (feriado observado)"
+    assert clinic.hours_text(date(2026, 11, 26), lang="en") == "closed (Thanksgiving Day)"
+    # A country the package names in Spanish: its names. A state's own holiday not in the table: English.
+    mexico = ClinicCalendar.build(timezone="America/Mexico_City", hours=WEEKDAYS_8_TO_6, holiday_country="MX")
+    assert (mexico.holiday_name(date(2026, 9, 16), lang="es"), mexico.holiday_name(date(2026, 9, 16))) == (
+        "Día de la Independencia", "Independence Day")  # fmt: skip
+    massachusetts = ClinicCalendar.build(
+        timezone="America/New_York", hours=WEEKDAYS_8_TO_6, holiday_country="US", holiday_subdivision="MA"
+    )
+    assert massachusetts.holiday_name(date(2026, 4, 20), lang="es") == "Patriots' Day"
+
+
 def test_no_holiday_country_means_no_holidays() -> None:
     calendar = ClinicCalendar.build(timezone="America/New_York", hours=WEEKDAYS_8_TO_6, holiday_country=None)
     assert calendar.holiday_name(date(2026, 11, 26)) is None
@@ -500,7 +515,7 @@ def test_hours_text(clinic: ClinicCalendar) -> None:
     assert clinic.hours_text(date(2026, 11, 28), lang="en") == "closed"
     assert clinic.hours_text(date(2026, 11, 28), lang="es") == "cerrado"
     assert clinic.hours_text(date(2026, 11, 26), lang="en") == "closed (Thanksgiving Day)"
-    assert clinic.hours_text(date(2026, 11, 26), lang="es") == "cerrado (Thanksgiving Day)"
+    assert clinic.hours_text(date(2026, 11, 26), lang="es") == "cerrado (Día de Acción de Gracias)"
     assert clinic.hours_text(date(2026, 11, 23), lang="fr") == "8 am-6 pm"
     assert clinic.hours_text(date(2026, 11, 23), lang="es-MX") == "8:00-18:00"
 
