@@ -348,11 +348,12 @@ def cmd_telegram_link(args: argparse.Namespace) -> int:
 
 
 def _read_password(args: argparse.Namespace) -> str:
+    command = f"staff {args.staff_command}"
     if not args.password_stdin:
-        raise UsageError("staff add: --password-stdin is required (passwords are never taken as arguments)")
+        raise UsageError(f"{command}: --password-stdin is required (passwords are never taken as arguments)")
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
-        raise UsageError("staff add: no password on standard input")
+        raise UsageError(f"{command}: no password on standard input")
     return password
 
 
@@ -372,6 +373,21 @@ def cmd_staff_add(args: argparse.Namespace) -> int:
     except StaffError as error:
         raise UsageError(f"staff add: {error}") from None
     print(f"staff {staff_id} added ({args.role})")
+    return 0
+
+
+def cmd_staff_password(args: argparse.Namespace) -> int:
+    """Give a staff account a new argon2id-hashed password read from stdin; its sessions end."""
+    from bot.db import session_scope
+    from bot.staff.auth import StaffError, reset_password
+
+    password = _read_password(args)
+    try:
+        with session_scope() as session:
+            staff_id = reset_password(session=session, email=args.email, password=password).id
+    except StaffError as error:
+        raise UsageError(f"staff password: {error}") from None
+    print(f"staff {staff_id} has a new password; their sessions are ended")
     return 0
 
 
@@ -733,6 +749,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from the first line of stdin"
     )
     add.set_defaults(func=cmd_staff_add)
+    password = staff_commands.add_parser("password", help="set a staff account's password (ends its sessions)")
+    password.add_argument("--email", required=True)
+    password.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    password.set_defaults(func=cmd_staff_password)
     disable = staff_commands.add_parser("disable", help="disable a staff account and end its sessions")
     disable.add_argument("--email", required=True)
     disable.set_defaults(func=cmd_staff_disable)

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Where rate limits can be counted (bot.web.ratelimit): this process's memory, or a shared Redis.
 RATE_LIMIT_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://")
@@ -168,6 +170,15 @@ class Settings(BaseSettings):
     def telegram_enabled(self) -> bool:
         """Return whether Telegram is configured."""
         return bool(self.telegram_bot_token.get_secret_value())
+
+    @property
+    def reachable_by_patients(self) -> bool:
+        """Return whether patients can reach this server: a public URL off this machine, or SMS or Telegram on.
+
+        Only a demo on one machine (`make run`) is not; then the published demo password may sign in.
+        """
+        host = urlsplit(self.public_url.strip()).hostname
+        return host not in LOOPBACK_HOSTS or self.twilio_enabled or self.telegram_enabled
 
     # A URL may carry a password: the messages below name what is wrong, never the value.
 

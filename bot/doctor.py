@@ -13,7 +13,6 @@ from sqlalchemy.engine import make_url
 from bot.config import Settings
 from bot.db import shown_url
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 CONNECT_TIMEOUT_SECONDS = 5
 
 
@@ -85,11 +84,10 @@ def check_telegram(settings: Settings) -> Finding:
 def check_public_url(settings: Settings) -> Finding:
     """Check the public URL is https (http is tolerated on loopback, as a warning); settings made sure it is a URL."""
     url = settings.public_url
-    parts = urlsplit(url)
     if settings.public_url_is_https:
         return _ok("public url", url)
     fix = "put clinicbot behind a TLS-terminating proxy and set CLINICBOT_PUBLIC_URL to its https address"
-    if parts.hostname in LOOPBACK_HOSTS and not (settings.twilio_enabled or settings.telegram_enabled):
+    if not settings.reachable_by_patients:
         return Finding(
             "public url", "warning", f"{url} is plain http: fine on this machine, not for patients", fix
         )
@@ -183,11 +181,12 @@ def check_demo_accounts(settings: Settings, engine: Engine) -> Finding:
     if not exposed:
         return _ok("demo accounts", "none signs in with the published demo password")
     detail = f"{', '.join(exposed)} sign(s) in with the published demo password"
-    fix = "create real accounts (`clinicbot staff add`), then `clinicbot staff disable EMAIL` for each demo account"
-    host = urlsplit(settings.public_url).hostname
-    if host in LOOPBACK_HOSTS and not (settings.twilio_enabled or settings.telegram_enabled):
+    fix = ("give each a real password (`clinicbot staff password --email EMAIL --password-stdin`), or create real "
+           "accounts (`clinicbot staff add`) and `clinicbot staff disable --email EMAIL` each demo account")
+    if not settings.reachable_by_patients:
         return Finding("demo accounts", "warning", f"{detail}: fine for a demo on this machine, not for patients", fix)
-    return _problem("demo accounts", f"{detail}, and this server is reachable by patients", fix)
+    return _problem("demo accounts", f"{detail}, and this server is reachable by patients: their sign-ins are refused",
+                    fix)
 
 
 def check_timezone(zone: str | None) -> Finding:

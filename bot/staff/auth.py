@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import secrets
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ class StaffError(ValueError):
 
 
 class LoginRefused(Exception):
-    """Sign-in failed: "invalid" (wrong email or password, or disabled) or "throttled"."""
+    """Sign-in failed: "invalid" (wrong email or password, or disabled), "throttled", or "demo_password"
+    (the password the README publishes, on a server patients reach)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -81,8 +83,9 @@ def add_staff(
         raise StaffError(f"email {email!r} is not an email address")
     if not name.strip():
         raise StaffError("name must not be empty")
-    if len(password) < 12:
-        raise StaffError("password must be at least 12 characters")
+    problem = password_problem(password)
+    if problem is not None:
+        raise StaffError(problem[0].lower() + problem[1:].removesuffix("."))
     if session.scalars(select(StaffUser.id).where(StaffUser.email == email)).first() is not None:
         raise StaffError(f"a staff account with email {email} already exists")
     user = StaffUser(email=email, name=name.strip(), role=role, password_hash=hash_password(password))
@@ -90,6 +93,20 @@ def add_staff(
     session.flush()
     audit.record(session=session, actor_kind="staff" if actor_id else "cli", actor_id=actor_id,
                  action="staff.added", subject_type="staff_user", subject_id=user.id, details={"role": str(role)})  # fmt: skip
+    return user
+
+
+def reset_password(*, session: Session, email: str, password: str) -> StaffUser:
+    """Give an account a new password from the command line (a forgotten one, a demo account's); its sessions end."""
+    user = session.scalars(select(StaffUser).where(StaffUser.email == normalize_email(email))).first()
+    if user is None:
+        raise StaffError(f"no staff account with email {normalize_email(email)}")
+    problem = password_problem(password)
+    if problem is not None:
+        raise StaffError(problem[0].lower() + problem[1:].removesuffix("."))
+    ended = set_password(session=session, user=user, password=password)
+    audit.record(session=session, actor_kind="cli", action="staff.password_reset", subject_type="staff_user",
+                 subject_id=user.id, details={"sessions_ended": ended})  # fmt: skip
     return user
 
 
@@ -117,6 +134,51 @@ def disable_staff(*, session: Session, email: str, actor_id: int | None = None) 
     return user
 
 
+MIN_PASSWORD = 12
+
+
+def password_problem(password: str) -> str | None:
+    """Return why a new password is refused, or None: at least 12 characters, and not the published demo one."""
+    if len(password) < MIN_PASSWORD:
+        return f"The password must be at least {MIN_PASSWORD} characters."
+    if is_published_demo_password(password):
+        return "That is the demo password, which the README publishes: choose another."
+    return None
+
+
+def is_published_demo_password(password: str) -> bool:
+    """Return whether a password is the demo accounts' published one (compared in constant time)."""
+    from bot.demo import DEMO_ADMIN_PASSWORD
+
+    return hmac.compare_digest(password.encode(), DEMO_ADMIN_PASSWORD.encode())
+
+
+def throttled(*, session: Session, email: str, ip: str) -> bool:
+    """Return whether sign-ins (and password checks) for this account or from this address are paused."""
+    settings = get_settings()
+    since = utcnow() - timedelta(minutes=settings.staff_login_window_minutes)
+    return (
+        _recent_failures(session, column=LoginAttempt.email, value=email, since=since)
+        >= settings.staff_login_failures_per_account
+        or _recent_failures(session, column=LoginAttempt.ip, value=ip, since=since)
+        >= settings.staff_login_failures_per_ip
+    )
+
+
+def set_password(*, session: Session, user: StaffUser, password: str, keep_session: str | None = None) -> int:
+    """Store a new argon2id hash and end the account's other sessions; return how many ended.
+
+    The caller has checked the password's rules and audits the change. `keep_session` (a session id)
+    stays open: a person changing their own password stays signed in where they did it.
+    """
+    user.password_hash = hash_password(password)
+    query = update(StaffSession).where(StaffSession.staff_id == user.id, StaffSession.ended_at.is_(None))
+    if keep_session is not None:
+        query = query.where(StaffSession.id != keep_session)
+    result = session.execute(query.values(ended_at=utcnow(), end_reason="password_changed"))
+    return result.rowcount or 0
+
+
 def _recent_failures(session: Session, *, column: object, value: str, since: datetime) -> int:
     return (
         session.scalar(
@@ -133,15 +195,8 @@ def login(*, session: Session, email: str, password: str, ip: str) -> SignedIn:
     settings = get_settings()
     email = normalize_email(email)[:254]
     now = utcnow()
-    since = now - timedelta(minutes=settings.staff_login_window_minutes)
-    throttled = (
-        _recent_failures(session, column=LoginAttempt.email, value=email, since=since)
-        >= settings.staff_login_failures_per_account
-        or _recent_failures(session, column=LoginAttempt.ip, value=ip, since=since)
-        >= settings.staff_login_failures_per_ip
-    )
     user = session.scalars(select(StaffUser).where(StaffUser.email == email)).first()
-    if throttled:
+    if throttled(session=session, email=email, ip=ip):
         session.add(LoginAttempt(email=email, ip=ip, at=now, succeeded=False))
         audit.record(session=session, actor_kind="staff", actor_id=user.id if user else None, action="staff.login",
                      outcome="throttled")  # fmt: skip
@@ -154,6 +209,13 @@ def login(*, session: Session, email: str, password: str, ip: str) -> SignedIn:
         audit.record(session=session, actor_kind="staff", actor_id=user.id if user else None, action="staff.login",
                      outcome=outcome)  # fmt: skip
         raise LoginRefused("invalid")
+    if settings.reachable_by_patients and is_published_demo_password(password):
+        # `clinicbot init --demo` gives its accounts a password the README prints: fine for `make run` on one
+        # machine, an open door on a server patients reach. The account stays; it needs a real password.
+        session.add(LoginAttempt(email=email, ip=ip, at=now, succeeded=False))
+        audit.record(session=session, actor_kind="staff", actor_id=user.id, action="staff.login", outcome="demo_password")
+        log.warning("staff %s sign-in refused: the published demo password, on a server patients reach", user.id)
+        raise LoginRefused("demo_password")
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     session.add(LoginAttempt(email=email, ip=ip, at=now, succeeded=True))

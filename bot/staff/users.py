@@ -1,14 +1,17 @@
-"""Admins manage staff accounts: add, change a role, disable (which ends their sessions at once)."""
+"""Staff accounts: admins add them, change a role, set a password, disable one (which ends its sessions at
+once); each person changes their own password."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.db import utcnow
 from bot.staff import audit, auth
-from bot.staff.models import Role, StaffUser
+from bot.staff.models import LoginAttempt, Role, StaffUser
+from bot.staff.passwords import verify_password
 
-MIN_PASSWORD = 12
+MIN_PASSWORD = auth.MIN_PASSWORD
 
 
 class UserError(ValueError):
@@ -17,6 +20,10 @@ class UserError(ValueError):
     def __init__(self, problems: dict[str, str]) -> None:
         super().__init__("; ".join(problems.values()))
         self.problems = problems
+
+
+class Throttled(UserError):
+    """Too many wrong passwords for this account or from this address, lately."""
 
 
 class UserNotFound(LookupError):
@@ -50,11 +57,69 @@ def check_new_staff(
         errors["name"] = "The name is longer than 200 characters."
     if role not in {member.value for member in Role}:
         errors["role"] = "Pick a role."
-    if len(password) < MIN_PASSWORD:
-        errors["password"] = f"The password must be at least {MIN_PASSWORD} characters."
-    elif password != confirm:
-        errors["confirm"] = "The two passwords do not match."
+    errors.update(check_new_password(password, confirm))
     return errors
+
+
+def check_new_password(password: str, confirm: str, *, field: str = "password") -> dict[str, str]:
+    """Return a problem per form field for a new password (`field`, and "confirm"); empty when it will do."""
+    problem = auth.password_problem(password)
+    if problem is not None:
+        return {field: problem}
+    if password != confirm:
+        return {"confirm": "The two passwords do not match."}
+    return {}
+
+
+def do_change_own_password(
+    *, session: Session, staff_id: int, session_id: str, current: str, password: str, confirm: str, ip: str
+) -> StaffUser:
+    """Change the signed-in person's password; their other sessions end, this one stays.
+
+    The current password is asked for, so a session left open on a shared computer cannot lock its owner
+    out; a wrong one counts as a failed sign-in (the same throttle), and every outcome is audited.
+    """
+    user = _get(session, staff_id)
+    now = utcnow()
+
+    def refuse(outcome: str, problems: dict[str, str]) -> UserError:
+        audit.record(session=session, actor_kind="staff", actor_id=user.id, action="staff.password_changed",
+                     subject_type="staff_user", subject_id=user.id, outcome=outcome)  # fmt: skip
+        return (Throttled if outcome == "throttled" else UserError)(problems)
+
+    if auth.throttled(session=session, email=user.email, ip=ip):
+        raise refuse("throttled", {"current": "Too many wrong passwords. Wait 15 minutes, or ask an admin to help."})
+    if not verify_password(user.password_hash, current):
+        session.add(LoginAttempt(email=user.email, ip=ip, at=now, succeeded=False))
+        raise refuse("wrong_password", {"current": "That is not your current password."})
+    errors = check_new_password(password, confirm)
+    if not errors and password == current:
+        errors = {"password": "The new password is the same as the current one."}
+    if errors:
+        raise refuse("refused", errors)
+    ended = auth.set_password(session=session, user=user, password=password, keep_session=session_id)
+    audit.record(session=session, actor_kind="staff", actor_id=user.id, action="staff.password_changed",
+                 subject_type="staff_user", subject_id=user.id, details={"sessions_ended": ended})  # fmt: skip
+    return user
+
+
+def do_reset_password(*, session: Session, staff_id: int, password: str, confirm: str, actor_id: int) -> StaffUser:
+    """Give another account a new password (a person who forgot theirs); every session of theirs ends.
+
+    An admin changes their own on their account page, where the current password is asked for.
+    """
+    user = _get(session, staff_id)
+    if user.id == actor_id:
+        audit.record(session=session, actor_kind="staff", actor_id=actor_id, action="staff.password_reset",
+                     subject_type="staff_user", subject_id=user.id, outcome="self")  # fmt: skip
+        raise UserError({"": "Change your own password on your account page."})
+    errors = check_new_password(password, confirm)
+    if errors:
+        raise UserError(errors)
+    ended = auth.set_password(session=session, user=user, password=password)
+    audit.record(session=session, actor_kind="staff", actor_id=actor_id, action="staff.password_reset",
+                 subject_type="staff_user", subject_id=user.id, details={"sessions_ended": ended})  # fmt: skip
+    return user
 
 
 def do_add_staff(

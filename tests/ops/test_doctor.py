@@ -74,11 +74,12 @@ def test_demo_accounts_with_the_published_password_are_a_problem_once_patients_c
     demo_db: str, monkeypatch, capsys
 ) -> None:
     exposed = "admin@riverside.example, sam@riverside.example, priya@riverside.example sign(s) in with the published demo password"
-    fix = "         fix: create real accounts (`clinicbot staff add`), then `clinicbot staff disable EMAIL` for each demo account"
+    fix = ("         fix: give each a real password (`clinicbot staff password --email EMAIL --password-stdin`), or "
+           "create real accounts (`clinicbot staff add`) and `clinicbot staff disable --email EMAIL` each demo account")
     status, lines = doctor(monkeypatch, capsys)
     assert status == 1
-    assert lines[-3:] == [f"PROBLEM  demo accounts: {exposed}, and this server is reachable by patients", fix,
-                          "1 problem found"]  # fmt: skip
+    assert lines[-3:] == [f"PROBLEM  demo accounts: {exposed}, and this server is reachable by patients: their "
+                          "sign-ins are refused", fix, "1 problem found"]  # fmt: skip
     # `make run`: this machine only, no channels: a reminder, not a failure.
     off = {name: "" for name in GOOD if name.startswith(("TWILIO", "TELEGRAM"))}
     status, lines = doctor(monkeypatch, capsys, CLINICBOT_PUBLIC_URL="http://127.0.0.1:8000", **off)
@@ -91,7 +92,7 @@ def test_demo_accounts_with_the_published_password_are_a_problem_once_patients_c
     status, lines = doctor(monkeypatch, capsys)
     assert status == 1
     assert ("PROBLEM  demo accounts: sam@riverside.example, priya@riverside.example sign(s) in with the published "
-            "demo password, and this server is reachable by patients") in lines  # fmt: skip
+            "demo password, and this server is reachable by patients: their sign-ins are refused") in lines  # fmt: skip
 
 
 def test_a_shared_rate_limit_redis_is_checked_and_its_password_never_shown(

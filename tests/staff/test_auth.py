@@ -13,7 +13,7 @@ from bot.demo import DEMO_ADMIN_EMAIL, DEMO_ADMIN_PASSWORD
 from bot.staff import auth
 from bot.staff.models import AuditEvent, LoginAttempt, StaffSession, StaffUser
 from bot.web.staff_deps import COOKIE_NAME
-from tests.staff.conftest import DEMO_STAFF_EMAIL, csrf_for, sign_in
+from tests.staff.conftest import DEMO_STAFF_EMAIL, TEST_PASSWORD, csrf_for, give_test_password, sign_in
 
 
 def _audit(action: str) -> list[tuple[str | None, str]]:
@@ -59,7 +59,8 @@ def test_sign_in_sets_a_new_httponly_lax_session_cookie(make_app) -> None:  # ty
 @pytest.mark.parametrize("url", ["https://clinic.example", "HTTPS://Clinic.example"])
 def test_cookie_is_secure_behind_an_https_public_url(make_app, url: str) -> None:  # type: ignore[no-untyped-def]
     client = make_app(CLINICBOT_PUBLIC_URL=url).client
-    response = client.post("/staff/login", data={"email": DEMO_ADMIN_EMAIL, "password": DEMO_ADMIN_PASSWORD},
+    give_test_password(DEMO_ADMIN_EMAIL)
+    response = client.post("/staff/login", data={"email": DEMO_ADMIN_EMAIL, "password": TEST_PASSWORD},
                            follow_redirects=False)  # fmt: skip
     assert "Secure" in response.headers["set-cookie"]
 
@@ -77,7 +78,8 @@ def test_cookie_is_secure_behind_an_https_public_url(make_app, url: str) -> None
 )
 def test_a_sign_in_form_sent_from_another_site_is_refused(make_app, headers: dict[str, str], status: int) -> None:  # type: ignore[no-untyped-def]
     client = make_app(CLINICBOT_PUBLIC_URL="https://clinic.example").client
-    response = client.post("/staff/login", data={"email": DEMO_ADMIN_EMAIL, "password": DEMO_ADMIN_PASSWORD},
+    give_test_password(DEMO_ADMIN_EMAIL)
+    response = client.post("/staff/login", data={"email": DEMO_ADMIN_EMAIL, "password": TEST_PASSWORD},
                            headers=headers, follow_redirects=False)  # fmt: skip
     assert response.status_code == status
     assert (COOKIE_NAME in response.headers.get("set-cookie", "")) is (status == 303)

@@ -200,6 +200,7 @@ NOTICES = {
     "added": "The account was added. Give the person their password in person or by phone.",
     "disabled": "The account was disabled and its sessions ended.",
     "role": "The role was changed; it applies from their next page.",
+    "password": "The password was set and the account's sessions ended. Give the person the password in person or by phone.",
 }
 EMPTY_FORM = {"email": "", "name": "", "role": Role.STAFF.value}
 
@@ -281,6 +282,24 @@ def disable_user(request: Request, staff: Admin, staff_id: int) -> Response:
         request,
         lambda session: users.do_disable_staff(session=session, staff_id=staff_id, actor_id=staff.staff_id),
         done="disabled",
+    )
+
+
+@router.post("/admin/users/{staff_id}/password", response_class=HTMLResponse)
+def reset_password(
+    request: Request,
+    staff: Admin,
+    staff_id: int,
+    password: Annotated[str, Form(max_length=1024)] = "",
+    confirm: Annotated[str, Form(max_length=1024)] = "",
+) -> Response:
+    """Give another account a new password (one its owner forgot); every session of that account ends."""
+    return _account_change(
+        request,
+        lambda session: users.do_reset_password(
+            session=session, staff_id=staff_id, password=password, confirm=confirm, actor_id=staff.staff_id
+        ),
+        done="password",
     )
 
 

@@ -1,4 +1,4 @@
-"""Staff sign-in and sign-out."""
+"""Staff sign-in and sign-out, and each person's own account page (their password)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bot.config import get_settings
 from bot.db import session_scope
-from bot.staff import auth
+from bot.staff import auth, users
 from bot.web.origin import origin_matches
 from bot.web.staff_deps import (
     COOKIE_NAME,
@@ -32,6 +32,11 @@ MESSAGES = {
     "invalid": "That email and password don't match an active account.",
     "throttled": "Too many failed sign-ins. Wait 15 minutes, or ask an admin to help.",
     "cross_site": "This sign-in form was sent from another website. Open the staff pages directly and sign in there.",
+    "demo_password": (
+        "This account still has the demo password, which the README publishes, and this server is reachable by "
+        "patients: it cannot sign in with it. An admin sets a real one on the Users page, or on the server with "
+        "`clinicbot staff password --email EMAIL --password-stdin`."
+    ),
 }
 
 
@@ -77,7 +82,7 @@ async def login(
     replaced = request.cookies.get(COOKIE_NAME, "")
     outcome = await run_in_threadpool(_login, email, password, client_ip(request), replaced)
     if isinstance(outcome, str):
-        status = 429 if outcome == "throttled" else 401
+        status = {"throttled": 429, "demo_password": 403}.get(outcome, 401)
         context = {"next": _safe_next(next), "email": email, "error": MESSAGES[outcome]}
         return page(request, "staff/login.html", context, status_code=status)
     response = RedirectResponse(_safe_next(next), status_code=303)
@@ -93,3 +98,42 @@ def logout(staff: Staff) -> Response:
     response = RedirectResponse("/staff/login", status_code=303)
     clear_session_cookie(response)
     return response
+
+
+# -- one's own account ------------------------------------------------------------------------------
+
+
+def _account_page(request: Request, *, errors: dict[str, str] | None = None, done: bool = False,
+                  status_code: int = 200) -> Response:  # fmt: skip
+    context = {"nav": "account", "errors": errors or {}, "done": done}
+    return page(request, "staff/account.html", context, status_code=status_code)
+
+
+@router.get("/account", response_class=HTMLResponse)
+def account_page(request: Request, staff: Staff, done: str = "") -> Response:
+    """Show the signed-in person's account, with the form to change their password."""
+    return _account_page(request, done=done == "password")
+
+
+@router.post("/account/password", response_class=HTMLResponse)
+def change_password(
+    request: Request,
+    staff: Staff,
+    current: Annotated[str, Form(max_length=1024)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+    confirm: Annotated[str, Form(max_length=1024)] = "",
+) -> Response:
+    """Change one's own password: the current one is asked for; every other session of the account ends."""
+    with session_scope() as session:
+        try:
+            users.do_change_own_password(session=session, staff_id=staff.staff_id, session_id=staff.session_id,
+                                         current=current, password=password, confirm=confirm,
+                                         ip=client_ip(request))  # fmt: skip
+        except users.UserError as error:
+            # The refusal's audit row (and a wrong password's failed attempt) are kept: the scope commits.
+            errors, status = error.problems, 429 if isinstance(error, users.Throttled) else 400
+        else:
+            errors, status = {}, 200
+    if errors:
+        return _account_page(request, errors=errors, status_code=status)
+    return RedirectResponse("/staff/account?done=password", status_code=303)
