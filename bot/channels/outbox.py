@@ -360,18 +360,22 @@ class _Outcome:
 
 
 _OUTBOX = OutboxMessage.__table__
-# A text no attempt has settled yet: only such a row takes an attempt's outcome as its status. A sender whose
-# rows looked stale (its heartbeat could not reach the database) may record an attempt after another
-# sender's reconcile found and recorded the same message, and status callbacks moved it on (delivered):
-# its late "sent", "unknown" or "retry" must not set the text back.
+# A text no attempt has settled yet: only such a row takes an attempt's outcome as its status (but for a
+# cancelled text the provider accepted: see _RECORD_CANCELLED_SENT). A sender whose rows looked stale (its
+# heartbeat could not reach the database) may record an attempt after another sender's reconcile found and
+# recorded the same message, and status callbacks moved it on (delivered): its late "sent", "unknown" or
+# "retry" must not set the text back.
 _UNSETTLED = (OutboxStatus.PENDING, OutboxStatus.SENDING, OutboxStatus.UNKNOWN)
 # Literals: an expanding IN cannot run as one executemany.
 _unsettled = _OUTBOX.c.status.in_([literal_column(f"'{status.value}'") for status in _UNSETTLED])
-# What _apply does for a sent text, as one statement for a whole wave (built once, compiled once). A settled
-# row keeps its status, time sent and error code; the provider's id is recorded either way.
+_cancelled = _OUTBOX.c.status == literal_column(f"'{OutboxStatus.CANCELLED.value}'")
+# How a wave's sent texts are recorded, as one statement for the whole wave (built once, compiled once). A
+# settled row keeps its status, time sent and error code; the provider's id is recorded either way. A
+# cancelled row is left to _RECORD_CANCELLED_SENT (see _record_sent): the statement skips it, and its count
+# of rows says whether there was one, so a wave with none costs nothing more.
 _RECORD_SENT = (
     update(_OUTBOX)
-    .where(_OUTBOX.c.id == bindparam("b_id"))
+    .where(_OUTBOX.c.id == bindparam("b_id"), ~_cancelled)
     .values(
         status=case((_unsettled, OutboxStatus.SENT.value), else_=_OUTBOX.c.status),
         sent_at=case(
@@ -383,6 +387,41 @@ _RECORD_SENT = (
         error_code=case((_unsettled, bindparam("b_error")), else_=_OUTBOX.c.error_code),
     )
 )
+# A text cancelled while an attempt was in flight (the patient opted out, another sender took the row for a
+# dead sender's and cancelled it, the patient was erased) that the provider then accepted reached the patient:
+# it is sent, whatever the cancellation said. Its status callbacks then count as any sent text's.
+# Locked: of two senders that both had such a text in flight, the second finds it sent already.
+_CANCELLED_AMONG = (
+    select(_OUTBOX.c.id)
+    .where(_OUTBOX.c.id.in_(bindparam("b_ids", expanding=True)), _cancelled)
+    .order_by(_OUTBOX.c.id)
+    .with_for_update()
+)
+_RECORD_CANCELLED_SENT = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("b_id"), _cancelled)
+    .values(
+        status=OutboxStatus.SENT.value,
+        sent_at=bindparam("b_now"),
+        updated_at=bindparam("b_now"),
+        provider_message_id=func.coalesce(bindparam("b_provider_id"), _OUTBOX.c.provider_message_id),
+        # The cancellation's reason ("opted_out") does not describe a text that went out.
+        error_code=bindparam("b_error"),
+    )
+)
+
+
+def _record_sent(session: Session, sent: list[dict[str, Any]]) -> None:
+    """Record a wave's sent texts (`_RECORD_SENT` parameters), a text cancelled meanwhile as sent too."""
+    if session.execute(_RECORD_SENT, sent).rowcount == len(sent):
+        return
+    by_id = {params["b_id"]: params for params in sent}
+    cancelled = session.scalars(_CANCELLED_AMONG, {"b_ids": list(by_id)}).all()
+    if not cancelled:
+        return
+    session.execute(_RECORD_CANCELLED_SENT, [by_id[outbox_id] for outbox_id in cancelled])
+    for outbox_id in cancelled:
+        log.warning("outbox %s was cancelled but the provider accepted it: recorded as sent", outbox_id)
 
 
 def _report(outbox_id: int, status: str, channel: str, attempts: int, provider_id: str | None = None) -> None:
@@ -788,7 +827,7 @@ class OutboxSender:
             sent = [o for o in outcomes if not o.cancelled and o.result.outcome is Delivery.SENT]
             if sent:
                 # A text resumed after some of its parts keeps the id its first part got (_apply records a cut).
-                session.execute(_RECORD_SENT, [
+                _record_sent(session, [
                     {"b_id": o.text.outbox_id, "b_now": now, "b_error": o.result.error_code,
                      "b_provider_id": None if o.text.parts_sent else o.result.provider_message_id} for o in sent
                 ])  # fmt: skip

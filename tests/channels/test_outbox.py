@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -362,6 +363,69 @@ def test_a_sender_that_died_mid_send_leaves_an_unknown_to_reconcile(database_url
     channel = ScriptedChannel(reconcile_results=(SendResult(Delivery.SENT, "SM-earlier"),))
     OutboxSender(channels={"sms": channel}, pacing=False).drain()
     assert (row(outbox_id).status, len(channel.sent), len(channel.reconciled)) == ("sent", 0, 1)
+
+
+@contextmanager
+def _cancelled_lookups() -> Iterator[list[str]]:
+    """Collect the sender's look-ups for cancelled texts among those it records as sent."""
+    from sqlalchemy import event
+
+    from bot.db import get_engine
+
+    seen: list[str] = []
+
+    def spy(conn, cursor, statement: str, *args: object) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT") and "'cancelled'" in statement:
+            seen.append(statement)
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", spy)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+
+
+def test_a_text_cancelled_in_flight_that_the_provider_accepted_is_sent(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Rows settled while their attempts were in flight, in one wave: a cancelled text the provider took
+    # reached the patient and is sent; a delivered or failed one keeps what it was told.
+    ids = {name: queue(name, address=f"+1617555{5000 + n:04d}")
+           for n, name in enumerate(("plain", "cancelled", "delivered", "failed"))}  # fmt: skip
+    settled = {
+        "cancelled": {"status": OutboxStatus.CANCELLED, "error_code": "opted_out"},
+        "delivered": {"status": OutboxStatus.DELIVERED, "provider_message_id": f"SM{ids['delivered']}"},
+        "failed": {"status": OutboxStatus.FAILED, "error_code": "unknown_outcome"},
+    }
+    sender = OutboxSender(channels={"sms": ScriptedChannel()}, pacing=False)
+    with _cancelled_lookups() as before:
+        sender.drain()  # nothing cancelled: the wave is recorded with one statement, no look-up
+    with session_scope() as session:
+        session.execute(update(OutboxMessage).values(status=OutboxStatus.PENDING, provider_message_id=None,
+                                                     sent_at=None))  # fmt: skip
+    texts = sender.claim()
+    with session_scope() as session:
+        for name, values in settled.items():
+            session.execute(update(OutboxMessage).where(OutboxMessage.id == ids[name]).values(**values))
+    with _cancelled_lookups() as during:
+        sender.deliver_all(texts)
+    rows = {name: row(i) for name, i in ids.items()}
+    recorded = {name: (text.status, text.provider_message_id, text.error_code) for name, text in rows.items()}
+    delivered = status_callback(f"SM{ids['cancelled']}", "delivered")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (len(before), len(during), len(texts)) == (0, 1, 4)
+    assert recorded == {
+        "plain": ("sent", f"SM{ids['plain']}", None),
+        "cancelled": ("sent", f"SM{ids['cancelled']}", None),
+        "delivered": ("delivered", f"SM{ids['delivered']}", None),
+        "failed": ("failed", f"SM{ids['failed']}", "unknown_outcome"),
+    }
+    assert (rows["cancelled"].sent_at is not None, delivered, row(ids["cancelled"]).status) == (
+        True, True, "delivered"
+    )
+    cancelled = ids["cancelled"]
+    assert warnings == [f"outbox {cancelled} was cancelled but the provider accepted it: recorded as sent"]
 
 
 # SKIP LOCKED claims are what let several app processes send; SQLite has a single writer anyway.

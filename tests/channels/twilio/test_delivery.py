@@ -303,6 +303,72 @@ def test_a_late_attempt_never_sets_back_a_delivered_text(make_app, fake_twilio: 
     assert row.attempts == (1 if then == "answer" else 2)
 
 
+@pytest.mark.parametrize("callback_comes", ["after the answer", "before the answer"])
+@pytest.mark.parametrize("attempt", ["send", "reconcile"])
+def test_a_text_cancelled_while_twilio_accepts_it_is_recorded_as_sent(
+    make_app,  # type: ignore[no-untyped-def]
+    fake_twilio: FakeTwilio,
+    caplog: pytest.LogCaptureFixture,
+    attempt: str,
+    callback_comes: str,
+) -> None:
+    # A sender's answer from Twilio is slow; meanwhile the patient texts STOP, and another sender takes the
+    # text in flight for a dead sender's and cancels it (the number opted out). Twilio had it all along: the
+    # text reached the patient, so it is recorded as sent, and its delivery status counts as any sent text's.
+    caplog.set_level(logging.INFO)
+    env = twilio_env(fake_twilio, CLINICBOT_OUTBOX_SEND_TIMEOUT="10")
+    app = SmsApp(harness=make_app(**env), fake=fake_twilio)
+    first = app.harness.workers.sender
+    outbox_id = queue_text("Your results are in.")
+    if attempt == "reconcile":
+        # Twilio took the first attempt but the connection dropped before its answer: the text waits to be
+        # reconciled, and the reconcile's look-up at Twilio is the slow answer.
+        fake_twilio.fail_next(Fault.disconnect(record=True))
+        first.run_once()
+        (unknown,) = outbox_rows()
+        assert unknown.status == OutboxStatus.UNKNOWN
+        make_due()
+        fake_twilio.fail_next(Fault.held(), on="list")
+    else:
+        fake_twilio.fail_next(Fault.held())
+    sending = threading.Thread(target=first.run_once, daemon=True)
+    sending.start()
+    # Twilio has the message, and the sender waits for the answer to its create (or to its reconcile's list).
+    waits_on = "GET" if attempt == "reconcile" else "POST"
+    wait_for(lambda: len(fake_twilio.messages) == 1 and fake_twilio.requests[-1][0] == waits_on)
+    (message,) = fake_twilio.messages
+    app.text_in("STOP")
+    app.harness.workers.processor.drain()
+    other = OutboxSender(channels=first.channels, pacing=False, stale_after=timedelta(0))
+    try:
+        claimed = other.run_once()
+    finally:
+        other.close()
+    (cancelled,) = outbox_rows()
+    if callback_comes == "before the answer":
+        # Kept: the cancelled row has no provider id yet (see outbox.record_status).
+        callback = app.status(message.sid, "delivered")
+    fake_twilio.release()
+    sending.join(15)
+    (sent,) = outbox_rows()
+    if callback_comes == "after the answer":
+        callback = app.status(message.sid, "delivered")
+    (row,) = outbox_rows()
+    assert (claimed, cancelled.status, cancelled.error_code, sending.is_alive()) == (
+        0, OutboxStatus.CANCELLED, "opted_out", False
+    )
+    recorded = OutboxStatus.DELIVERED if callback_comes == "before the answer" else OutboxStatus.SENT
+    assert (sent.status, sent.provider_message_id, sent.error_code, sent.sent_at is not None) == (
+        recorded, message.sid, None, True
+    )
+    assert (callback.status_code, row.status, kept_statuses()) == (204, OutboxStatus.DELIVERED, [])
+    assert (len(fake_twilio.messages), [m.sid for m in fake_twilio.messages]) == (1, [message.sid])
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "cancelled" in r.getMessage()]  # fmt: skip
+    assert warned == [f"outbox {outbox_id} was cancelled but the provider accepted it: recorded as sent"]
+    assert [leak for leak in ("5550142", "5550199", "results are in") if leak in caplog.text] == []
+
+
 def kept_statuses() -> list[tuple[str, str, str | None]]:
     """Return the status callbacks kept for messages not recorded yet, oldest first."""
     with session_scope() as session:
