@@ -219,6 +219,7 @@ class RequestStatus(StrEnum):
 
     OPEN = "open"
     DONE = "done"
+    DECLINED = "declined"  # answered: it could not be done, and the patient was told why
     CANCELLED = "cancelled"
 
 

@@ -69,6 +69,9 @@ def create_app(
     from bot.web.routers import staff_promises
 
     app.include_router(staff_promises.router)
+    from bot.web.routers import staff_requests
+
+    app.include_router(staff_requests.router)
     from bot.web.routers.api_v1 import create_api as create_lab_api
 
     app.mount("/api/v1", create_lab_api())  # the lab REST API, with its own OpenAPI page at /api/v1/docs

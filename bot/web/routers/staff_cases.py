@@ -44,7 +44,8 @@ def age_text(since: datetime, now: datetime) -> str:
     return human_duration(now - since)
 
 
-def _local(session: Session):  # type: ignore[no-untyped-def]
+def local_clock(session: Session):  # type: ignore[no-untyped-def]
+    """Return a function that shows a UTC time in the clinic's zone ("Thu 26 Nov 16:00"; "—" for none)."""
     calendar = load_clinic(session=session).calendar
 
     def render(at: datetime | None) -> str:
@@ -81,7 +82,7 @@ def complaint_list(request: Request, staff: Staff, status: str = "active") -> Re
         raise HTTPException(status_code=400, detail=f"Unknown status filter {status!r}.")
     now = utcnow()
     with session_scope() as session:
-        local = _local(session)
+        local = local_clock(session)
         rows = []
         for case, conversation in complaints.list_cases(session=session, statuses=STATUS_FILTERS[status]):
             if not _can_see(staff, conversation):
@@ -125,7 +126,7 @@ def open_complaint(conversation_id: int, staff: Staff, runtime: RuntimeDep, work
 
 def _case_context(session: Session, staff: Principal, case: ComplaintCase, runtime: Any) -> dict[str, Any]:
     now = utcnow()
-    local = _local(session)
+    local = local_clock(session)
     conversation = session.get(Conversation, case.conversation_id)
     assert conversation is not None
     _require_visible(staff, conversation)
@@ -269,7 +270,7 @@ def _correction_context(session: Session, staff: Principal, runtime: Any, messag
     existing = corrections.incident_for(session=session, message_id=message.id)
     return {
         "nav": "inbox", "message": message, "conversation": conversation, "before": before, "after": after,
-        "sent_at": _local(session)(message.created_at), "existing": existing, "explanation": "", "correction": "",
+        "sent_at": local_clock(session)(message.created_at), "existing": existing, "explanation": "", "correction": "",
         "preview": None, "error": None,
     }  # fmt: skip
 
@@ -327,7 +328,7 @@ def review_page(request: Request, staff: Admin) -> Response:
     """List wrong answers waiting for content review."""
     with session_scope() as session:
         items = corrections.pending_reviews(session=session)
-        local = _local(session)
+        local = local_clock(session)
         rows = [{"item": item, "at": local(item.created_at)} for item in items]
         audit.record(session=session, actor_kind="staff", actor_id=staff.staff_id, action="review.listed",
                      details={"incidents": [item.id for item in items]})  # fmt: skip
