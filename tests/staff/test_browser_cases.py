@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +138,56 @@ def test_complaint_resolved_and_wrong_answer_corrected_in_the_patients_chat(
         )
         assert _fits(chat)
         assert foreign == [], "every asset is served locally"
+    finally:
+        staff_context.close()
+        patient_context.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_request_answered_from_the_requests_page_reaches_the_patients_chat(
+    server: ServerProcess, browser
+) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    from bot.conversations import flows
+    from bot.conversations.models import Conversation, RequestKind
+
+    patient_context = browser.new_context(viewport={"width": 375, "height": 800}, locale="en-US")
+    staff_context = browser.new_context(viewport={"width": 375, "height": 800}, locale="en-US")
+    try:
+        chat = patient_context.new_page()
+        chat.goto(f"{server.url}/chat")
+        chat.get_by_label("Message", exact=True).fill("what time do you open")
+        chat.get_by_role("button", name="Send", exact=True).click()
+        expect(chat.locator("#log .msg-bot")).to_have_count(2, timeout=TIMEOUT_MS)  # the greeting, the answer
+        with session_scope() as session:
+            conversation_id = session.scalars(select(Conversation.id).order_by(Conversation.id.desc())).first()
+            request_id = flows.do_record_request(
+                session=session, conversation_id=conversation_id, kind=RequestKind.APPOINTMENT, action="book",
+                details={"appointment": "check-up", "preferred": "mornings"},
+            ).request_id  # fmt: skip
+
+        # Staff, on a phone, find the request, fill the draft's day and time, and send it.
+        staff = staff_context.new_page()
+        staff.goto(f"{server.url}/staff/login?next=/staff/requests")
+        staff.get_by_label("Email").fill(DEMO_ADMIN_EMAIL)
+        staff.get_by_label("Password").fill(DEMO_ADMIN_PASSWORD)
+        staff.get_by_role("button", name="Sign in").click()
+        expect(staff.get_by_role("heading", name="Refill and appointment requests")).to_be_visible()
+        staff.get_by_role("link", name=f"Appointment (book) #{request_id}", exact=True).click()
+        done = staff.get_by_role("textbox", name="Message to the patient").first
+        expect(done).to_have_value(re.compile(r"^Your appointment is booked for \(day and time\)\."))
+        assert _fits(staff), "the request page scrolls sideways at phone width"
+        staff.get_by_role("button", name="Send and close: done").click()
+        expect(staff.locator("#request-error")).to_contain_text("Replace (day and time)")
+        filled = done.input_value().replace("(day and time)", "Tuesday, Dec 1 at 9:30 am")
+        staff.get_by_role("textbox", name="Message to the patient").first.fill(filled)
+        staff.get_by_role("button", name="Send and close: done").click()
+        expect(staff.locator("#requests-notice")).to_contain_text("on its way to the patient")
+        expect(staff.get_by_text("No open requests.")).to_be_visible()
+
+        # The patient's chat shows it, live.
+        expect(chat.locator("#log .msg-staff .bubble").last).to_have_text(filled, timeout=TIMEOUT_MS)
     finally:
         staff_context.close()
         patient_context.close()
