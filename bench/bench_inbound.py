@@ -569,6 +569,21 @@ class AckOnly:
 
 
 @dataclass
+class Standby:
+    """The run with this server's sender standing by: another process leads the deployment's one sender."""
+
+    load: LoadResult
+    e2e_ms: list[float]
+    e2e_rate: float
+    server_cpu: float
+    database_cpu: float
+    fake_cpu: float
+    outbox_rows: int  # texts queued for the measured messages
+    undelivered: int  # of those, not delivered once the sender was let lead again
+    delivery_wait: float
+
+
+@dataclass
 class Cold:
     """The warm-up: the first requests after the server started, closed loop, as the measured run."""
 
@@ -719,6 +734,80 @@ def measure_ack_only(
     wait_for_replies(probe, total=load.ok, label=f"{backend}: backlog routed", limit=E2E_WAIT_LIMIT)
     wait_for_delivery(outbox, limit=DELIVERY_WAIT_LIMIT)
     return AckOnly(load=load, server_cpu=cpu, database_cpu=db_cpu)
+
+
+def measure_standby(
+    backend: str, *, requests: int, concurrency: int, processors: int = 2, warmup: int = WARMUP_REQUESTS
+) -> Standby:
+    """Run a fresh server whose sender stands by, measure the inbound path to reply queued, then let it send.
+
+    The benchmark holds the outbox sender's leadership (bot.db.leader, as another app replica's sender
+    would: `docker compose --scale app=N` runs one sender for the deployment), so this server verifies,
+    stores, classifies and queues replies but sends none meanwhile: the issue's measure (reply queued),
+    with no sending on these cores. Then the benchmark lets go; the server's sender takes over and every
+    reply must reach the fake Twilio once.
+    """
+    from bot.channels.outbox import SENDER_LEADERSHIP
+    from bot.db import make_engine
+    from bot.db.leader import Leadership
+    from tests.e2e.server import ServerProcess
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"clinicbot-bench-standby-{backend}-"))
+    server = None
+    fake = FakeTwilioProcess(account_sid="AC" + secrets.token_hex(16), auth_token=secrets.token_hex(16))
+    probes: list[Callable[..., object]] = []
+    db_url = prepare_database(backend, workdir, name="bench.db", seed_demo=True)
+    engine = make_engine(db_url)
+    leadership = Leadership(engine=engine, name=SENDER_LEADERSHIP)
+    try:
+        if not leadership.try_acquire():
+            raise RuntimeError("another process leads the outbox sender of the benchmark's database")
+        server = ServerProcess(env={}, args=("--processors", str(processors)))
+        server.env.update(server_env(db_url=db_url, server_url=server.url, fake=fake))
+        server.start(timeout=120)
+        assert server.process is not None
+        outbox = outbox_counts(db_url)
+        probes.append(outbox)
+        run_tag = secrets.token_hex(3)
+        warm = plan(count=warmup, tag=run_tag + "w", public_url=server.url, path=INBOUND_PATH,
+                    token=fake.auth_token, account_sid=fake.account_sid,
+                    pool=sender_pool(50, first=3000)[len(DEMO_PATIENTS):], seed=3)  # fmt: skip
+        fire(base_url=server.url, path=INBOUND_PATH, planned=warm, concurrency=concurrency,
+             label=f"{backend}, sender standing by: warm-up")  # fmt: skip
+        warm_probe = reply_times(db_url, run_tag + "w")
+        probes.append(warm_probe)
+        wait_for_replies(warm_probe, total=len(warm), label=f"{backend}: warm-up replies", limit=E2E_WAIT_LIMIT)
+        rows_before, _ = outbox()
+        planned = plan(count=requests, tag=run_tag + "m", public_url=server.url, path=INBOUND_PATH,
+                       token=fake.auth_token, account_sid=fake.account_sid, pool=sender_pool(), seed=4)  # fmt: skip
+        cpu, fake_cpu, db_cpu = proc_cpu(server.process.pid), proc_cpu(fake.process.pid or 0), database_cpu(backend)
+        load = fire(base_url=server.url, path=INBOUND_PATH, planned=planned, concurrency=concurrency,
+                    label=f"{backend}, sender standing by: signed webhooks")  # fmt: skip
+        probe = reply_times(db_url, run_tag + "m")
+        probes.append(probe)
+        _, times = wait_for_replies(probe, total=load.ok, label=f"{backend}: replies queued", limit=E2E_WAIT_LIMIT)
+        server_cpu = proc_cpu(server.process.pid) - cpu
+        fake_cpu = proc_cpu(fake.process.pid or 0) - fake_cpu
+        db_cpu = database_cpu(backend) - db_cpu
+        rows_after, _ = outbox()
+        e2e, last_queued = end_to_end(planned, load, times)
+        sent = [start for start, status in zip(load.starts, load.statuses, strict=True) if status != 0]
+        span = last_queued - min(sent) if e2e and sent else math.nan
+        # Let the server's sender lead: every queued reply (the warm-up's too) must go out.
+        leadership.release()
+        undelivered, delivery_wait = wait_for_delivery(outbox, limit=DELIVERY_WAIT_LIMIT)
+        return Standby(load, e2e, len(e2e) / span if span > 0 else math.nan, server_cpu, db_cpu, fake_cpu,
+                       rows_after - rows_before, undelivered, delivery_wait)  # fmt: skip
+    finally:
+        leadership.release()
+        engine.dispose()
+        for probe in probes:
+            probe.dispose()  # type: ignore[attr-defined]
+        if server is not None:
+            server.stop()
+            server.log.unlink(missing_ok=True)
+        fake.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def measure_backend(
@@ -872,7 +961,7 @@ def _rate(load: LoadResult) -> float:
 
 def run(
     *, requests: int = 800, concurrency: int = 16, backends: tuple[str, ...] = ("sqlite", "postgres"),
-    processors: int = 2, open_rate: float | None = None, warmup: int = WARMUP_REQUESTS,
+    processors: int = 2, open_rate: float | None = None, warmup: int = WARMUP_REQUESTS, standby: bool = True,
 ) -> list[tuple[str, str]]:
     """Measure the bare endpoint, then the real server on each backend; return (metric, value) rows."""
     rows: list[tuple[str, str]] = [
@@ -959,6 +1048,25 @@ def run(
                 f"for ≤ {P99_TARGET_MS:.0f} ms); CPU per message: web process {alone.server_cpu / requests * 1000:.2f} ms"
                 f"{database}, load generator {alone.load.cpu_seconds / requests * 1000:.2f} ms",
             ))  # fmt: skip
+        if standby:
+            alone = measure_standby(backend, requests=requests, concurrency=concurrency, processors=processors,
+                                    warmup=warmup)  # fmt: skip
+            cpu = alone.server_cpu + alone.load.cpu_seconds + alone.fake_cpu
+            cpu += 0.0 if math.isnan(alone.database_cpu) else alone.database_cpu
+            e2e_p99 = percentile(alone.e2e_ms, 0.99)
+            rows += [
+                (f"{name}, sender standing by (another process leads the deployment's one sender, as with "
+                 "several app replicas): this server verifies, stores, classifies and queues, and sends nothing "
+                 "meanwhile; closed loop, a fresh server",
+                 f"{alone.e2e_rate:,.0f} msg/s end to end ({alone.e2e_rate / bare_rate:.1%} of bare: "
+                 f"{_met(alone.e2e_rate / bare_rate >= RATIO_TARGET)} for ≥ {RATIO_TARGET:.0%}); end to end p50 / p99 "
+                 f"{_ms(percentile(alone.e2e_ms, 0.5))} / {_ms(e2e_p99)} ({_met(e2e_p99 <= P99_TARGET_MS)} for ≤ "
+                 f"{P99_TARGET_MS:.0f} ms); ack p99 {_ms(percentile(alone.load.latencies_ms, 0.99))}; CPU a message "
+                 f"{cpu / requests * 1000:.2f} ms (server {alone.server_cpu / requests * 1000:.2f})"),
+                (f"{name}, sender standing by: then let lead",
+                 f"{alone.outbox_rows - alone.undelivered}/{alone.outbox_rows} queued replies sent to the fake Twilio "
+                 f"{alone.delivery_wait:.1f} s after the benchmark let go of the sender's leadership"),
+            ]  # fmt: skip
         if result.open_loop is not None:
             paced = result.open_loop
             paced_ok = paced.load.ok == requests and len(paced.e2e_ms) == requests
@@ -987,6 +1095,8 @@ def main() -> int:
     parser.add_argument("--processors", type=int, default=2, help="worker processes beside the web process")
     parser.add_argument("--warmup", type=int, default=WARMUP_REQUESTS,
                         help="requests each server gets before it is measured (reported as its cold start)")
+    parser.add_argument("--no-standby", action="store_true",
+                        help="skip the run whose sender stands by (the inbound path to reply queued, nothing sent)")
     parser.add_argument("--open-rate", type=float, default=None,
                         help="webhooks/s offered in the open-loop phase (default: 25%% of the bare endpoint's rate)")
     args = parser.parse_args()
@@ -997,7 +1107,7 @@ def main() -> int:
             f"unknown backend(s): {', '.join(sorted(unknown))}" if unknown else "counts must be positive"
         )
     rows = run(requests=args.requests, concurrency=args.concurrency, backends=backends, processors=args.processors,
-               open_rate=args.open_rate, warmup=args.warmup)  # fmt: skip
+               open_rate=args.open_rate, warmup=args.warmup, standby=not args.no_standby)  # fmt: skip
     print("| metric | value |\n| --- | --- |")
     for metric, value in rows:
         print(f"| {metric} | {value} |")
