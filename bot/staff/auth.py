@@ -83,9 +83,7 @@ def add_staff(
         raise StaffError(f"email {email!r} is not an email address")
     if not name.strip():
         raise StaffError("name must not be empty")
-    problem = password_problem(password)
-    if problem is not None:
-        raise StaffError(problem[0].lower() + problem[1:].removesuffix("."))
+    _require_good_password(password)
     if session.scalars(select(StaffUser.id).where(StaffUser.email == email)).first() is not None:
         raise StaffError(f"a staff account with email {email} already exists")
     user = StaffUser(email=email, name=name.strip(), role=role, password_hash=hash_password(password))
@@ -101,9 +99,7 @@ def reset_password(*, session: Session, email: str, password: str) -> StaffUser:
     user = session.scalars(select(StaffUser).where(StaffUser.email == normalize_email(email))).first()
     if user is None:
         raise StaffError(f"no staff account with email {normalize_email(email)}")
-    problem = password_problem(password)
-    if problem is not None:
-        raise StaffError(problem[0].lower() + problem[1:].removesuffix("."))
+    _require_good_password(password)
     ended = set_password(session=session, user=user, password=password)
     audit.record(session=session, actor_kind="cli", action="staff.password_reset", subject_type="staff_user",
                  subject_id=user.id, details={"sessions_ended": ended})  # fmt: skip
@@ -144,6 +140,13 @@ def password_problem(password: str) -> str | None:
     if is_published_demo_password(password):
         return "That is the demo password, which the README publishes: choose another."
     return None
+
+
+def _require_good_password(password: str) -> None:
+    """Raise StaffError (in the command line's lower-case words) when a new password will not do."""
+    problem = password_problem(password)
+    if problem is not None:
+        raise StaffError(problem[0].lower() + problem[1:].removesuffix("."))
 
 
 def is_published_demo_password(password: str) -> bool:

@@ -141,13 +141,17 @@ def list_requests(*, session: Session, staff: Principal, answered: bool = False,
 def get_request(*, session: Session, request_id: int, staff: Principal, lock: bool = False) -> tuple[PatientRequest, Conversation]:
     """Return a request and its conversation, which this staff member may see; raise RequestError (404, 403)."""
     query = select(PatientRequest).where(PatientRequest.id == request_id)
-    request = session.scalars(query.with_for_update() if lock else query).first()
+    request = session.scalars(query).first()
     if request is None:
         raise RequestError(f"There is no request {request_id}.", status=404, outcome="not_found")
     try:
+        # The chat's lock first, as closing it takes it before settling its requests: never the other order.
         conversation = load_conversation(session=session, conversation_id=request.conversation_id, staff=staff, lock=lock)
     except Refused as refused:
         raise RequestError(refused.message, status=refused.status, outcome=refused.outcome) from None
+    if lock:
+        # Read again under the lock: a close or another answer that committed meanwhile is seen.
+        request = session.scalars(query.with_for_update().execution_options(populate_existing=True)).one()
     return request, conversation
 
 

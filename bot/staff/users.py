@@ -61,11 +61,11 @@ def check_new_staff(
     return errors
 
 
-def check_new_password(password: str, confirm: str, *, field: str = "password") -> dict[str, str]:
-    """Return a problem per form field for a new password (`field`, and "confirm"); empty when it will do."""
+def check_new_password(password: str, confirm: str) -> dict[str, str]:
+    """Return a problem per form field for a new password ("password", "confirm"); empty when it will do."""
     problem = auth.password_problem(password)
     if problem is not None:
-        return {field: problem}
+        return {"password": problem}
     if password != confirm:
         return {"confirm": "The two passwords do not match."}
     return {}
@@ -115,6 +115,8 @@ def do_reset_password(*, session: Session, staff_id: int, password: str, confirm
         raise UserError({"": "Change your own password on your account page."})
     errors = check_new_password(password, confirm)
     if errors:
+        audit.record(session=session, actor_kind="staff", actor_id=actor_id, action="staff.password_reset",
+                     subject_type="staff_user", subject_id=user.id, outcome="refused")  # fmt: skip
         raise UserError(errors)
     ended = auth.set_password(session=session, user=user, password=password)
     audit.record(session=session, actor_kind="staff", actor_id=actor_id, action="staff.password_reset",

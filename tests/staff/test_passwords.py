@@ -153,7 +153,8 @@ def test_an_admin_sets_another_accounts_password_and_its_sessions_end(make_app) 
     assert (response.status_code, response.headers["location"]) == (303, "/staff/admin/users?done=password")
     assert verify_password(_user(DEMO_STAFF_EMAIL).password_hash, NEW_PASSWORD)
     assert sam_client.get("/staff/queue").status_code == 401 and _open_sessions(sam.id) == 0
-    assert _audit("staff.password_reset") == [("staff", str(admin.id), str(sam.id), "ok", {"sessions_ended": 1})]
+    assert _audit("staff.password_reset") == [("staff", str(admin.id), str(sam.id), "refused", {}),
+                                              ("staff", str(admin.id), str(sam.id), "ok", {"sessions_ended": 1})]
     # Their own goes through the account page, where the current password is asked for.
     own = client.post(f"/staff/admin/users/{admin.id}/password",
                       data={"password": NEW_PASSWORD, "confirm": NEW_PASSWORD, "csrf_token": csrf})  # fmt: skip
