@@ -736,6 +736,79 @@ def measure_ack_only(
     return AckOnly(load=load, server_cpu=cpu, database_cpu=db_cpu)
 
 
+@dataclass
+class Bench:
+    """A benchmarked `clinicbot serve` on a fresh database, its fake Twilio, and the probes to dispose of."""
+
+    backend: str
+    server: Any
+    fake: FakeTwilioProcess
+    db_url: str
+    outbox: Callable[[], tuple[int, int]]
+    probes: list[Callable[..., object]]
+    tag: str
+
+    def plan(self, count: int, *, suffix: str, pool: list[str], seed: int) -> list[Planned]:
+        """Sign `count` webhooks for this server, tagged with this run's tag and `suffix`."""
+        return plan(count=count, tag=self.tag + suffix, public_url=self.server.url, path=INBOUND_PATH,
+                    token=self.fake.auth_token, account_sid=self.fake.account_sid, pool=pool, seed=seed)  # fmt: skip
+
+    def replies(self, suffix: str) -> Callable[[], tuple[Progress2E, dict[str, float]]]:
+        """Return a probe of when the replies to this run's `suffix` webhooks were queued."""
+        probe = reply_times(self.db_url, self.tag + suffix)
+        self.probes.append(probe)
+        return probe
+
+
+@contextmanager
+def running_server(backend: str, *, processors: int, name: str, before_start: Callable[[str], None] | None = None
+                   ) -> Iterator[Bench]:  # fmt: skip
+    """Start `clinicbot serve` on a fresh migrated database with the demo clinic, SMS to a fake Twilio; stop after.
+
+    `before_start(db_url)` runs once the database exists, before the server starts.
+    """
+    from tests.e2e.server import ServerProcess
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"clinicbot-bench-{name}-{backend}-"))
+    server = None
+    fake = FakeTwilioProcess(account_sid="AC" + secrets.token_hex(16), auth_token=secrets.token_hex(16))
+    probes: list[Callable[..., object]] = []
+    try:
+        db_url = prepare_database(backend, workdir, name="bench.db", seed_demo=True)
+        if before_start is not None:
+            before_start(db_url)
+        server = ServerProcess(env={}, args=("--processors", str(processors)))
+        server.env.update(server_env(db_url=db_url, server_url=server.url, fake=fake))
+        server.start(timeout=120)
+        assert server.process is not None
+        outbox = outbox_counts(db_url)
+        probes.append(outbox)
+        yield Bench(backend, server, fake, db_url, outbox, probes, secrets.token_hex(3))
+    finally:
+        for probe in probes:
+            probe.dispose()  # type: ignore[attr-defined]
+        if server is not None:
+            server.stop()
+            server.log.unlink(missing_ok=True)
+        fake.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def warm_up(bench: Bench, *, count: int, concurrency: int, label: str) -> Cold:
+    """Send the first `count` webhooks after the start and wait for their replies; return them as the cold start.
+
+    They pay for lazy imports and cold caches. Their senders are not in the measured runs' pool.
+    """
+    warm = bench.plan(count, suffix="w", pool=sender_pool(50, first=3000)[len(DEMO_PATIENTS):], seed=3)
+    warm_load = fire(base_url=bench.server.url, path=INBOUND_PATH, planned=warm, concurrency=concurrency,
+                     label=f"{bench.backend}{label}: warm-up")  # fmt: skip
+    _, warm_times = wait_for_replies(bench.replies("w"), total=len(warm), label=f"{bench.backend}: warm-up replies",
+                                     limit=E2E_WAIT_LIMIT)  # fmt: skip
+    warm_e2e, warm_last = end_to_end(warm, warm_load, warm_times)
+    warm_span = warm_last - min(warm_load.starts) if warm_e2e else math.nan
+    return Cold(warm_load, warm_e2e, len(warm_e2e) / warm_span if warm_span > 0 else math.nan)
+
+
 def measure_standby(
     backend: str, *, requests: int, concurrency: int, processors: int = 2, warmup: int = WARMUP_REQUESTS
 ) -> Standby:
@@ -750,64 +823,42 @@ def measure_standby(
     from bot.channels.outbox import SENDER_LEADERSHIP
     from bot.db import make_engine
     from bot.db.leader import Leadership
-    from tests.e2e.server import ServerProcess
 
-    workdir = Path(tempfile.mkdtemp(prefix=f"clinicbot-bench-standby-{backend}-"))
-    server = None
-    fake = FakeTwilioProcess(account_sid="AC" + secrets.token_hex(16), auth_token=secrets.token_hex(16))
-    probes: list[Callable[..., object]] = []
-    db_url = prepare_database(backend, workdir, name="bench.db", seed_demo=True)
-    engine = make_engine(db_url)
-    leadership = Leadership(engine=engine, name=SENDER_LEADERSHIP)
-    try:
-        if not leadership.try_acquire():
+    engines: list[Any] = []
+    held: list[Leadership] = []
+
+    def lead(db_url: str) -> None:
+        engines.append(make_engine(db_url))
+        held.append(Leadership(engine=engines[0], name=SENDER_LEADERSHIP))
+        if not held[0].try_acquire():
             raise RuntimeError("another process leads the outbox sender of the benchmark's database")
-        server = ServerProcess(env={}, args=("--processors", str(processors)))
-        server.env.update(server_env(db_url=db_url, server_url=server.url, fake=fake))
-        server.start(timeout=120)
-        assert server.process is not None
-        outbox = outbox_counts(db_url)
-        probes.append(outbox)
-        run_tag = secrets.token_hex(3)
-        warm = plan(count=warmup, tag=run_tag + "w", public_url=server.url, path=INBOUND_PATH,
-                    token=fake.auth_token, account_sid=fake.account_sid,
-                    pool=sender_pool(50, first=3000)[len(DEMO_PATIENTS):], seed=3)  # fmt: skip
-        fire(base_url=server.url, path=INBOUND_PATH, planned=warm, concurrency=concurrency,
-             label=f"{backend}, sender standing by: warm-up")  # fmt: skip
-        warm_probe = reply_times(db_url, run_tag + "w")
-        probes.append(warm_probe)
-        wait_for_replies(warm_probe, total=len(warm), label=f"{backend}: warm-up replies", limit=E2E_WAIT_LIMIT)
-        rows_before, _ = outbox()
-        planned = plan(count=requests, tag=run_tag + "m", public_url=server.url, path=INBOUND_PATH,
-                       token=fake.auth_token, account_sid=fake.account_sid, pool=sender_pool(), seed=4)  # fmt: skip
-        cpu, fake_cpu, db_cpu = proc_cpu(server.process.pid), proc_cpu(fake.process.pid or 0), database_cpu(backend)
-        load = fire(base_url=server.url, path=INBOUND_PATH, planned=planned, concurrency=concurrency,
-                    label=f"{backend}, sender standing by: signed webhooks")  # fmt: skip
-        probe = reply_times(db_url, run_tag + "m")
-        probes.append(probe)
-        _, times = wait_for_replies(probe, total=load.ok, label=f"{backend}: replies queued", limit=E2E_WAIT_LIMIT)
-        server_cpu = proc_cpu(server.process.pid) - cpu
-        fake_cpu = proc_cpu(fake.process.pid or 0) - fake_cpu
-        db_cpu = database_cpu(backend) - db_cpu
-        rows_after, _ = outbox()
-        e2e, last_queued = end_to_end(planned, load, times)
-        sent = [start for start, status in zip(load.starts, load.statuses, strict=True) if status != 0]
-        span = last_queued - min(sent) if e2e and sent else math.nan
-        # Let the server's sender lead: every queued reply (the warm-up's too) must go out.
-        leadership.release()
-        undelivered, delivery_wait = wait_for_delivery(outbox, limit=DELIVERY_WAIT_LIMIT)
-        return Standby(load, e2e, len(e2e) / span if span > 0 else math.nan, server_cpu, db_cpu, fake_cpu,
-                       rows_after - rows_before, undelivered, delivery_wait)  # fmt: skip
+
+    try:
+        with running_server(backend, processors=processors, name="standby", before_start=lead) as bench:
+            warm_up(bench, count=warmup, concurrency=concurrency, label=", sender standing by")
+            rows_before, _ = bench.outbox()
+            planned = bench.plan(requests, suffix="m", pool=sender_pool(), seed=4)
+            pids = (bench.server.process.pid, bench.fake.process.pid or 0)
+            cpu, fake_cpu, db_cpu = proc_cpu(pids[0]), proc_cpu(pids[1]), database_cpu(backend)
+            load = fire(base_url=bench.server.url, path=INBOUND_PATH, planned=planned, concurrency=concurrency,
+                        label=f"{backend}, sender standing by: signed webhooks")  # fmt: skip
+            _, times = wait_for_replies(bench.replies("m"), total=load.ok, label=f"{backend}: replies queued",
+                                        limit=E2E_WAIT_LIMIT)  # fmt: skip
+            cpu, fake_cpu, db_cpu = proc_cpu(pids[0]) - cpu, proc_cpu(pids[1]) - fake_cpu, database_cpu(backend) - db_cpu
+            rows_after, _ = bench.outbox()
+            e2e, last_queued = end_to_end(planned, load, times)
+            sent = [start for start, status in zip(load.starts, load.statuses, strict=True) if status != 0]
+            span = last_queued - min(sent) if e2e and sent else math.nan
+            # Let the server's sender lead: every queued reply (the warm-up's too) must go out.
+            held[0].release()
+            undelivered, delivery_wait = wait_for_delivery(bench.outbox, limit=DELIVERY_WAIT_LIMIT)
+            return Standby(load, e2e, len(e2e) / span if span > 0 else math.nan, cpu, db_cpu, fake_cpu,
+                           rows_after - rows_before, undelivered, delivery_wait)  # fmt: skip
     finally:
-        leadership.release()
-        engine.dispose()
-        for probe in probes:
-            probe.dispose()  # type: ignore[attr-defined]
-        if server is not None:
-            server.stop()
-            server.log.unlink(missing_ok=True)
-        fake.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        for leadership in held:
+            leadership.release()
+        for engine in engines:
+            engine.dispose()
 
 
 def measure_backend(
@@ -819,51 +870,20 @@ def measure_backend(
     First flat out (closed loop); then, with `offered_rate`, the same number of new requests due at
     that fixed rate (open loop), to see the latency a patient gets at that load.
     """
-    from tests.e2e.server import ServerProcess
-
-    workdir = Path(tempfile.mkdtemp(prefix=f"clinicbot-bench-inbound-{backend}-"))
-    server = None
-    fake = FakeTwilioProcess(account_sid="AC" + secrets.token_hex(16), auth_token=secrets.token_hex(16))
-    probes: list[Callable[..., object]] = []
-    try:
-        db_url = prepare_database(backend, workdir, name="bench.db", seed_demo=True)
-        server = ServerProcess(env={}, args=("--processors", str(processors)))
-        server.env.update(server_env(db_url=db_url, server_url=server.url, fake=fake))
-        server.start(timeout=120)
-        assert server.process is not None
-        outbox = outbox_counts(db_url)
-        probes.append(outbox)
-        run_tag = secrets.token_hex(3)
-
-        # Warm-up: the first requests pay for lazy imports and cold caches. Their senders are not in the pool.
-        warm_tag = run_tag + "w"
-        warm = plan(count=warmup, tag=warm_tag, public_url=server.url, path=INBOUND_PATH,
-                    token=fake.auth_token, account_sid=fake.account_sid,
-                    pool=sender_pool(50, first=3000)[len(DEMO_PATIENTS):], seed=3)  # fmt: skip
-        warm_load = fire(base_url=server.url, path=INBOUND_PATH, planned=warm, concurrency=concurrency,
-                         label=f"{backend}: warm-up")  # fmt: skip
-        warm_probe = reply_times(db_url, warm_tag)
-        probes.append(warm_probe)
-        _, warm_times = wait_for_replies(warm_probe, total=len(warm), label=f"{backend}: warm-up replies",
-                                         limit=E2E_WAIT_LIMIT)  # fmt: skip
+    with running_server(backend, processors=processors, name="inbound") as bench:
+        server, fake, db_url, outbox, probes = bench.server, bench.fake, bench.db_url, bench.outbox, bench.probes
+        cold = warm_up(bench, count=warmup, concurrency=concurrency, label="")
         wait_for_delivery(outbox, limit=DELIVERY_WAIT_LIMIT)
-        warm_e2e, warm_last = end_to_end(warm, warm_load, warm_times)
-        warm_span = warm_last - min(warm_load.starts) if warm_e2e else math.nan
-        cold = Cold(warm_load, warm_e2e, len(warm_e2e) / warm_span if warm_span > 0 else math.nan)
         rows_before, _ = outbox()
 
-        tag = run_tag + "m"
-        planned = plan(count=requests, tag=tag, public_url=server.url, path=INBOUND_PATH, token=fake.auth_token,
-                       account_sid=fake.account_sid, pool=sender_pool(), seed=4)  # fmt: skip
+        planned = bench.plan(requests, suffix="m", pool=sender_pool(), seed=4)
         machine_load = load_now()
         cpu, fake_cpu, db_cpu = proc_cpu(server.process.pid), proc_cpu(fake.process.pid or 0), database_cpu(backend)
         load = fire(base_url=server.url, path=INBOUND_PATH, planned=planned, concurrency=concurrency,
                     label=f"{backend}: signed webhooks")  # fmt: skip
-        probe = reply_times(db_url, tag)
-        probes.append(probe)
         # Only acknowledged webhooks were stored; a load cut short by its time limit waits for those alone.
         state, times = wait_for_replies(
-            probe, total=load.ok, label=f"{backend}: replies queued", limit=E2E_WAIT_LIMIT
+            bench.replies("m"), total=load.ok, label=f"{backend}: replies queued", limit=E2E_WAIT_LIMIT
         )
         undelivered, delivery_wait = wait_for_delivery(outbox, limit=DELIVERY_WAIT_LIMIT)
         server_cpu = proc_cpu(server.process.pid) - cpu
@@ -874,21 +894,17 @@ def measure_backend(
         sent = [start for start, status in zip(load.starts, load.statuses, strict=True) if status != 0]
         open_loop = None
         if offered_rate:
-            open_tag = run_tag + "o"
-            paced = plan(count=requests, tag=open_tag, public_url=server.url, path=INBOUND_PATH,
-                         token=fake.auth_token, account_sid=fake.account_sid, pool=sender_pool(), seed=5)  # fmt: skip
+            paced = bench.plan(requests, suffix="o", pool=sender_pool(), seed=5)
             paced_load = fire(base_url=server.url, path=INBOUND_PATH, planned=paced, concurrency=concurrency,
                               label=f"{backend}: {offered_rate:,.0f} webhooks/s", rate=offered_rate)  # fmt: skip
-            paced_probe = reply_times(db_url, open_tag)
-            probes.append(paced_probe)
-            _, paced_times = wait_for_replies(paced_probe, total=paced_load.ok, label=f"{backend}: replies queued",
-                                              limit=E2E_WAIT_LIMIT)  # fmt: skip
+            _, paced_times = wait_for_replies(bench.replies("o"), total=paced_load.ok,
+                                              label=f"{backend}: replies queued", limit=E2E_WAIT_LIMIT)  # fmt: skip
             wait_for_delivery(outbox, limit=DELIVERY_WAIT_LIMIT)
             paced_e2e, paced_last = end_to_end(paced, paced_load, paced_times)
             paced_span = paced_last - min(paced_load.starts)
             open_loop = OpenLoop(offered_rate, paced_load, paced_e2e,
                                  len(paced_e2e) / paced_span if paced_span > 0 else math.nan)  # fmt: skip
-        ack_only = measure_ack_only(server, fake, db_url=db_url, backend=backend, tag=run_tag + "a",
+        ack_only = measure_ack_only(server, fake, db_url=db_url, backend=backend, tag=bench.tag + "a",
                                     requests=requests, concurrency=concurrency, outbox=outbox, probes=probes)  # fmt: skip
         return BackendResult(
             backend=backend,
@@ -909,14 +925,6 @@ def measure_backend(
             ack_only=ack_only,
             cold=cold,
         )
-    finally:
-        for probe in probes:
-            probe.dispose()  # type: ignore[attr-defined]
-        if server is not None:
-            server.stop()
-            server.log.unlink(missing_ok=True)
-        fake.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # -- report ----------------------------------------------------------------------------------------
