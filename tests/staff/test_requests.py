@@ -206,3 +206,23 @@ def test_a_request_settled_by_closing_its_chat_says_so(app: SmsApp) -> None:
     page = app.client.get(f"/staff/requests/{request.id}").text
     assert "when staff closed the chat" in page and 'name="outcome"' not in page
     assert answer(app.client, csrf, request.id, "done", "Sent to CVS.").status_code == 409
+
+
+def test_a_spanish_speaking_patient_gets_spanish_drafts_and_the_blank_is_caught(app: SmsApp) -> None:
+    app.text_in("hola")
+    app.settle()
+    booking = request_in_jims_chat(RequestKind.APPOINTMENT, "book", {"appointment": "chequeo"})
+    with session_scope() as session:
+        conversation = session.get(Conversation, only_request().conversation_id)
+        assert conversation.language == "es"
+    csrf = sign_in(app.client)
+    page = app.client.get(f"/staff/requests/{booking}").text
+    draft = textarea(page, "done")
+    assert draft.startswith("Su cita quedó programada para el (día y hora).") and "Dana Reyes" in draft
+    assert textarea(page, "declined").startswith("Sobre su solicitud de cita")
+    refused = answer(app.client, csrf, booking, "done", draft)
+    assert refused.status_code == 400 and "Replace (día y hora)" in refused.text
+    filled = draft.replace("(día y hora)", "martes 1 de diciembre a las 9:30")
+    assert answer(app.client, csrf, booking, "done", filled).status_code == 303
+    app.settle()
+    assert app.fake.messages_to(JIM)[-1].body == filled
