@@ -70,6 +70,9 @@ class OutgoingText:
     bypass_opt_out: bool = False
     # Leading parts an earlier attempt already delivered (see SendResult.parts_sent): not to be sent again.
     parts_sent: int = 0
+    # The recipient opted out after an attempt whose outcome is unknown: only ask the provider (see
+    # `find`), never send; a text the provider has is recorded as sent, else it is cancelled.
+    look_up_only: bool = False
 
 
 class Channel(Protocol):
@@ -86,4 +89,13 @@ class Channel(Protocol):
 
     def reconcile(self, text: OutgoingText) -> SendResult | None:
         """Find out whether an earlier attempt with an unknown outcome was delivered; None if still unknown."""
+        ...
+
+
+class LooksUp(Protocol):
+    """A channel whose provider can say whether it has a text, without sending anything (Twilio can)."""
+
+    def find(self, text: OutgoingText) -> SendResult | None:
+        """Return SENT (with the provider's ids) when the provider has the text, RETRY when it has no trace, None
+        when it cannot be asked; never send."""
         ...

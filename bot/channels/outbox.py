@@ -594,11 +594,15 @@ class OutboxSender:
                 rows = self._without_overtaking(session, rows, now=now)
             sending, cancelled = [], []
             for row in rows:
-                if row.opted_out_at is not None and not row.bypass_opt_out:
-                    cancelled.append({"b_id": row.id, "b_now": now})
-                    continue
                 # A text whose last outcome is unknown is reconciled: that is not a new attempt.
                 was_unknown = row.status == OutboxStatus.UNKNOWN
+                look_up_only = False
+                if row.opted_out_at is not None and not row.bypass_opt_out:
+                    if not (was_unknown and self._can_look_up(row.channel)):
+                        cancelled.append({"b_id": row.id, "b_now": now})
+                        continue
+                    # The last attempt may have reached them before they opted out: ask, send nothing.
+                    look_up_only = True
                 attempts = row.attempts if was_unknown else row.attempts + 1
                 first_attempt_at = row.first_attempt_at if was_unknown else row.first_attempt_at or now
                 sending.append({"b_id": row.id, "b_attempts": attempts, "b_first": first_attempt_at, "b_now": now})
@@ -616,6 +620,7 @@ class OutboxSender:
                         identity_id=row.identity_id,
                         bypass_opt_out=row.bypass_opt_out,
                         parts_sent=row.parts_sent,
+                        look_up_only=look_up_only,
                     )
                 )
             if sending:
@@ -767,6 +772,11 @@ class OutboxSender:
         outcomes = []
         stopped: set[str] = set()
         for text in group:
+            if text.look_up_only:
+                result = self._look_up(text)
+                # What the provider does not have never left: the opt-out cancels it, as any unsent text.
+                outcomes.append(_Outcome(text, result, cancelled=result.outcome is Delivery.FAILED))
+                continue
             if (
                 not text.bypass_opt_out
                 and not text.reconcile
@@ -798,6 +808,30 @@ class OutboxSender:
             # The provider has no trace of it: it never left, so sending again doubles nothing.
             return self._send(channel, channel_name, text)
         return result
+
+    def _can_look_up(self, channel_name: str) -> bool:
+        """Return whether a channel's provider can say it has a text without sending it (`LooksUp`)."""
+        return callable(getattr(self.channels.get(channel_name), "find", None))
+
+    def _look_up(self, text: OutgoingText) -> SendResult:
+        """Ask the provider whether an opted-out patient's text with an unknown outcome arrived; never send.
+
+        SENT when it did (recorded as sent: it reached them), FAILED "opted_out" when the provider has no
+        trace (cancelled), UNKNOWN when it cannot be asked (asked again later, like any unknown outcome).
+        """
+        channel: Any = self.channels[text.channel]
+        try:
+            result = channel.find(text)
+        except Exception:
+            log.exception("channel %s raised looking up outbox %s", text.channel, text.outbox_id)
+            result = None
+        if result is None:
+            return SendResult(Delivery.UNKNOWN)
+        if result.outcome is Delivery.SENT:
+            log.warning("outbox %s: the patient opted out after it was sent; %s has it: recorded as sent",
+                        text.outbox_id, text.channel)  # fmt: skip
+            return result
+        return SendResult(Delivery.FAILED, error_code="opted_out", recipient_state="opted_out")
 
     def _send(self, channel: Channel, channel_name: str, text: OutgoingText) -> SendResult:
         if self.pacing:

@@ -414,8 +414,8 @@ class TwilioSmsChannel:
 
     # -- reconciling -----------------------------------------------------------------------------
 
-    def reconcile(self, text: OutgoingText) -> SendResult | None:
-        """Ask Twilio whether an attempt with an unknown outcome arrived; send only what it lacks."""
+    def _look_up(self, text: OutgoingText) -> tuple[list[str], dict[int, str]] | None:
+        """Return a text's parts and those Twilio has (part number -> message id); None when Twilio is unreachable."""
         parts = self.parts(text)
         since = (text.first_attempt_at or utcnow()) - RECONCILE_SKEW
         try:
@@ -453,10 +453,33 @@ class TwilioSmsChannel:
                     taken.add(match.sid)
                 found.append(match.sid if match is not None else None)
             self._taken.remember([sid for sid in found if sid], text.outbox_id)
-        if not any(found):
+        return parts, {index: sid for index, sid in enumerate(found) if sid}
+
+    def reconcile(self, text: OutgoingText) -> SendResult | None:
+        """Ask Twilio whether an attempt with an unknown outcome arrived; send only what it lacks."""
+        looked = self._look_up(text)
+        if looked is None:
+            return None
+        parts, have = looked
+        if not have:
             log.info("outbox %s: twilio has no trace of it; sending again", text.outbox_id)
             return SendResult(Delivery.RETRY)
-        have = {index: sid for index, sid in enumerate(found) if sid}
         missing = [(index, part) for index, part in enumerate(parts) if index not in have]
         log.info("outbox %s: twilio has %s of %s parts (%s)", text.outbox_id, len(have), len(parts), have[min(have)])
         return self._send_parts(text, missing, found=have, split=len(parts) > 1)
+
+    def find(self, text: OutgoingText) -> SendResult | None:
+        """Ask Twilio whether an attempt with an unknown outcome arrived, sending nothing (the patient opted out).
+
+        SENT with what it has (a split text's parts too) when any of it arrived, RETRY when Twilio has no
+        trace of it, None when Twilio cannot be asked.
+        """
+        looked = self._look_up(text)
+        if looked is None:
+            return None
+        parts, have = looked
+        if not have:
+            return SendResult(Delivery.RETRY)
+        split = len(parts) > 1
+        return SendResult(Delivery.SENT, provider_message_id=have[min(have)],
+                          part_ids=tuple(sorted(have.items())) if split else ())  # fmt: skip
