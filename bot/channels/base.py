@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Delivery(StrEnum):
@@ -92,6 +92,7 @@ class Channel(Protocol):
         ...
 
 
+@runtime_checkable
 class LooksUp(Protocol):
     """A channel whose provider can say whether it has a text, without sending anything (Twilio can)."""
 

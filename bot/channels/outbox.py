@@ -19,7 +19,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
-from bot.channels.base import Channel, Delivery, OutgoingText, SendResult
+from bot.channels.base import Channel, Delivery, LooksUp, OutgoingText, SendResult
 from bot.channels.models import (
     FAILURES,
     STATUS_RANK,
@@ -811,7 +811,7 @@ class OutboxSender:
 
     def _can_look_up(self, channel_name: str) -> bool:
         """Return whether a channel's provider can say it has a text without sending it (`LooksUp`)."""
-        return callable(getattr(self.channels.get(channel_name), "find", None))
+        return isinstance(self.channels.get(channel_name), LooksUp)
 
     def _look_up(self, text: OutgoingText) -> SendResult:
         """Ask the provider whether an opted-out patient's text with an unknown outcome arrived; never send.
@@ -819,7 +819,8 @@ class OutboxSender:
         SENT when it did (recorded as sent: it reached them), FAILED "opted_out" when the provider has no
         trace (cancelled), UNKNOWN when it cannot be asked (asked again later, like any unknown outcome).
         """
-        channel: Any = self.channels[text.channel]
+        channel = self.channels[text.channel]
+        assert isinstance(channel, LooksUp)  # the claim took it for a look-up only where the channel can
         try:
             result = channel.find(text)
         except Exception:

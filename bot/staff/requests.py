@@ -158,7 +158,10 @@ def get_request(*, session: Session, request_id: int, staff: Principal, lock: bo
 def answer_draft(*, session: Session, domain: Domain, request: PatientRequest, conversation: Conversation,
                  staff: Principal, outcome: str) -> str:  # fmt: skip
     """Return the answer's draft in the patient's language, for staff to edit."""
-    values = {"staff_name": staff.name, "pharmacy": (request.details or {}).get("pharmacy") or "your pharmacy"}
+    pharmacy = (request.details or {}).get("pharmacy") or render_patient_text(
+        session=session, domain=domain, key="utter_request_any_pharmacy", conversation=conversation, values={}
+    )
+    values = {"staff_name": staff.name, "pharmacy": pharmacy}
     return render_patient_text(session=session, domain=domain, key=draft_key(request, outcome),
                                conversation=conversation, values=values)  # fmt: skip
 

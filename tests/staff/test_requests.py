@@ -226,3 +226,13 @@ def test_a_spanish_speaking_patient_gets_spanish_drafts_and_the_blank_is_caught(
     assert answer(app.client, csrf, booking, "done", filled).status_code == 303
     app.settle()
     assert app.fake.messages_to(JIM)[-1].body == filled
+
+
+def test_a_refill_draft_without_a_pharmacy_says_so_in_the_patients_language(app: SmsApp) -> None:
+    app.text_in("hola")
+    app.settle()
+    refill = request_in_jims_chat(RequestKind.REFILL, None, {"medication": "metformina"})
+    sign_in(app.client)
+    draft = textarea(app.client.get(f"/staff/requests/{refill}").text, "done")
+    assert draft.startswith("Su solicitud de resurtido está lista: la enviamos a su farmacia.")
+    assert "your pharmacy" not in draft and "metformina" not in draft
