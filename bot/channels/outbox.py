@@ -734,7 +734,8 @@ class OutboxSender:
             text.identity_id
             for group in wave
             for text in group
-            if text.identity_id is not None and not text.bypass_opt_out and not text.reconcile
+            # Reconciles too: one may still send what the provider lacks (a split text's missing parts).
+            if text.identity_id is not None and not text.bypass_opt_out
         }
 
     def _opted_out(self, wave: list[list[OutgoingText]]) -> set[int]:
@@ -772,16 +773,15 @@ class OutboxSender:
         outcomes = []
         stopped: set[str] = set()
         for text in group:
-            if text.look_up_only:
+            halted = not text.bypass_opt_out and (text.address in stopped or text.identity_id in opted_out)
+            # An unknown outcome to a patient who opted out since the claim is asked about, as the claim
+            # would have: a reconcile may send what the provider lacks (a split text's missing parts).
+            if text.look_up_only or halted and text.reconcile and self._can_look_up(text.channel):
                 result = self._look_up(text)
                 # What the provider does not have never left: the opt-out cancels it, as any unsent text.
                 outcomes.append(_Outcome(text, result, cancelled=result.outcome is Delivery.FAILED))
                 continue
-            if (
-                not text.bypass_opt_out
-                and not text.reconcile
-                and (text.address in stopped or text.identity_id in opted_out)
-            ):
+            if halted:
                 outcomes.append(_Outcome(text, SendResult(Delivery.FAILED, error_code="opted_out",
                                                           recipient_state="opted_out"), cancelled=True))  # fmt: skip
                 continue

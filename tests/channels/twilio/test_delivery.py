@@ -529,3 +529,37 @@ def test_an_unknown_text_to_a_patient_who_then_opted_out_is_only_looked_up(make_
     # Only look-ups went to Twilio for it: no message was created after the STOP's own reply.
     assert [method for method, _ in fake_twilio.requests[before:]] == ["GET", "GET"]
     assert [m.body for m in fake_twilio.messages] == []  # (Twilio itself confirms a STOP)
+
+
+@pytest.mark.parametrize("twilio_has", ["two of three parts", "nothing"])
+def test_an_unknown_text_whose_patient_opts_out_after_the_claim_is_only_looked_up(make_app, fake_twilio: FakeTwilio, twilio_has: str) -> None:  # type: ignore[no-untyped-def]
+    # A text's last attempt had an unknown outcome; the sender claims it to reconcile, and the patient's STOP
+    # is stored before it is sent. Reconciling would send what Twilio lacks (the missing part, or all of it):
+    # the sender only asks, as the claim would have, and sends nothing more to the opted-out number.
+    app = SmsApp(harness=make_app(**twilio_env(fake_twilio)), fake=fake_twilio)
+    sender = app.harness.workers.sender
+    if twilio_has == "nothing":
+        queue_text("Your results are in.")
+        fake_twilio.fail_next(Fault.disconnect(record=False))
+    else:
+        queue_text(THREE_PART_TEXT)
+        fake_twilio.fail_next(Fault.ok())
+        fake_twilio.fail_next(Fault.slow(seconds=2, record=True))
+    sender.run_once()
+    assert outbox_rows()[0].status == OutboxStatus.UNKNOWN
+    make_due()
+    (claimed,) = sender.claim()
+    assert claimed.reconcile and not claimed.look_up_only
+    with session_scope() as session:  # the STOP, routed by another worker meanwhile
+        session.execute(update(ChannelIdentity).where(ChannelIdentity.address == JIM).values(opted_out_at=utcnow()))
+    before, sent_before = len(fake_twilio.requests), [m.sid for m in fake_twilio.messages]
+    sender.deliver_all([claimed])
+    (row,) = outbox_rows()
+    assert [method for method, _ in fake_twilio.requests[before:]] == ["GET"]
+    assert [m.sid for m in fake_twilio.messages] == sent_before
+    if twilio_has == "nothing":
+        assert (row.status, row.error_code, row.provider_message_id) == (OutboxStatus.CANCELLED, "opted_out", None)
+    else:
+        # What reached the patient is recorded as sent, both parts; the third never goes.
+        assert (row.status, row.provider_message_id) == (OutboxStatus.SENT, sent_before[0])
+        assert len(parts_status()) == 2
