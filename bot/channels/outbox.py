@@ -370,7 +370,7 @@ _UNSETTLED = (OutboxStatus.PENDING, OutboxStatus.SENDING, OutboxStatus.UNKNOWN)
 _unsettled = _OUTBOX.c.status.in_([literal_column(f"'{status.value}'") for status in _UNSETTLED])
 _cancelled = _OUTBOX.c.status == literal_column(f"'{OutboxStatus.CANCELLED.value}'")
 # How a wave's sent texts are recorded, as one statement for the whole wave (built once, compiled once). A
-# settled row keeps its status, time sent and error code; the provider's id is recorded either way. A
+# settled row keeps its status, time sent, error code and provider id (one it lacks is recorded). A
 # cancelled row is left to _RECORD_CANCELLED_SENT (see _record_sent): the statement skips it, and its count
 # of rows says whether there was one, so a wave with none costs nothing more.
 _RECORD_SENT = (
@@ -382,7 +382,12 @@ _RECORD_SENT = (
             (_unsettled, bindparam("b_now")), else_=func.coalesce(_OUTBOX.c.sent_at, bindparam("b_now"))
         ),
         updated_at=bindparam("b_now"),
-        provider_message_id=func.coalesce(bindparam("b_provider_id"), _OUTBOX.c.provider_message_id),
+        # A settled row keeps the id its status callbacks are counted by: a late attempt's message (Twilio's
+        # list lagged behind a create, so a reconcile sent again) is recorded only where there is none.
+        provider_message_id=case(
+            (_unsettled, func.coalesce(bindparam("b_provider_id"), _OUTBOX.c.provider_message_id)),
+            else_=func.coalesce(_OUTBOX.c.provider_message_id, bindparam("b_provider_id")),
+        ),
         # An earlier attempt's code (a timeout, a 500) no longer describes a text that went out: it goes.
         error_code=case((_unsettled, bindparam("b_error")), else_=_OUTBOX.c.error_code),
     )

@@ -51,7 +51,7 @@ MAX_DELAY_SECONDS = 30.0
 class Fault:
     """What the fake does instead of (or besides) answering normally."""
 
-    kind: Literal["ok", "status", "error", "slow", "disconnect", "held"]
+    kind: Literal["ok", "status", "error", "slow", "disconnect", "held", "lagging"]
     status: int = 500
     code: int | None = None
     retry_after: str | None = None
@@ -89,6 +89,11 @@ class Fault:
     def disconnect(cls, *, record: bool = False) -> Fault:
         """Close the connection without an answer (after recording, if asked)."""
         return cls("disconnect", record=record)
+
+    @classmethod
+    def lagging(cls) -> Fault:
+        """On a list: answer as if no message were there yet (Twilio's list can lag behind its creates)."""
+        return cls("lagging")
 
     @classmethod
     def held(cls, *, then: Literal["answer", "disconnect"] = "answer") -> Fault:
@@ -360,7 +365,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorised(account_sid):
             self._error(401, 20003)
             return
-        if self._apply(self._next_fault("list")):
+        fault = self._next_fault("list")
+        lagging = fault is not None and fault.kind == "lagging"
+        if not lagging and self._apply(fault):
             return
         first = {name: values[0] for name, values in query.items()}
         after = _parse_when(first["DateSent>"]) if "DateSent>" in first else None
@@ -368,7 +375,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             matches = [
                 m for m in reversed(self.state.messages)  # Twilio lists the newest first
-                if ("To" not in first or m.to == first["To"])
+                if not lagging
+                and ("To" not in first or m.to == first["To"])
                 and ("From" not in first or m.from_ == first["From"])
                 and (after is None or m.date_created >= after)
                 and (before is None or m.date_created <= before)

@@ -303,6 +303,32 @@ def test_a_late_attempt_never_sets_back_a_delivered_text(make_app, fake_twilio: 
     assert row.attempts == (1 if then == "answer" else 2)
 
 
+def test_a_late_attempt_never_replaces_the_message_a_settled_text_is_counted_by(make_app, fake_twilio: FakeTwilio) -> None:  # type: ignore[no-untyped-def]
+    # A sender taken for dead waits for Twilio's answer. Another sender's reconcile asks Twilio, whose list
+    # lags behind the first create, finds no trace and sends again; that message is delivered. The first
+    # sender's answer then comes: its message went too, but the text stays counted by the one it settled on.
+    app = SmsApp(harness=make_app(**twilio_env(fake_twilio, CLINICBOT_OUTBOX_SEND_TIMEOUT="10")), fake=fake_twilio)
+    fake_twilio.fail_next(Fault.held())
+    queue_text("Your results are in.")
+    first = app.harness.workers.sender
+    sending = threading.Thread(target=first.run_once, daemon=True)
+    sending.start()
+    wait_for(lambda: len(fake_twilio.messages) == 1)
+    fake_twilio.fail_next(Fault.lagging(), on="list")
+    other = OutboxSender(channels=first.channels, pacing=False, stale_after=timedelta(0))
+    try:
+        assert other.run_once() == 1
+    finally:
+        other.close()
+    late, settled = (m.sid for m in fake_twilio.messages)
+    assert app.status(settled, "delivered").status_code == 204
+    fake_twilio.release()
+    sending.join(15)
+    (row,) = outbox_rows()
+    assert sending.is_alive() is False
+    assert (row.status, row.provider_message_id) == (OutboxStatus.DELIVERED, settled)
+
+
 @pytest.mark.parametrize("callback_comes", ["after the answer", "before the answer"])
 @pytest.mark.parametrize("attempt", ["send", "reconcile"])
 def test_a_text_in_flight_when_the_patient_opts_out_is_looked_up_and_recorded_as_sent(
