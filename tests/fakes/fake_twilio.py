@@ -472,6 +472,8 @@ class FakeTwilio:
 
     def fail_next(self, fault: Fault, *, times: int = 1, on: Literal["create", "list"] = "create") -> None:
         """Apply a fault to the next `times` requests of one kind (message creates or lists)."""
+        if fault.kind == "lagging" and on != "list":
+            raise ValueError("a lagging fault applies to lists only: fail_next(Fault.lagging(), on='list')")
         with self.state.lock:
             self.state.faults[on].extend([fault] * times)
 
