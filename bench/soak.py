@@ -76,6 +76,8 @@ BODIES = ("what time do you open", "are you open on saturday", "hi", "thanks", "
 REQUEST_BUDGET = 45.0  # seconds a request keeps being retried before it counts as never acknowledged
 DRAIN_LIMIT = 120.0  # seconds after the traffic for everything to settle
 SETTLED_OK = ("sent", "delivered", "read")
+# A queued late update withdrawn because its promise closed first: the cancellation's reason -> the promise's status.
+WITHDRAWN = {"promise_kept": "kept", "promise_cancelled": "cancelled"}
 
 console = Console(stderr=True)
 
@@ -703,8 +705,17 @@ def check(url: str, *, stats: Stats, twilio, telegram, report: Report) -> None: 
     claimed_twilio, claimed_telegram = Counter(), Counter()
     unknown_telegram: Counter[tuple[str, str]] = Counter()
     by_kind = Counter()
+    promise_status = {pid: str(status) for pid, status, *_ in promises}
+    withdrawn = 0
     for _, key, channel, status, provider_id, body, error_code, address in outbox:
         kind = key.split(":", 1)[0]
+        if status == "cancelled" and kind == "promise" and key.endswith(":late_update") and error_code in WITHDRAWN:
+            # Withdrawn by design: the promise was kept (results came) or cancelled while its late update waited
+            # (a retry in backoff), and "still waiting" would contradict what the patient is told next.
+            if promise_status.get(int(key.split(":")[1])) != WITHDRAWN[error_code]:
+                report.violate(f"outbox {key} withdrawn ({error_code}) but its promise is not {WITHDRAWN[error_code]}")
+            withdrawn += 1
+            continue
         if status not in SETTLED_OK:
             if channel == "telegram" and (
                 status == "unknown" or error_code in ("unknown_outcome", "timeout")
@@ -749,6 +760,7 @@ def check(url: str, *, stats: Stats, twilio, telegram, report: Report) -> None: 
             lost_unknown += n - orphans_telegram[pair]
     if lost_unknown:
         report.violate(f"{lost_unknown} Telegram texts of unknown outcome never reached the fake Telegram")
+    report.add("late updates withdrawn before they went (their promise closed first)", withdrawn)
     report.add("texts delivered by kind (reply / promise / other)",
                f"{by_kind['reply']} / {by_kind['promise']} / {sum(by_kind.values()) - by_kind['reply'] - by_kind['promise']}")  # fmt: skip
     report.add(
