@@ -6,7 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, Select, bindparam, insert, literal, literal_column, select, text
+from sqlalchemy import Integer, Select, bindparam, func, insert, literal, literal_column, select, text
 from sqlalchemy.orm import Session, aliased
 
 from bot import metrics
@@ -145,14 +145,24 @@ def _pending_query(*, postgres: bool, only: bool) -> Select[tuple[Message, Conve
         query = query.where(Message.id == bindparam("only", type_=Integer))
     if postgres:
         # Another worker may have claimed an earlier message of this conversation and not committed
-        # yet; lock-skipping alone could let this one overtake it, so it waits for the next round.
+        # yet; lock-skipping alone could let this one overtake it, so only the oldest unprocessed
+        # message of a conversation is claimed, and a later one waits for the next round.
+        # A scalar subquery, not NOT EXISTS: PostgreSQL turned that into an anti-join whose inner side
+        # scanned the whole unprocessed index for every candidate (dead entries included), so a claim
+        # cost grew with the square of the backlog: 12 ms and 30,000 buffers with 2,000 queued, against
+        # 0.3 ms for this per-conversation index lookup (ix_message_unprocessed_conversation).
         earlier = aliased(Message)
-        pending_before = (
-            select(earlier.id)
-            .where(earlier.conversation_id == Message.conversation_id, unprocessed_inbound_where(earlier), earlier.id < Message.id)
-            .exists()
+        oldest_pending = (
+            select(func.min(earlier.id))
+            .where(earlier.conversation_id == Message.conversation_id, unprocessed_inbound_where(earlier))
+            .scalar_subquery()
         )
-        query = query.where(~pending_before).with_for_update(skip_locked=True, of=(Message, Conversation))
+        # FOR NO KEY UPDATE on the conversation, not FOR UPDATE: it still keeps a second router out,
+        # but storing the chat's next message (whose foreign key takes KEY SHARE) no longer waits for
+        # this routing to commit before the webhook is acknowledged.
+        query = query.where(Message.id == oldest_pending).with_for_update(
+            skip_locked=True, of=(Message, Conversation), key_share=True
+        )
     _PENDING[key] = query
     return query
 

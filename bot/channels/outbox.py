@@ -507,7 +507,8 @@ def _claim_query(*, postgres: bool) -> Any:
             # from SQLite's planner and PostgreSQL's generic plans (see bot.conversations.models).
             earlier.status == literal_column(f"'{OutboxStatus.SENDING.value}'"),
         )
-        .exists()
+        .limit(1)
+        .scalar_subquery()
     )
     query = (
         select(*_CLAIM_COLUMNS)
@@ -516,7 +517,10 @@ def _claim_query(*, postgres: bool) -> Any:
             OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.UNKNOWN)),
             OutboxMessage.next_attempt_at <= bindparam("b_now"),
             OutboxMessage.channel.in_(bindparam("b_channels", expanding=True)),
-            ~waits_for_earlier,
+            # A scalar subquery, not NOT EXISTS: PostgreSQL made that an anti-join that scanned the whole
+            # in-flight index (every text passes through it, and its dead entries stay until vacuumed) for
+            # each candidate; as a subquery it is one lookup by the candidate's identity.
+            waits_for_earlier.is_(None),
         )
         .order_by(OutboxMessage.priority.desc(), OutboxMessage.id)
         .limit(bindparam("b_limit", type_=Integer))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from bot.channels.inbound import MAX_PROCESS_ERRORS, InboundProcessor, InboundText, do_accept_inbound
 from bot.channels.models import OutboxMessage
 from bot.conversations.models import Conversation, Handoff, Message
-from bot.db import session_scope
+from bot.db import get_engine, session_scope
 from bot.staff import inbox
 from bot.staff.auth import Principal
 from bot.staff.models import OwedAlert, Role, StaffUser
@@ -315,3 +315,27 @@ def test_a_failure_is_not_counted_against_a_message_another_worker_has_routed_si
         message = session.get(Message, message_id)
         handoffs = session.scalars(select(Handoff.id)).all()
     assert (message.process_errors, message.route, handoffs) == (0, "answer", [])
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_while_a_worker_routes_a_chat_its_next_message_is_stored_at_once_and_waits_its_turn(runtime) -> None:  # type: ignore[no-untyped-def]
+    first = accept("I need a refill", "SM-turn-1")
+    other = accept("what are your hours", "SM-turn-other", address="+16175550199")
+    processor = InboundProcessor(engine=runtime.engine)
+    with session_scope() as routing:
+        # One worker has claimed the chat's first message and is still routing it.
+        assert [message.id for message, _, _ in processor._pending(routing, limit=1)] == [first]
+        # The chat's next text arrives: stored and acknowledged without waiting for that routing to commit
+        # (a wait for the chat's lock would end in an error here, after a second).
+        with session_scope(get_engine()) as storing:  # a session of its own, as another request's
+            storing.execute(text("SET LOCAL lock_timeout = '1s'"))
+            second = do_accept_inbound(session=storing, inbound=InboundText(
+                channel="sms", address="+16175550123", text="metformin 500", provider_message_id="SM-turn-2")).message_id  # fmt: skip
+        # Another worker's claim takes the other chat's message, never the second: it would overtake the first.
+        with session_scope(get_engine()) as rival:
+            assert [message.id for message, _, _ in processor._pending(rival, limit=16)] == [other]
+    assert second is not None
+    # Once the first is routed, the second is next.
+    assert processor.process_one(only=first) is not None
+    with session_scope() as session:
+        assert [message.id for message, _, _ in processor._pending(session, limit=16)] == [other, second]
