@@ -566,6 +566,9 @@ class AckOnly:
     load: LoadResult
     server_cpu: float  # CPU seconds of the web process during the load
     database_cpu: float
+    # From the workers' release to the backlog's last reply queued: how fast a backlog (a restart, an
+    # outage) is worked off. NaN if the replies never all came.
+    backlog_seconds: float = math.nan
 
 
 @dataclass
@@ -729,11 +732,13 @@ def measure_ack_only(
         load = fire(base_url=server.url, path=INBOUND_PATH, planned=planned, concurrency=concurrency,
                     label=f"{backend}: store and acknowledge only")  # fmt: skip
         cpu, db_cpu = proc_cpu(server.process.pid) - cpu, database_cpu(backend) - db_cpu
+    released = time.time()
     probe = reply_times(db_url, tag)
     probes.append(probe)
-    wait_for_replies(probe, total=load.ok, label=f"{backend}: backlog routed", limit=E2E_WAIT_LIMIT)
+    state, times = wait_for_replies(probe, total=load.ok, label=f"{backend}: backlog routed", limit=E2E_WAIT_LIMIT)
     wait_for_delivery(outbox, limit=DELIVERY_WAIT_LIMIT)
-    return AckOnly(load=load, server_cpu=cpu, database_cpu=db_cpu)
+    backlog = max(times.values()) - released if times and state.replied >= load.ok else math.nan
+    return AckOnly(load=load, server_cpu=cpu, database_cpu=db_cpu, backlog_seconds=backlog)
 
 
 @dataclass
@@ -1056,6 +1061,11 @@ def run(
                 f"for ≤ {P99_TARGET_MS:.0f} ms); CPU per message: web process {alone.server_cpu / requests * 1000:.2f} ms"
                 f"{database}, load generator {alone.load.cpu_seconds / requests * 1000:.2f} ms",
             ))  # fmt: skip
+            backlog = (f"{alone.load.ok:,} replies queued {alone.backlog_seconds:.1f} s after the workers were let go: "
+                       f"{alone.load.ok / alone.backlog_seconds:,.0f} msg/s"
+                       if alone.backlog_seconds > 0 else "not every reply was queued in time")  # fmt: skip
+            rows.append((f"{name}, that backlog routed (the paused workers let go, as after a restart or an outage)",
+                         backlog))
         if standby:
             alone = measure_standby(backend, requests=requests, concurrency=concurrency, processors=processors,
                                     warmup=warmup)  # fmt: skip
