@@ -415,7 +415,9 @@ class InboundProcessor:
             # spent by it, and only one that comes after (for a message it may have missed) claims again.
             self.wake.clear()
             try:
-                if not self.process_batch(limit=self.batch):
+                # Stop is set before the wake-up that follows it: checked after the clear, it is never
+                # missed, and stopping never waits out a poll.
+                if not self.process_batch(limit=self.batch) and not stop.is_set():
                     self.wake.wait(poll_seconds)
             except Exception:
                 # Leave the message unprocessed: it is retried, never dropped.

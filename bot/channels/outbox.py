@@ -1004,7 +1004,8 @@ class OutboxSender:
                     # Cleared before the claim (as the inbound processor does): a wake-up this claim answers
                     # is spent by it, and an empty claim waits for the next one.
                     self.wake.clear()
-                    if self.run_once() == 0:
+                    # A stop (set before its wake-up, which the clear may have spent) never waits a poll out.
+                    if self.run_once() == 0 and not stop.is_set():
                         self.wake.wait(poll_seconds)
                 except Exception:
                     log.exception("outbox sender round failed; retrying")

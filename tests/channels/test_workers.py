@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
+
+import pytest
 
 from bot.channels.workers import WAKE_INBOUND, WAKE_OUTBOX, Waker
 
@@ -82,3 +85,42 @@ def test_a_worker_process_that_keeps_dying_is_restarted_less_and_less_often() ->
     # At once the first time, then after 2 s, 4 s, ...: not a restart loop that eats a core.
     assert 1 <= workers.restarts[0] <= 2
     assert workers.wake_dir is not None and not os.path.exists(workers.wake_dir)
+
+class _StopArrivesAtTheClear:
+    """A wake-up event whose next `clear` comes just after a stop (and its wake-up) was signalled.
+
+    That is the order a shutdown can take while a loop is between its stop check and its claim: the
+    loop's own clear then spends the stop's wake-up.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop, self.event = stop, threading.Event()
+
+    def clear(self) -> None:
+        self.stop.set()
+        self.event.set()
+        self.event.clear()
+
+    def set(self) -> None:
+        self.event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.event.wait(timeout)
+
+
+@pytest.mark.parametrize("loop", ["inbound", "outbox"])
+def test_a_stop_that_comes_while_a_loop_claims_is_not_kept_waiting_for_the_next_poll(loop: str, demo_db: str) -> None:
+    from bot.channels.workers import Workers
+    from bot.config import get_settings
+    from bot.runtime import get_runtime
+
+    workers = Workers(engine=get_runtime().engine, channels={}, settings=get_settings())
+    stop = threading.Event()
+    owner = workers.processor if loop == "inbound" else workers.sender
+    owner.wake = _StopArrivesAtTheClear(stop)  # type: ignore[assignment]
+    # An hour's poll: a loop that waited it out would still be running when the join gives up.
+    thread = threading.Thread(target=owner.run_forever, args=(stop,), kwargs={"poll_seconds": 3600.0}, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    workers.stop()
