@@ -20,8 +20,12 @@ run: install
 	@echo "Terminal chat instead: .venv/bin/clinicbot chat --as +16175550142"
 	CLINICBOT_LOG_FORMAT=$${CLINICBOT_LOG_FORMAT:-text} $(VENV)/bin/clinicbot serve
 
+# The suite in TEST_WORKERS processes (pytest-xdist, a PostgreSQL database each), then the tests that
+# must run alone: the short soak restarts PostgreSQL under CI=true.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 bench: install
 	$(PY) bench/run.py

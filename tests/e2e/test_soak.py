@@ -25,6 +25,7 @@ URL = os.environ.get(
 
 
 @pytest.mark.postgres
+@pytest.mark.serial
 def test_short_soak_stores_and_answers_every_message_once_and_updates_every_due_promise_once() -> None:
     if problem := postgres_problem(URL):
         if IN_CI:

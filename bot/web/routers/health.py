@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from sqlalchemy import Engine, select, text
+from sqlalchemy import select, text
 
 from bot import metrics
 from bot.config import Settings
@@ -44,12 +43,6 @@ class Readiness:
         return not self.reasons
 
 
-@lru_cache(maxsize=8)
-def _head(engine: Engine) -> str | None:
-    # The newest migration is fixed for the life of the process; reading the scripts once is enough.
-    return head_revision(engine)
-
-
 def heartbeat_limit(settings: Settings) -> timedelta:
     """Return how old the scheduler's heartbeat may be: three sweeps, at least 180 s."""
     sweep = settings.scheduler_sweep_seconds
@@ -69,7 +62,7 @@ def check_readiness(*, settings: Settings, now: datetime | None = None) -> Readi
         result.checks["database"] = f"unreachable ({type(error).__name__})"
         return result
     result.checks["database"] = "ok"
-    current, head = current_revision(engine), _head(engine)
+    current, head = current_revision(engine), head_revision(engine)
     if current != head:
         result.checks["migrations"] = (
             f"database at {current or 'no revision'}, code at {head}; run `clinicbot init`"
