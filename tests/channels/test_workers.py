@@ -86,6 +86,7 @@ def test_a_worker_process_that_keeps_dying_is_restarted_less_and_less_often() ->
     assert 1 <= workers.restarts[0] <= 2
     assert workers.wake_dir is not None and not os.path.exists(workers.wake_dir)
 
+
 class _StopArrivesAtTheClear:
     """A wake-up event whose next `clear` comes just after a stop (and its wake-up) was signalled.
 
