@@ -138,7 +138,9 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # Third-party clients log request URLs and parameters at INFO/DEBUG; keep them to warnings.
-    for noisy in ("twilio.http_client", "httpx", "httpcore", "telegram", "urllib3", "apscheduler"):
+    # Third-party clients log request URLs and parameters at INFO/DEBUG; keep them to warnings. Alembic's
+    # plugin set-up and rasa_sdk's action registrations (two dozen lines a worker process) buried
+    # `serve`'s own lines: the addresses a newcomer needs.
+    for noisy in ("twilio.http_client", "httpx", "httpcore", "telegram", "urllib3", "apscheduler", "alembic", "rasa_sdk"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     return handler

@@ -286,3 +286,18 @@ def test_cli_logs_json_for_long_running_processes(
     finally:
         root.removeHandler(ours)
         reset_caches()
+
+
+def test_third_party_chatter_below_a_warning_is_kept_out_and_their_warnings_are_not() -> None:
+    stream = io.StringIO()
+    handler = configure_logging(level="INFO", json_lines=False, stream=stream)
+    try:
+        logging.getLogger("rasa_sdk.executor").info("Registered function for 'action_hours'.")
+        logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.autogenerate.schemas")
+        logging.getLogger("alembic.runtime.migration").warning("revision 0020 is missing")
+        logging.getLogger("bot.cli").info("workers started")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    logged = stream.getvalue()
+    assert "Registered function" not in logged and "setup plugin" not in logged
+    assert "revision 0020 is missing" in logged and "workers started" in logged
