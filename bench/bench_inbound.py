@@ -14,7 +14,7 @@ The same load generator (16 threads, one persistent `httpx.Client` each, request
 also drives a bare FastAPI endpoint (`bench/bare_app.py`) under uvicorn, as the ceiling of the web stack.
 Client and server run on the same machine, so all clocks are the same wall clock.
 
-    .venv/bin/python bench/bench_inbound.py [--requests 800] [--concurrency 16] [--backends sqlite,postgres]
+    .venv/bin/python bench/bench_inbound.py [--requests 2000] [--concurrency 16] [--backends sqlite,postgres]
 """
 
 from __future__ import annotations
@@ -973,7 +973,7 @@ def _rate(load: LoadResult) -> float:
 
 
 def run(
-    *, requests: int = 800, concurrency: int = 16, backends: tuple[str, ...] = ("sqlite", "postgres"),
+    *, requests: int = 2000, concurrency: int = 16, backends: tuple[str, ...] = ("sqlite", "postgres"),
     processors: int = 2, open_rate: float | None = None, warmup: int = WARMUP_REQUESTS, standby: bool = True,
 ) -> list[tuple[str, str]]:
     """Measure the bare endpoint, then the real server on each backend; return (metric, value) rows."""
@@ -1107,7 +1107,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=800)
+    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--processors", type=int, default=2, help="worker processes beside the web process")
