@@ -8,8 +8,11 @@ from pathlib import Path
 POSTGRES_URL = os.environ.get("CLINICBOT_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/bench")
 
 
-def ensure_database(url: str) -> str | None:
-    """Create the PostgreSQL database a URL names when it is missing; return why it cannot be used, or None."""
+def ensure_database(url: str, *, admin_database: str = "postgres") -> str | None:
+    """Create the PostgreSQL database a URL names when it is missing; return why it cannot be used, or None.
+
+    It is created through a connection to `admin_database` on the same server.
+    """
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError
@@ -17,7 +20,7 @@ def ensure_database(url: str) -> str | None:
     from bot.db import make_engine
 
     target = make_url(url)
-    admin = make_engine(target.set(database="postgres").render_as_string(hide_password=False))
+    admin = make_engine(target.set(database=admin_database).render_as_string(hide_password=False))
     try:
         with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             found = connection.execute(

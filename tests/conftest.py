@@ -67,9 +67,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _worker_postgres_url() -> str:
     """Return this test process's PostgreSQL database: the configured one, or one of its own per xdist worker.
 
-    `make test` runs the suite in parallel processes (pytest-xdist); each truncates and migrates its
-    database, so two workers never share one. A worker's database (`test_gw0`, ...) is created on first
-    use through a connection to the configured database, which is the only one a CI machine promises.
+    `make test` runs the suite in parallel processes (pytest-xdist); each empties and migrates its
+    database, so two workers never share one. A worker's database (`test_gw0`, ...) is created on first use.
     """
     from sqlalchemy.engine import make_url
 
@@ -80,36 +79,26 @@ def _worker_postgres_url() -> str:
     return base.set(database=f"{base.database}_{worker}").render_as_string(hide_password=False)
 
 
-def _create_database(url: str) -> None:
-    """Create the database a URL names, if missing, from a connection to the configured test database."""
+def _postgres_engine() -> Engine:
     from sqlalchemy.engine import make_url
 
-    from bot.db import make_engine
-
-    name = make_url(url).database
-    admin = make_engine(POSTGRES_URL)
-    try:
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            exists = connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
-            if exists is None:
-                connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-
-
-def _postgres_engine() -> Engine:
+    from bench.common import ensure_database
     from bot.db import make_engine
 
     url = _worker_postgres_url()
+    reason = None
+    if url != POSTGRES_URL:
+        # Created through the configured database, the only one a CI machine promises.
+        reason = ensure_database(url, admin_database=make_url(POSTGRES_URL).database)
     engine = make_engine(url)
-    try:
-        if url != POSTGRES_URL:
-            _create_database(url)
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except OperationalError as error:
+    if reason is None:
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except OperationalError as error:
+            reason = f"PostgreSQL not reachable at {POSTGRES_URL}: {error.orig.__class__.__name__}"
+    if reason is not None:
         engine.dispose()
-        reason = f"PostgreSQL not reachable at {POSTGRES_URL}: {error.orig.__class__.__name__}"
         if IN_CI:
             pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run)")
         pytest.skip(reason)

@@ -14,10 +14,16 @@ from sqlalchemy import Engine
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def alembic_config(engine: Engine) -> Config:
-    """Build an Alembic config pointing at our migrations and this engine's URL."""
+def _scripts_config() -> Config:
+    """Build an Alembic config pointing at our migrations (no database)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def alembic_config(engine: Engine) -> Config:
+    """Build an Alembic config pointing at our migrations and this engine's URL."""
+    config = _scripts_config()
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     return config
 
@@ -45,9 +51,7 @@ def head_revision(engine: Engine) -> str | None:
 def _code_head() -> str | None:
     # The migration scripts are fixed for the life of the process: reading and parsing all twenty of
     # them took 30 ms, paid by every runtime built and every readiness check.
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(_scripts_config()).get_current_head()
 
 
 def is_at_head(engine: Engine) -> bool:
