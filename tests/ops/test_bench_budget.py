@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from bench.bench_inbound import BackendResult, LoadResult, budget_row, database_cpu, proc_cpu
+from bench.bench_inbound import BackendResult, LoadResult, bare_p99_row, budget_row, database_cpu, proc_cpu
 
 
 def result(*, server: float, client: float, fake: float, database: float = math.nan) -> BackendResult:
@@ -37,3 +37,12 @@ def test_sqlite_has_no_database_process_in_the_budget() -> None:
 def test_a_process_can_be_counted_without_its_children() -> None:
     own = proc_cpu(os.getpid(), children=False)
     assert 0 < own <= proc_cpu(os.getpid())
+
+
+def test_the_bare_endpoints_own_p99_says_whether_the_target_is_within_reach() -> None:
+    name, under = bare_p99_row(31.3)
+    _, over = bare_p99_row(64.5)
+    assert name == "bare FastAPI: its own p99 against the ≤ 50 ms target"
+    assert under == "31.3 ms, under it: the target is within this machine's reach"
+    assert over.startswith("64.5 ms, over it: ")
+    assert "even a handler that does nothing misses the p99 target" in over
