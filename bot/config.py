@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -302,3 +303,12 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as error:
         raise SettingsError(_describe(error)) from None
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """Return the environment for a child process of ours: this process's, with `extra` added.
+
+    The child reads its settings from the same variables (and the same .env file) as this process, so
+    both run with the same settings; `extra` carries what a library reads at import (not a setting).
+    """
+    return {**os.environ, **extra}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from annotated_types import Le
 from pydantic import ValidationError
 
 from bot.cli import main
-from bot.config import Settings
+from bot.config import Settings, child_environment
 from tests.conftest import reset_caches
 
 SECRET = "S3cretPW"
@@ -143,3 +144,11 @@ def test_well_formed_values_at_the_edges_are_accepted() -> None:
     for url in ("memory://", "redis://redis:6379/0", "redis://127.0.0.1", "redis+unix:///run/redis/redis.sock?db=1"):
         stored = Settings(_env_file=None, rate_limit_storage_url=url).rate_limit_storage_url  # type: ignore[call-arg]
         assert stored.get_secret_value() == url
+
+
+def test_a_child_process_gets_this_processs_environment_with_what_is_added(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLINICBOT_CLINIC_NAME", "Harbor Clinic")
+    env = child_environment(PROMETHEUS_MULTIPROC_DIR="/run/clinicbot/metrics")
+    assert env["CLINICBOT_CLINIC_NAME"] == "Harbor Clinic"
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == "/run/clinicbot/metrics"
+    assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") != "/run/clinicbot/metrics"  # this process's own is untouched

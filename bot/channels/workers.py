@@ -20,7 +20,7 @@ from bot.channels.base import Channel
 from bot.channels.inbound import InboundProcessor
 from bot.channels.intake import Intake
 from bot.channels.outbox import OutboxSender
-from bot.config import Settings
+from bot.config import Settings, child_environment
 from bot.conversations.engine import Engine
 from bot.metrics import MULTIPROCESS_DIR_ENV
 from bot.staff.alerts import run_sla_sweeps
@@ -195,7 +195,7 @@ class WorkerProcesses:
     def _spawn(self, n: int) -> subprocess.Popen[bytes]:
         # The first worker also sends (one sender keeps each patient's texts in order); the others wake it.
         command = [sys.executable, "-m", "bot.channels.workers", self.wake_paths[n], str(self.parent_pid)]
-        env = {**os.environ, MULTIPROCESS_DIR_ENV: str(self.metrics_dir)}
+        env = child_environment(**{MULTIPROCESS_DIR_ENV: str(self.metrics_dir)})
         return subprocess.Popen([*command, *([self.wake_paths[0]] if n else [])], env=env)  # noqa: S603 - our own module
 
     def start(self) -> None:
