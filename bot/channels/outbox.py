@@ -134,11 +134,15 @@ EARLY_STATUS_KEPT = timedelta(days=7)
 _LOCK_PROVIDER_IDS = sql_text(
     "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS t(k)"
 )
-_KEPT_FOR = (
-    select(EarlyStatus)
-    .where(EarlyStatus.provider_message_id.in_(bindparam("b_ids", expanding=True)))
-    .order_by(EarlyStatus.id)
+_EARLY = EarlyStatus.__table__
+# Which of a wave's provider ids have callbacks kept: nearly always none, so this plain statement (built and
+# compiled once) is all a wave costs; the kept rows themselves are loaded only when there are some.
+_KEPT_AMONG = (
+    select(_EARLY.c.id)
+    .where(_EARLY.c.provider_message_id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(_EARLY.c.id)
 )
+_KEPT_BY_ID = select(EarlyStatus).where(EarlyStatus.id.in_(bindparam("b_ids", expanding=True))).order_by(EarlyStatus.id)
 
 
 def _callback_status(status: str) -> OutboxStatus | None:
@@ -265,7 +269,10 @@ def _apply_early(session: Session, provider_ids: Iterable[str]) -> None:
     if not ids:
         return
     _lock_provider_ids(session, ids)
-    for kept in session.scalars(_KEPT_FOR, {"b_ids": ids}).all():
+    kept_ids = session.connection().execute(_KEPT_AMONG, {"b_ids": ids}).scalars().all()
+    if not kept_ids:
+        return
+    for kept in session.scalars(_KEPT_BY_ID, {"b_ids": kept_ids}).all():
         row = _text_of(session, kept.provider_message_id)
         if row is None:
             # Not among the ids this transaction recorded after all: left for its text, or to expire.
@@ -360,6 +367,11 @@ class _Outcome:
 
 
 _OUTBOX = OutboxMessage.__table__
+_IDENTITY = ChannelIdentity.__table__
+# Which of a wave's recipients opted out since the claim: read before every wave, as a plain statement.
+_OPTED_OUT_AMONG = select(_IDENTITY.c.id).where(
+    _IDENTITY.c.id.in_(bindparam("b_ids", expanding=True)), _IDENTITY.c.opted_out_at.is_not(None)
+)
 # A text no attempt has settled yet: only such a row takes an attempt's outcome as its status (but for a
 # cancelled text the provider accepted: see _RECORD_CANCELLED_SENT). A sender whose rows looked stale (its
 # heartbeat could not reach the database) may record an attempt after another sender's reconcile found and
@@ -758,13 +770,7 @@ class OutboxSender:
     @staticmethod
     def _opted_out_in(session: Session, ids: set[int]) -> set[int]:
         # A STOP or a 21610 may have arrived after the batch was claimed.
-        return set(
-            session.scalars(
-                select(ChannelIdentity.id).where(
-                    ChannelIdentity.id.in_(ids), ChannelIdentity.opted_out_at.is_not(None)
-                )
-            )
-        )
+        return set(session.connection().execute(_OPTED_OUT_AMONG, {"b_ids": sorted(ids)}).scalars())
 
     def _send_wave(self, wave: list[list[OutgoingText]], opted_out: set[int]) -> list[_Outcome]:
         if len(wave) == 1:
