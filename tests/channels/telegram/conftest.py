@@ -30,8 +30,9 @@ def telegram_env(fake: FakeTelegram, **extra: str) -> dict[str, str]:
         "TELEGRAM_BOT_TOKEN": fake.token,
         "TELEGRAM_WEBHOOK_SECRET": SECRET,
         "TELEGRAM_API_BASE_URL": fake.base_url,
-        # A slow answer counts as a timeout quickly.
-        "CLINICBOT_OUTBOX_SEND_TIMEOUT": "0.5",
+        # A slow answer (the fake's `slow`, 2 s or more) counts as a timeout quickly; an ordinary one on a
+        # loaded two-core CI machine does not (0.5 s timed out a getMe under load).
+        "CLINICBOT_OUTBOX_SEND_TIMEOUT": "1",
         **extra,
     }
 
