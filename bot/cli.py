@@ -493,11 +493,9 @@ def cmd_retention_purge(args: argparse.Namespace) -> int:
 
 def _require_migrated() -> None:
     from bot.db import get_engine
-    from bot.db.migrate import is_at_head
-    from bot.runtime import NotReadyError
+    from bot.db.migrate import require_at_head
 
-    if not is_at_head(get_engine()):
-        raise NotReadyError("the database is not initialised or not migrated; run `clinicbot init --demo`")
+    require_at_head(get_engine())
 
 
 def cmd_scheduler_run(args: argparse.Namespace) -> int:
@@ -831,7 +829,9 @@ KNOWN_ERRORS: tuple[type[Exception], ...] = (
 def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError
 
-    from bot.runtime import NotReadyError
+    # Not from bot.runtime: importing that loads the conversation engine and the classifier (about a
+    # second), which most commands never use.
+    from bot.db.migrate import NotReadyError
 
     try:
         return func(args)

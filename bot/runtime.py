@@ -13,12 +13,8 @@ from bot.config import Settings, get_settings
 from bot.conversations.domain import Domain, load_domain
 from bot.conversations.engine import Engine, build_executor
 from bot.db import get_engine, session_scope
-from bot.db.migrate import is_at_head
+from bot.db.migrate import require_at_head
 from bot.nlu.pipeline import Nlu, get_nlu
-
-
-class NotReadyError(RuntimeError):
-    """The database is not set up; the message says what to run."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +44,7 @@ def get_runtime() -> Runtime:
     """Build the runtime once, checking the database and the clinic's settings."""
     settings = get_settings()
     db = get_engine()
-    if not is_at_head(db):
-        raise NotReadyError("the database is not initialised or not migrated; run `clinicbot init --demo`")
+    require_at_head(db)
     with session_scope() as session:
         clinic = load_clinic(session=session)
     executor = build_executor()

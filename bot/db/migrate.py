@@ -57,3 +57,13 @@ def _code_head() -> str | None:
 def is_at_head(engine: Engine) -> bool:
     """Return whether the database has every migration applied."""
     return current_revision(engine) == head_revision(engine)
+
+
+class NotReadyError(RuntimeError):
+    """The database is not set up; the message says what to run."""
+
+
+def require_at_head(engine: Engine) -> None:
+    """Raise NotReadyError, saying what to run, unless every migration is applied."""
+    if not is_at_head(engine):
+        raise NotReadyError("the database is not initialised or not migrated; run `clinicbot init --demo`")
