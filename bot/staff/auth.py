@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -20,8 +21,22 @@ from bot.staff.passwords import hash_password, needs_rehash, verify_password
 
 log = logging.getLogger(__name__)
 
-# Checked against when the email is unknown, so a wrong email costs the same time as a wrong password.
-_DUMMY_HASH = hash_password("not-a-real-password")
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Return the hash checked against when the email is unknown: a wrong email costs what a wrong password does.
+
+    Made once per process, not at import: an argon2id hash costs about 0.2 s, which every command paid
+    whether or not anyone signed in. The web app makes it at start-up (warm_sign_in), so that not even
+    the first unknown email costs more than a wrong password.
+    """
+    return hash_password("not-a-real-password")
+
+
+def warm_sign_in() -> None:
+    """Make the unknown-email hash now, before the first sign-in (see _dummy_hash)."""
+    _dummy_hash()
+
 # last_seen_at is written at most this often per session, not on every request.
 _TOUCH_EVERY = timedelta(seconds=30)
 
@@ -205,7 +220,7 @@ def login(*, session: Session, email: str, password: str, ip: str) -> SignedIn:
                      outcome="throttled")  # fmt: skip
         log.warning("staff sign-in throttled (staff %s)", user.id if user else None)
         raise LoginRefused("throttled")
-    ok = verify_password(user.password_hash if user else _DUMMY_HASH, password)
+    ok = verify_password(user.password_hash if user else _dummy_hash(), password)
     if user is None or not ok or user.disabled_at is not None:
         session.add(LoginAttempt(email=email, ip=ip, at=now, succeeded=False))
         outcome = "disabled" if user is not None and ok else "invalid"

@@ -14,6 +14,7 @@ from bot.channels.registry import build_channels
 from bot.channels.workers import Waker, Workers
 from bot.config import get_settings
 from bot.runtime import get_runtime
+from bot.staff.auth import warm_sign_in
 
 
 def create_app(
@@ -29,6 +30,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = get_runtime()
+        warm_sign_in()  # once a process: the first unknown email is no slower than any other
         waker = Waker(wake_paths) if wake_paths else None
         workers = Workers(engine=runtime.engine, channels=build_channels(settings), settings=settings, waker=waker)
         app.state.runtime, app.state.workers = runtime, workers

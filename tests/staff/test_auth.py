@@ -111,6 +111,13 @@ def test_wrong_password_and_unknown_email_get_the_same_answer(make_app) -> None:
     assert _audit("staff.login") == [(str(_admin_id()), "invalid"), (None, "invalid")]
 
 
+def test_the_unknown_email_hash_is_made_when_the_app_starts_not_at_the_first_sign_in(make_app) -> None:  # type: ignore[no-untyped-def]
+    auth._dummy_hash.cache_clear()
+    make_app()
+    assert auth._dummy_hash.cache_info().currsize == 1
+    assert auth.verify_password(auth._dummy_hash(), "not-a-real-password")
+
+
 def test_an_account_is_throttled_after_repeated_failures(make_app) -> None:  # type: ignore[no-untyped-def]
     client = make_app(CLINICBOT_STAFF_LOGIN_FAILURES_PER_ACCOUNT="3").client
     codes = [client.post("/staff/login", data={"email": DEMO_ADMIN_EMAIL, "password": f"wrong-{i}"}).status_code
