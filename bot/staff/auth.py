@@ -37,6 +37,7 @@ def warm_sign_in() -> None:
     """Make the unknown-email hash now, before the first sign-in (see _dummy_hash)."""
     _dummy_hash()
 
+
 # last_seen_at is written at most this often per session, not on every request.
 _TOUCH_EVERY = timedelta(seconds=30)
 
