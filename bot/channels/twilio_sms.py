@@ -253,8 +253,8 @@ class TwilioSmsChannel:
     min_interval_per_address = 0.0
     # Texts to different numbers may be in flight at once (the sender keeps one number's texts in order).
     # Each wave shares one opt-out check and one recording transaction: 16 delivered 23-26% more texts a
-    # second than 8 on both backends. Twilio's limit on an account's concurrent API requests is far above
-    # that, and a 429 is retried after its Retry-After.
+    # second than 8 on both backends. Requests beyond an account's concurrency limit get Twilio's 429
+    # (error 20429: never processed, safe to retry), which the sender retries after its Retry-After.
     parallel_sends = 16
     # Twilio calls STATUS_CALLBACK_PATH with each text's delivery status (bot.channels.outbox.record_status).
     status_callbacks = True
